@@ -1,0 +1,1 @@
+"""dpf.cni: the SFC CNI plugin shim, invoked by kubelet through Multus."""

@@ -1,0 +1,1 @@
+"""dpf.controller: the thin central controller (CR watch caches, reconcilers, per-node desired state)."""

@@ -1,0 +1,117 @@
+"""The local lab: the real components of a DPF deployment, started on one machine.
+
+Today: the host cluster's control plane with the dpf CRDs. Each step prints what it does; Ctrl-C
+or SIGTERM stops everything in reverse order. A second lab on the same workdir is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from dpf.lab.bed.kube import ControlPlane
+from dpf.lab.bed.process import ProcessFailed
+from dpf.lab.bed.tools import ToolMissing, tool
+
+
+class LabError(Exception):
+    pass
+
+
+def say(message: str) -> None:
+    print(f"[lab] {message}", flush=True)
+
+
+class Lab:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._stack = contextlib.ExitStack()
+        self._stop = threading.Event()
+        self.host: ControlPlane | None = None
+
+    def __enter__(self) -> Lab:
+        self._lock()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._stack.callback(signal.signal, sig, signal.signal(sig, self._on_signal))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        say("stopping: control plane and everything else the lab started")
+        started = time.monotonic()
+        self._stack.close()
+        say(f"stopped cleanly in {time.monotonic() - started:.1f}s")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self._stop.is_set():
+            return
+        say(f"received {signal.Signals(signum).name}")
+        self._stop.set()
+        raise KeyboardInterrupt  # unwinds a start-up step in progress; __exit__ cleans up
+
+    def _lock(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lock = open(self.workdir / "lab.lock", "w")  # noqa: SIM115 - held for the lab's lifetime
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            lock.close()
+            raise LabError(f"another lab is running on {self.workdir}; stop it or pass --workdir") from exc
+        self._stack.callback(lock.close)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        for entry in self.workdir.iterdir():  # the lab is ephemeral: every run starts clean
+            if entry.name != "lab.lock":
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    def start(self) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, Open vSwitch); run it with sudo")
+        try:
+            self._start_control_plane()
+        except (ToolMissing, ProcessFailed, TimeoutError) as exc:
+            raise LabError(str(exc)) from exc
+        self._print_usage()
+
+    def _start_control_plane(self) -> None:
+        say("starting the host cluster: etcd + kube-apiserver + kube-controller-manager on loopback")
+        self.host = ControlPlane(self.workdir / "host", name="dpf-lab")
+        self._stack.callback(self.host.stop)
+        self.host.start()
+        say(f"kube-apiserver {self.host.version()} ready at {self.host.server} "
+            f"in {self.host.startup_seconds:.1f}s")
+        crds = self.host.install_crds()
+        say(f"installed {len(crds)} CustomResourceDefinitions (dpf API groups)")
+
+    def _print_usage(self) -> None:
+        assert self.host is not None
+        print(
+            "\n"
+            "The lab is up. Point kubectl at it from another shell:\n"
+            f"  export KUBECONFIG={self.host.kubeconfig}\n"
+            f"  {tool('kubectl')} get crd\n"
+            f"  {tool('kubectl')} api-resources --api-group=provisioning.dpu.nvidia.com\n"
+            "\nPress Ctrl-C to stop the lab.\n",
+            flush=True,
+        )
+
+    def wait(self, duration: float | None) -> None:
+        """Run until a signal arrives, `duration` elapses, or a component dies."""
+        deadline = None if duration is None else time.monotonic() + duration
+        with contextlib.suppress(KeyboardInterrupt):
+            while not self._stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    say(f"--for {duration:g}s elapsed")
+                    return
+                for child in self.host.children if self.host else []:
+                    try:
+                        child.check_alive()
+                    except ProcessFailed as exc:
+                        raise LabError(str(exc)) from exc
+                self._stop.wait(0.5)

@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""The one install step shared by `./dev lab` and `./dev test`.
+
+Idempotent and fast when nothing changed:
+  1. Debian packages the lab and tests run for real (OVS, CNI plugins, iproute2, ...).
+  2. A virtualenv in `.venv` with this project installed in editable mode.
+  3. Upstream Go components (kube-apiserver, kubectl, etcd, cnitool, multus), each built from a
+     pinned wrapper module under `packaging/upstream/` into a cache outside the repository,
+     keyed by the module's content and the Go version, then linked into `.venv/tools/`.
+
+Standard library only: it runs before the virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = REPO / ".venv"
+TOOLS_DIR = VENV / "tools"
+UPSTREAM = REPO / "packaging" / "upstream"
+CACHE = Path(os.environ.get("DPF_CACHE", Path.home() / ".cache" / "dpf"))
+MIN_GO = (1, 26)
+MIN_PYTHON = (3, 11)
+
+# Debian package -> a command it provides (used for the presence check and error messages).
+DEBIAN_PACKAGES = {
+    "openvswitch-switch": "/usr/sbin/ovs-vswitchd",
+    "containernetworking-plugins": "/usr/lib/cni/bridge",
+    "iproute2": "/usr/bin/ip",
+    "ethtool": "/usr/sbin/ethtool",
+    "iputils-ping": "/usr/bin/ping",
+    "iperf3": "/usr/bin/iperf3",
+    "tcpdump": "/usr/bin/tcpdump",
+    "openssl": "/usr/bin/openssl",
+}
+
+
+class InstallError(SystemExit):
+    """Printed as one clear line naming what is missing and how to get it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"install: error: {message}")
+
+
+def say(message: str) -> None:
+    print(f"install: {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+# -- 1. Debian packages ---------------------------------------------------------------------------
+
+
+def missing_debian_packages() -> list[str]:
+    return [pkg for pkg, probe in DEBIAN_PACKAGES.items() if not Path(probe).exists()]
+
+
+def ensure_debian_packages() -> None:
+    missing = missing_debian_packages()
+    if not missing:
+        say(f"debian packages: {len(DEBIAN_PACKAGES)} present (cache hit)")
+        return
+    if shutil.which("apt-get") is None:
+        raise InstallError(f"missing {', '.join(missing)} and no apt-get: install them with your package manager")
+    if os.geteuid() != 0:
+        raise InstallError(f"missing {', '.join(missing)}: run as root, or `sudo apt-get install {' '.join(missing)}`")
+    say(f"debian packages: installing {', '.join(missing)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    started = time.monotonic()
+    run(["apt-get", "update", "-qq"], env=env)
+    # policy-rc.d in these images keeps the packaged OVS services from starting: the lab and the
+    # tests run their own ovsdb-server/ovs-vswitchd in private run directories.
+    run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env, stdout=subprocess.DEVNULL)
+    still = missing_debian_packages()
+    if still:
+        raise InstallError(f"apt-get finished but {', '.join(still)} is still missing")
+    say(f"debian packages: installed in {time.monotonic() - started:.1f}s")
+
+
+# -- 2. virtualenv ----------------------------------------------------------------------------------
+
+
+def digest(paths: list[Path], extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for path in paths:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_venv() -> None:
+    if sys.version_info < MIN_PYTHON:
+        raise InstallError(f"Python {'.'.join(map(str, MIN_PYTHON))}+ is required, this is {sys.version.split()[0]}")
+    python = VENV / "bin" / "python"
+    if not python.exists():
+        say(f"virtualenv: creating {VENV.relative_to(REPO)} with {sys.executable}")
+        run([sys.executable, "-m", "venv", str(VENV)])
+    key = digest([REPO / "pyproject.toml", REPO / "setup.py"], extra=sys.version)
+    stamp = VENV / ".dpf-installed"
+    if stamp.exists() and stamp.read_text() == key:
+        say("virtualenv: up to date (cache hit)")
+        return
+    say("virtualenv: installing dpf and its test dependencies (pip)")
+    started = time.monotonic()
+    run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-e", f"{REPO}[test]"])
+    stamp.write_text(key)
+    say(f"virtualenv: ready in {time.monotonic() - started:.1f}s")
+
+
+# -- 3. upstream Go components ---------------------------------------------------------------------
+
+
+def go_version() -> tuple[str, tuple[int, int]]:
+    go = shutil.which("go")
+    if go is None:
+        raise InstallError(
+            f"Go {MIN_GO[0]}.{MIN_GO[1]}+ is needed to build the upstream components once; `go` is not on PATH")
+    out = subprocess.run([go, "env", "GOVERSION"], check=True, capture_output=True, text=True).stdout.strip()
+    parts = out.removeprefix("go").split(".")
+    return out, (int(parts[0]), int(parts[1]))
+
+
+def module_cache_dir(module: Path, go: str) -> Path:
+    key = digest([module / "go.mod", module / "go.sum", module / "build.json"], extra=go)
+    return CACHE / "bin" / f"{module.name}-{key}"
+
+
+def build_module(module: Path, out: Path) -> None:
+    spec = json.loads((module / "build.json").read_text())
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    started = time.monotonic()
+    for name, package in spec["binaries"].items():
+        say(f"go: building {name} from {package} (first time only; kube-apiserver takes several minutes)")
+        cmd = ["go", "build", "-trimpath", "-ldflags", spec.get("ldflags", ""), "-o", str(tmp / name), package]
+        result = subprocess.run(cmd, cwd=module, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise InstallError(f"building {name} in {module.relative_to(REPO)} failed:\n{result.stderr[-4000:]}")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # atomic publish: a half-built directory is never mistaken for a cache hit
+    say(f"go: {module.name} built in {time.monotonic() - started:.0f}s -> {out}")
+
+
+def ensure_go_components() -> None:
+    TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+    go_ver: tuple[str, tuple[int, int]] | None = None
+    for module in sorted(p for p in UPSTREAM.iterdir() if (p / "build.json").exists()):
+        spec = json.loads((module / "build.json").read_text())
+        if go_ver is None:
+            go_ver = go_version()
+            if go_ver[1] < MIN_GO:
+                raise InstallError(f"Go {MIN_GO[0]}.{MIN_GO[1]}+ is required to build {module.name}, found {go_ver[0]}")
+        out = module_cache_dir(module, go_ver[0])
+        if all((out / name).exists() for name in spec["binaries"]):
+            say(f"go: {module.name}: {', '.join(spec['binaries'])} (cache hit)")
+        else:
+            build_module(module, out)
+        for name in spec["binaries"]:
+            link = TOOLS_DIR / name
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(out / name)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-apt", action="store_true", help="do not check or install Debian packages")
+    args = parser.parse_args()
+    started = time.monotonic()
+    if not args.skip_apt:
+        ensure_debian_packages()
+    ensure_venv()
+    ensure_go_components()
+    say(f"done in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

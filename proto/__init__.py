@@ -1,0 +1,1 @@
+"""dpf.proto: the gRPC contract between controller, agents and CNI."""

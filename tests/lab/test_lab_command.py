@@ -1,0 +1,75 @@
+"""`./dev lab`'s main job, as a user runs it: it comes up, kubectl works, Ctrl-C stops everything."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from dpf.lab.bed.process import descendants, wait_until
+from dpf.lab.bed.tools import tool
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+DPF = [sys.executable, "-m", "dpf.cli"]
+
+
+class Output:
+    """Collects a process's output in a thread so the test can wait on lines."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self._thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        for line in proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def close(self, proc: subprocess.Popen[str]) -> None:
+        self._thread.join(10)
+        proc.stdout.close()
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def test_lab_starts_serves_kubectl_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
+    workdir = tmp_path / "lab"
+    proc = subprocess.Popen([*DPF, "lab", "--workdir", str(workdir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    out = Output(proc)
+    try:
+        wait_until(lambda: "Press Ctrl-C" in out.text or proc.poll() is not None, 120, "the lab to come up")
+        assert proc.poll() is None, out.text
+        kubeconfig = next(line.split("=", 1)[1] for line in out.lines if "export KUBECONFIG=" in line)
+        crds = subprocess.run([tool("kubectl"), "get", "crd", "-o", "name"], capture_output=True, text=True,
+                              env={**os.environ, "KUBECONFIG": kubeconfig}, check=True).stdout.split()
+        assert "customresourcedefinition.apiextensions.k8s.io/bfbs.provisioning.dpu.nvidia.com" in crds
+        daemons = set(descendants(proc.pid).values())
+        assert {"etcd", "kube-apiserver"} <= daemons
+
+        second = subprocess.run([*DPF, "lab", "--workdir", str(workdir), "--for", "0"], capture_output=True,
+                                text=True, timeout=60)
+        assert second.returncode == 1
+        assert "another lab is running" in second.stdout
+    finally:
+        proc.send_signal(signal.SIGINT)
+        status = proc.wait(60)
+        out.close(proc)
+        assert status == 0, out.text
+    assert "stopped cleanly" in out.text
+    leftovers = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], "lab daemons outlived the lab"
+
+
+def test_lab_help_explains_itself() -> None:
+    out = subprocess.run([*DPF, "lab", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "Ctrl-C" in out
+    assert "--workdir" in out
+    assert "--for SECONDS" in out

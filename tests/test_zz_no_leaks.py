@@ -1,0 +1,15 @@
+"""Runs last (see conftest): every function-scoped fixture has been torn down by now."""
+
+import os
+
+import pytest
+
+from dpf.lab.bed.netns import bed_namespaces
+from tests.conftest import leaked_processes
+
+
+@pytest.mark.leak_check
+def test_no_processes_or_namespaces_leaked() -> None:
+    assert leaked_processes() == {}, "bed daemons outlived the fixtures that started them"
+    if os.geteuid() == 0:
+        assert bed_namespaces("t", os.getpid()) == [], "network namespaces outlived their tests"

@@ -1,6 +1,6 @@
 """Child processes owned by the bed: started with a log file, stopped in order, never leaked.
 
-Every child gets PR_SET_PDEATHSIG=SIGTERM, so even a SIGKILLed test run or lab takes its etcd,
+Every child gets PR_SET_PDEATHSIG=SIGKILL, so even a SIGKILLed test run or lab takes its etcd,
 kube-apiserver and OVS daemons down with it. Children run in their own process group so a
 terminal Ctrl-C reaches only us; our teardown then stops them in reverse start order.
 """
@@ -22,7 +22,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _die_with_parent() -> None:
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ProcessFailed(RuntimeError):

@@ -13,9 +13,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    # Imported here, not at the top: `dpf --help` should not pay for grpc and the Kubernetes clients.
+    from dpf.agent.runtime import cli as agent_cli
+    from dpf.controller import cli as controller_cli
     from dpf.lab import cli as lab_cli
 
-    lab_cli.register(commands)
+    for module in (lab_cli, controller_cli, agent_cli):
+        module.register(commands)
     args = parser.parse_args(argv)
     return int(args.run(args) or 0)
 

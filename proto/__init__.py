@@ -1,1 +1,1 @@
-"""dpf.proto: the gRPC contract between controller, agents and CNI."""
+"""dpf.proto: the gRPC contract between controller, agents and CNI (protos, checked-in stubs, versions)."""

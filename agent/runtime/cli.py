@@ -1,0 +1,139 @@
+"""`dpf agent`: run the agent runtime for one node (or `--once`: sync the desired state once and exit).
+
+Handlers: the host and DPU agents register their own; this generic entry point can `--record` types
+(keep the desired state on disk, apply nothing), which is what `--once` debugging and the fan-out
+benchmark use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dpf.agent.runtime.settings import AgentSettings, TLSFiles
+
+if TYPE_CHECKING:
+    from dpf.agent.runtime.runtime import AgentRuntime
+
+RECORDABLE = {"ServiceInterface": ("dpf.proto.v1.sfc_pb2", "ServiceInterface")}
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "agent", help="run a node agent (host or DPU) against the controller",
+        description="Connect to the controller's NodeState stream as one node, apply its desired state through "
+                    "the registered handlers, persist what was applied (re-asserted at start-up, even with the "
+                    "controller down) and report ACK/NACK and status.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--node", required=True, help="this node's name (must equal the certificate CN)")
+    parser.add_argument("--role", required=True, choices=("host", "dpu"), help="agent role")
+    parser.add_argument("--controller", action="append", required=True, metavar="HOST:PORT",
+                        help="a controller replica (repeat for each; the agent fails over between them)")
+    parser.add_argument("--state-dir", type=Path, required=True, help="directory for the last applied state")
+    parser.add_argument("--ca", type=Path, help="CA certificate of the controller (from issue-node-cert)")
+    parser.add_argument("--cert", type=Path, help="this node's client certificate")
+    parser.add_argument("--key", type=Path, help="this node's private key")
+    parser.add_argument("--server-name", default="", help="expected name in the controller's certificate")
+    parser.add_argument("--insecure", action="store_true", help="plain-text gRPC, no certificate (LAB ONLY)")
+    parser.add_argument("--record", action="append", default=[], choices=sorted(RECORDABLE),
+                        help="handle this type by recording it only (no data-plane changes); repeatable")
+    parser.add_argument("--once", action="store_true",
+                        help="fetch the full desired state once, apply, ACK, print a summary and exit")
+    parser.add_argument("--once-timeout", type=float, default=30.0, help="seconds --once waits for a controller")
+    parser.add_argument("--http-listen", default="", help="host:port for /healthz, /readyz, /metrics")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"))
+    parser.set_defaults(run=_run)
+
+
+def _handlers(args: argparse.Namespace) -> list:
+    import importlib
+
+    from dpf.agent.runtime.handlers import RecordingHandler
+
+    handlers = []
+    for name in args.record:
+        module, cls = RECORDABLE[name]
+        handlers.append(RecordingHandler(getattr(importlib.import_module(module), cls)))
+    return handlers
+
+
+def _setup_logging(level: str, fmt: str) -> None:
+    import json
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return json.dumps({"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+                               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()})
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from dpf.agent.runtime.runtime import AgentRuntime
+
+    _setup_logging(args.log_level, args.log_format)
+    try:
+        settings = settings_from(args)
+        handlers = _handlers(args)
+        if not handlers:
+            raise ValueError("no handler: this generic entry point needs --record TYPE (the host and DPU agents "
+                             "register their own handlers)")
+        runtime = AgentRuntime(settings, handlers)
+    except ValueError as exc:
+        print(f"dpf agent: error: {exc}", file=sys.stderr)
+        return 2
+    if args.once:
+        return asyncio.run(_once(runtime, args.once_timeout))
+    return asyncio.run(_forever(runtime))
+
+
+async def _once(runtime: AgentRuntime, timeout: float) -> int:  # noqa: ASYNC109 - the --once deadline
+    try:
+        results = await runtime.run_once(timeout)
+    except TimeoutError as exc:
+        print(f"dpf agent --once: {exc}", file=sys.stderr)
+        return 1
+    for type_url, result in sorted(results.items()):
+        applier = runtime.appliers[type_url]
+        print(f"{type_url}: {result} ({len(applier.state.resources)} resources)")
+        for name in sorted(applier.state.resources):
+            print(f"  {name} {applier.state.resources[name].version}")
+    return 1 if any(r.startswith("NACK") for r in results.values()) else 0
+
+
+async def _forever(runtime: AgentRuntime) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    main = asyncio.create_task(runtime.run(), name="agent/runtime")
+    waiter = asyncio.create_task(stop.wait(), name="agent/signal")
+    done, _ = await asyncio.wait({main, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (main, waiter):
+        task.cancel()
+    await asyncio.gather(main, waiter, return_exceptions=True)
+    if main in done and main.exception() is not None:
+        logging.getLogger("dpf.agent").error("agent runtime crashed: %r", main.exception())
+        return 1
+    return 0
+
+
+def settings_from(args: argparse.Namespace) -> AgentSettings:
+    tls = None
+    if not args.insecure:
+        missing = [flag for flag, value in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key))
+                   if value is None]
+        if missing:
+            raise ValueError(f"{', '.join(missing)} required (or --insecure for a lab)")
+        tls = TLSFiles(args.ca, args.cert, args.key, args.server_name)
+    return AgentSettings(node=args.node, role=args.role, endpoints=tuple(args.controller), state_dir=args.state_dir,
+                         tls=tls, insecure=args.insecure, http_listen=args.http_listen)

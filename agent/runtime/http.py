@@ -1,0 +1,49 @@
+"""/healthz, /readyz and /metrics for an agent (aiohttp; optional, enabled by --http-listen)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+class HealthServer:
+    def __init__(self, listen: str, registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]],
+                 ready: Callable[[], tuple[bool, str]]) -> None:
+        host, _, port = listen.rpartition(":")
+        self.host, self.port = host or "127.0.0.1", int(port)
+        self._registry, self._healthy, self._ready = registry, healthy, ready
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> int:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+        return self.port
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return await self._probe(self._healthy)
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        return await self._probe(self._ready)
+
+    async def _probe(self, check: Callable[[], tuple[bool, str]]) -> web.Response:
+        ok, detail = check()
+        return web.Response(status=200 if ok else 503, text=detail + "\n")
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

@@ -1,0 +1,170 @@
+"""One NodeState stream to one controller replica: Hello, Welcome, subscribe with the stored versions, then
+dispatch responses to the per-type appliers and send their ACK/NACKs and status reports.
+
+Ends by returning (the controller closed the stream) or raising grpc.aio.AioRpcError / Desync; the
+runtime decides about reconnecting. All writes go through one lock (grpc streams allow one writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+import grpc
+
+from dpf.agent.runtime.applier import Desync, TypeApplier
+from dpf.agent.runtime.metrics import AgentMetrics
+from dpf.agent.runtime.settings import AgentSettings
+from dpf.proto.v1 import nodestate_pb2 as pb
+from dpf.proto.v1 import nodestate_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+ROLES = {"host": pb.ROLE_HOST, "dpu": pb.ROLE_DPU}
+STATUS_FLUSH_SECONDS = 0.05
+
+
+class StatusBuffer:
+    """Collects object statuses per type; flushed as StatusReports (the latest per object wins)."""
+
+    def __init__(self, appliers: Mapping[str, TypeApplier]) -> None:
+        self._appliers = appliers
+        self.pending: dict[str, dict[str, pb.ObjectStatus]] = {}
+        self.wake = asyncio.Event()
+
+    def reporter(self, type_url: str) -> TypeReporter:
+        return TypeReporter(self, type_url)
+
+    def add(self, type_url: str, status: pb.ObjectStatus) -> None:
+        applier = self._appliers.get(type_url)
+        if applier is not None:
+            applier.observed[status.name] = status
+        self.pending.setdefault(type_url, {})[status.name] = status
+        self.wake.set()
+
+
+class TypeReporter:
+    def __init__(self, buffer: StatusBuffer, type_url: str) -> None:
+        self._buffer, self._type_url = buffer, type_url
+
+    def report(self, name: str, state: pb.ObjectState, message: str = "", observed: Mapping[str, str] | None = None,
+               resource_version: str = "") -> None:
+        if not resource_version:
+            applier = self._buffer._appliers.get(self._type_url)
+            stored = applier.state.resources.get(name) if applier else None
+            resource_version = stored.version if stored else ""
+        self._buffer.add(self._type_url, pb.ObjectStatus(name=name, resource_version=resource_version, state=state,
+                                                         message=message, observed=dict(observed or {})))
+
+
+class Session:
+    def __init__(self, settings: AgentSettings, channel: grpc.aio.Channel, appliers: Mapping[str, TypeApplier],
+                 statuses: StatusBuffer, metrics: AgentMetrics, full_state: bool = False) -> None:
+        self.settings = settings
+        self.channel = channel
+        self.appliers = appliers
+        self.statuses = statuses
+        self.metrics = metrics
+        self.full_state = full_state  # --once: ask for everything regardless of what is stored
+        self.welcome: pb.Welcome | None = None
+        self.acked: dict[str, str] = {}
+        self.nacked: dict[str, str] = {}
+        self.answered = asyncio.Event()  # set after each ACK/NACK
+        self._lock = asyncio.Lock()
+        self._call: grpc.aio.StreamStreamCall | None = None
+
+    async def _send(self, message: pb.StreamRequest) -> None:
+        async with self._lock:
+            assert self._call is not None
+            await self._call.write(message)
+
+    async def open(self) -> pb.Welcome:
+        """Open the stream and wait for Welcome (connect_timeout)."""
+        stub = pb_grpc.NodeStateStub(self.channel)
+        self._call = stub.Stream(wait_for_ready=False)
+        hello = pb.Hello(node=self.settings.node, role=ROLES[self.settings.role],
+                         agent_version=self.settings.agent_version)
+        await asyncio.wait_for(self._send(pb.StreamRequest(hello=hello)), self.settings.connect_timeout)
+        first = await asyncio.wait_for(self._call.read(), self.settings.connect_timeout)
+        if first is grpc.aio.EOF or not first.HasField("welcome"):
+            await self._call.done_writing()
+            raise ConnectionError("controller did not answer Hello with Welcome")
+        self.welcome = first.welcome
+        return first.welcome
+
+    async def run(self) -> None:
+        """Subscribe to every handled type, then serve responses until the stream ends."""
+        assert self._call is not None
+        for applier in self.appliers.values():
+            state = applier.state
+            request = pb.DiscoveryRequest(type_url=applier.type_url)
+            if not self.full_state:
+                request.version_info = state.version
+                request.resource_versions.update(state.resource_versions())
+            await self._send(pb.StreamRequest(request=request))
+            if applier.observed:  # re-announce what we observed, the controller may be new
+                await self._send(pb.StreamRequest(status=pb.StatusReport(
+                    type_url=applier.type_url, objects=list(applier.observed.values()), full=True)))
+        queues = {t: asyncio.Queue[pb.DiscoveryResponse]() for t in self.appliers}
+        workers = [asyncio.create_task(self._type_worker(t, q), name=f"agent/type/{t}") for t, q in queues.items()]
+        workers.append(asyncio.create_task(self._status_flusher(), name="agent/status-flusher"))
+        try:
+            while True:
+                reading = asyncio.ensure_future(self._call.read())
+                done, _ = await asyncio.wait({reading, *workers}, return_when=asyncio.FIRST_COMPLETED)
+                if reading not in done:
+                    reading.cancel()
+                    for worker in done:
+                        worker.result()  # re-raise Desync or a crash
+                    continue
+                message = reading.result()
+                if message is grpc.aio.EOF:
+                    return
+                if not message.HasField("response"):
+                    continue
+                response = message.response
+                self.metrics.responses.labels(response.type_url).inc()
+                queue = queues.get(response.type_url)
+                if queue is None:
+                    log.warning("ignoring a response for unhandled type %s", response.type_url)
+                    continue
+                queue.put_nowait(response)
+        finally:
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _type_worker(self, type_url: str, queue: asyncio.Queue[pb.DiscoveryResponse]) -> None:
+        applier = self.appliers[type_url]
+        reporter = self.statuses.reporter(type_url)
+        while True:
+            response = await queue.get()
+            outcome = await applier.on_response(response, reporter)  # Desync propagates: reconnect
+            request = pb.DiscoveryRequest(type_url=type_url, version_info=outcome.version,
+                                          response_nonce=response.nonce)
+            if outcome.error is not None:
+                request.error_detail.CopyFrom(outcome.error)
+                self.metrics.nacks.labels(type_url).inc()
+                self.nacked[type_url] = response.version_info
+            else:
+                self.acked[type_url] = outcome.version
+            await self._send(pb.StreamRequest(request=request))
+            self.answered.set()
+
+    async def _status_flusher(self) -> None:
+        while True:
+            await self.statuses.wake.wait()
+            await asyncio.sleep(STATUS_FLUSH_SECONDS)  # batch bursts of reports into one message per type
+            self.statuses.wake.clear()
+            pending, self.statuses.pending = self.statuses.pending, {}
+            for type_url, objects in pending.items():
+                await self._send(pb.StreamRequest(status=pb.StatusReport(type_url=type_url,
+                                                                         objects=list(objects.values()))))
+
+    async def close(self) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+
+__all__ = ["Desync", "Session", "StatusBuffer"]

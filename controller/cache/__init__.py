@@ -1,0 +1,1 @@
+"""dpf.controller.cache: per-node desired-state snapshots (pure builders + the versioned snapshot cache)."""

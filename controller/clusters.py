@@ -1,0 +1,98 @@
+"""The clusters the controller talks to: the host cluster, and one DPU cluster per DPUCluster whose Secret
+holds a usable kubeconfig (added and removed at run time by the dpucluster reconciler).
+
+Each cluster owns its informers (one per kind, created on first request and started at once). Reconcilers
+declare the DPU-cluster kinds they need and get `on_dpu_added` callbacks to attach handlers and indexes;
+removing a cluster first reports all its cached objects as deleted, so per-node state recomputes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from dpf.controller.kube.informer import Informer
+from dpf.controller.kube.rest import Kind, Rest
+from dpf.controller.settings import KubeSettings
+from dpf.controller.tasks import TaskGroup
+
+log = logging.getLogger(__name__)
+
+
+class Cluster:
+    def __init__(self, name: str, rest: Rest, settings: KubeSettings,
+                 on_failure: Callable[[str, BaseException | None], None], config_hash: str = "",
+                 namespace: str | None = None) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.rest = rest
+        self.settings = settings
+        self.config_hash = config_hash
+        self._informers: dict[Kind, Informer] = {}
+        self._tasks = TaskGroup(f"cluster/{name}", on_failure)
+
+    def informer(self, kind: Kind) -> Informer:
+        found = self._informers.get(kind)
+        if found is None:
+            found = self._informers[kind] = Informer(self.rest, kind, self.settings, namespace=self.namespace)
+            self._tasks.start(f"informer/{kind}", found.run())
+        return found
+
+    def has(self, kind: Kind) -> bool:
+        return kind in self._informers
+
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self._informers.values())
+
+    async def close(self, report_deletions: bool = True) -> None:
+        await self._tasks.stop()
+        if report_deletions:
+            for informer in self._informers.values():
+                informer.forget_all()
+        await self.rest.close()
+
+
+class ClusterSet:
+    def __init__(self, host: Cluster, settings: KubeSettings,
+                 on_failure: Callable[[str, BaseException | None], None]) -> None:
+        self.host = host
+        self.settings = settings
+        self.dpu: dict[str, Cluster] = {}
+        self.dpu_kinds: list[Kind] = []
+        self._on_dpu_added: list[Callable[[Cluster], None]] = []
+        self._on_failure = on_failure
+
+    def need_dpu_kind(self, kind: Kind) -> None:
+        if kind not in self.dpu_kinds:
+            self.dpu_kinds.append(kind)
+
+    def on_dpu_added(self, callback: Callable[[Cluster], None]) -> None:
+        self._on_dpu_added.append(callback)
+
+    def add_dpu(self, name: str, rest: Rest, config_hash: str) -> Cluster:
+        cluster = Cluster(name, rest, self.settings, self._on_failure, config_hash)
+        for kind in self.dpu_kinds:
+            cluster.informer(kind)
+        self.dpu[name] = cluster
+        for callback in self._on_dpu_added:
+            callback(cluster)
+        log.info("DPU cluster %s added", name)
+        return cluster
+
+    async def remove_dpu(self, name: str) -> None:
+        cluster = self.dpu.pop(name, None)
+        if cluster is not None:
+            await cluster.close()
+            log.info("DPU cluster %s removed", name)
+
+    def dpu_synced(self) -> bool:
+        return all(c.synced() for c in self.dpu.values())
+
+    def dpu_informers(self, kind: Kind) -> list[tuple[Cluster, Informer]]:
+        return [(c, c.informer(kind)) for c in self.dpu.values()]
+
+    async def close(self) -> None:
+        for name in list(self.dpu):
+            cluster = self.dpu.pop(name)
+            await cluster.close(report_deletions=False)
+        await self.host.close(report_deletions=False)

@@ -1,0 +1,1 @@
+"""dpf.controller.kube: Kubernetes access: REST verbs, cluster clients, watch caches, work queue, leases, events."""

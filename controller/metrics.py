@@ -1,0 +1,35 @@
+"""Prometheus metrics of one controller instance, in its own registry (two replicas may share a process in tests).
+
+Served on /metrics by `http.py`. Names follow Prometheus conventions (counters end in _total).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("dpf_controller_workqueue_depth", "Keys waiting in the work queue", registry=r)
+        self.queue_waiting = Gauge("dpf_controller_workqueue_delayed", "Keys scheduled for a later retry", registry=r)
+        self.reconcile_seconds = Histogram("dpf_controller_reconcile_duration_seconds", "Duration of one reconcile",
+                                           ["reconciler"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.reconcile_errors = Counter("dpf_controller_reconcile_errors_total", "Failed reconciles",
+                                        ["reconciler", "kind"], registry=r)
+        self.connected_agents = Gauge("dpf_controller_connected_agents", "Agents with an open NodeState stream",
+                                      ["role"], registry=r)
+        self.responses = Counter("dpf_controller_responses_total", "DiscoveryResponses sent",
+                                 ["type_url", "full_state"], registry=r)
+        self.acks = Counter("dpf_controller_acks_total", "ACKs received", ["type_url"], registry=r)
+        self.nacks = Counter("dpf_controller_nacks_total", "NACKs received", ["type_url"], registry=r)
+        self.stream_lag = Histogram("dpf_controller_stream_lag_seconds",
+                                    "Time from publishing a node's snapshot to the agent's ACK of it",
+                                    ["type_url"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.rejected_streams = Counter("dpf_controller_rejected_streams_total", "Streams refused", ["reason"],
+                                        registry=r)
+        self.is_leader = Gauge("dpf_controller_is_leader", "1 while this replica holds the leader lease",
+                               registry=r)

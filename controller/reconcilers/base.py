@@ -1,0 +1,75 @@
+"""What a reconciler is, what it gets, and the registry of them (one module per CR kind).
+
+A reconciler is level-triggered and idempotent: `reconcile(key)` reads caches (informers, node
+registry), computes, and writes only differences. It raises TemporaryError/PermanentError
+(dpf.controller.errors) and may return a requeue-after delay. Keys are tuples whose first element is the
+reconciler's name; informer handlers and stream callbacks only enqueue keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from dpf.controller.cache.snapshot import Snapshot
+from dpf.controller.cache.snapshot_cache import SnapshotCache
+from dpf.controller.clusters import ClusterSet
+from dpf.controller.kube.events import EventRecorder
+from dpf.controller.kube.workqueue import WorkQueue
+from dpf.controller.metrics import Metrics
+from dpf.controller.server.node_status import Nack, NodeRegistry
+from dpf.controller.settings import ControllerSettings
+from dpf.proto.v1 import nodestate_pb2 as pb
+
+
+@dataclass
+class Context:
+    settings: ControllerSettings
+    clusters: ClusterSet
+    queue: WorkQueue
+    cache: SnapshotCache
+    nodes: NodeRegistry
+    events: EventRecorder
+    metrics: Metrics
+
+
+class Reconciler:
+    """Base class: override what applies. `name` prefixes every key this reconciler handles."""
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = ""  # the CR kind, for error metrics
+    type_urls: ClassVar[tuple[str, ...]] = ()  # NodeState types this reconciler publishes snapshots of
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def setup(self) -> None:
+        """Register informers, indexes and handlers (called once, before anything runs)."""
+
+    def all_keys(self) -> Iterable[Hashable]:
+        """Every key to reconcile at start-up and on the periodic resync."""
+        return ()
+
+    def synced(self) -> bool:
+        """True once every cache this reconciler reads has synced."""
+        return True
+
+    async def reconcile(self, key: tuple) -> float | None:
+        raise NotImplementedError
+
+    # Stream callbacks for the types in `type_urls` (sync: enqueue only).
+    def on_connect(self, node: str, role: str) -> None: ...
+    def on_disconnect(self, node: str) -> None: ...
+    def on_ack(self, node: str, type_url: str, snapshot: Snapshot) -> None: ...
+    def on_nack(self, node: str, type_url: str, nack: Nack) -> None: ...
+    def on_status(self, node: str, type_url: str, report: pb.StatusReport) -> None: ...
+
+
+def default_reconcilers() -> list[type[Reconciler]]:
+    """The registry: every reconciler the controller runs, in setup order."""
+    from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
+    from dpf.controller.reconcilers.serviceinterface import ServiceInterfaceReconciler
+    from dpf.controller.reconcilers.serviceinterfaceset_status import ServiceInterfaceSetStatusReconciler
+
+    return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetStatusReconciler]

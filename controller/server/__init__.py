@@ -1,0 +1,1 @@
+"""dpf.controller.server: the NodeState gRPC server (streams, nonces, ACK/NACK, node identity from mTLS)."""

@@ -1,0 +1,108 @@
+"""Controller settings: typed dataclasses grouped by concern, loaded once in main and passed down.
+
+Every timeout, retry bound and rate is a named field with a default; the CLI maps flags onto these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    """How to reach the host cluster."""
+
+    kubeconfig: Path | None = None
+    """Kubeconfig of the host cluster; None means in-cluster service-account config."""
+    namespace: str = "dpf-operator-system"
+    """Namespace of the controller's own objects: the leader Lease and the CA Secret."""
+    watch_namespace: str | None = None
+    """Only watch host-cluster objects (DPUClusters) in this namespace; None watches all namespaces."""
+    request_timeout: float = 30.0
+    """Timeout of one non-watch API request, seconds."""
+    watch_timeout: int = 300
+    """Server-side timeout of one watch request, seconds; the watch then resumes from its resourceVersion."""
+    relist_backoff: float = 1.0
+    """Delay before re-listing after a failed list or watch, seconds (doubles up to relist_backoff_max)."""
+    relist_backoff_max: float = 30.0
+    field_manager: str = "dpf-controller"
+    """Server-side-apply field manager for objects the controller writes."""
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """The rate-limited work queue."""
+
+    workers: int = 4
+    """Concurrent reconciles (always serial per key)."""
+    backoff_base: float = 0.05
+    """First retry delay of a failing key, seconds; doubles per consecutive failure."""
+    backoff_max: float = 60.0
+    """Upper bound of a key's retry delay, seconds."""
+    qps: float = 50.0
+    """Overall rate of retries per second (token bucket; fresh events are not limited) ..."""
+    burst: int = 200
+    """... with this bucket size."""
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    """Leader election with a coordination.k8s.io Lease."""
+
+    enabled: bool = True
+    lease_name: str = "dpf-controller"
+    lease_duration: float = 15.0
+    """A leader that has not renewed for this long is considered gone, seconds."""
+    renew_deadline: float = 10.0
+    """The leader steps down if it could not renew for this long, seconds (< lease_duration)."""
+    retry_period: float = 2.0
+    """How often candidates try to acquire and the leader renews, seconds."""
+    identity: str = ""
+    """This replica's identity in the Lease; empty means hostname plus a random suffix."""
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """mTLS for the NodeState gRPC server."""
+
+    insecure: bool = False
+    """Serve plain text and trust the node named in Hello. Lab only."""
+    ca_secret: str = "dpf-controller-ca"
+    """Secret (in KubeSettings.namespace) holding the CA that signs node and server certificates."""
+    server_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    """DNS names / IP addresses put into the server certificate's SANs."""
+    cert_validity_days: int = 365
+    """Validity of certificates the controller issues."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The NodeState gRPC server."""
+
+    listen: str = "0.0.0.0:5443"
+    keepalive_time: float = 20.0
+    """HTTP/2 keepalive ping interval on idle streams, seconds (detects dead agents)."""
+    keepalive_timeout: float = 10.0
+    hello_timeout: float = 10.0
+    """An agent must send Hello within this many seconds of opening a stream."""
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class HTTPSettings:
+    """The /healthz, /readyz and /metrics endpoint."""
+
+    listen: str = "0.0.0.0:8081"
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    kube: KubeSettings = field(default_factory=KubeSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
+    resync_period: float = 600.0
+    """Every object is reconciled again at least this often, seconds (level-triggered safety net)."""

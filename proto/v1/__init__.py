@@ -1,0 +1,1 @@
+"""dpf.proto.v1: version 1 of the node-state contract; generated stubs checked in (see dpf.proto.build)."""

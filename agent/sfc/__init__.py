@@ -1,0 +1,1 @@
+"""dpf.agent.sfc: the DPU agent's OVS programmer: ServiceInterfaces → OVS ports, ServiceChains → OpenFlow flows."""

@@ -1,0 +1,1 @@
+"""dpf.controller.ipam: DPUServiceIPAM → per-node IP blocks (pure functions; the reconciler writes status)."""

@@ -24,7 +24,6 @@ from dpf.controller.cache.snapshot import Snapshot
 from dpf.controller.cache.snapshot_cache import SnapshotCache
 from dpf.controller.clusters import Cluster, ClusterSet
 from dpf.controller.errors import PermanentError, TemporaryError
-from dpf.controller.http import HealthServer
 from dpf.controller.kube import clients
 from dpf.controller.kube.events import EventRecorder
 from dpf.controller.kube.leader import LeaderElector
@@ -36,6 +35,7 @@ from dpf.controller.server.node_status import Nack, NodeRegistry
 from dpf.controller.server.stream_server import NodeStateServer
 from dpf.controller.settings import ControllerSettings
 from dpf.controller.tasks import TaskGroup
+from dpf.health import HealthServer
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import nodestate_pb2_grpc as pb_grpc
 
@@ -84,7 +84,8 @@ class Controller:
             self.cache, self.nodes, self, self.metrics, s.server, self.identity, s.tls.insecure,
             is_leader=lambda: self._leading, leader_hint=lambda: self._elector.holder if self._elector else "")
         await self._start_grpc(host)
-        self._http = HealthServer(s.http.listen, self.metrics.registry, self._healthy, self._ready)
+        self._http = HealthServer(s.http.listen, self.metrics.registry, self._healthy, self._ready,
+                                  default_host="0.0.0.0")  # kubelet probes reach the pod IP
         self.http_port = await self._http.start()
         if s.leader.enabled:
             self._elector = LeaderElector(host, s.kube.namespace, s.leader, self.identity,

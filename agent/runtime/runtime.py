@@ -20,11 +20,11 @@ import grpc
 
 from dpf.agent.runtime.applier import Desync, TypeApplier
 from dpf.agent.runtime.handlers import Handler
-from dpf.agent.runtime.http import HealthServer
 from dpf.agent.runtime.metrics import AgentMetrics
 from dpf.agent.runtime.session import Session, StatusBuffer
 from dpf.agent.runtime.settings import AgentSettings
 from dpf.agent.runtime.store import StateStore
+from dpf.health import HealthServer
 
 log = logging.getLogger(__name__)
 

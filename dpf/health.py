@@ -1,4 +1,8 @@
-"""/healthz, /readyz and /metrics for an agent (aiohttp; optional, enabled by --http-listen)."""
+"""/healthz, /readyz and /metrics over aiohttp: one small server, shared by the controller and the agents.
+
+A listen address without a host binds `default_host` (the controller: all addresses, for kubelet probes;
+an agent: loopback).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 class HealthServer:
     def __init__(self, listen: str, registry: CollectorRegistry, healthy: Callable[[], tuple[bool, str]],
-                 ready: Callable[[], tuple[bool, str]]) -> None:
+                 ready: Callable[[], tuple[bool, str]], default_host: str = "127.0.0.1") -> None:
         host, _, port = listen.rpartition(":")
-        self.host, self.port = host or "127.0.0.1", int(port)
-        self._registry, self._healthy, self._ready = registry, healthy, ready
+        self.host, self.port = host or default_host, int(port)
+        self._registry = registry
+        self._healthy, self._ready = healthy, ready
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -38,7 +43,7 @@ class HealthServer:
 
     async def _probe(self, check: Callable[[], tuple[bool, str]]) -> web.Response:
         ok, detail = check()
-        return web.Response(status=200 if ok else 503, text=detail + "\n")
+        return web.Response(status=200 if ok else 503, text=(detail or ("ok" if ok else "not ok")) + "\n")
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

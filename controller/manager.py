@@ -25,9 +25,9 @@ from dpf.controller.cache.snapshot_cache import SnapshotCache
 from dpf.controller.clusters import Cluster, ClusterSet
 from dpf.controller.errors import PermanentError, TemporaryError
 from dpf.controller.kube import clients
-from dpf.controller.kube.events import EventRecorder
+from dpf.controller.kube.events import NORMAL, EventRecorder
 from dpf.controller.kube.leader import LeaderElector
-from dpf.controller.kube.rest import KubeError, Rest
+from dpf.controller.kube.rest import LEASE, KubeError, Rest
 from dpf.controller.kube.workqueue import WorkQueue
 from dpf.controller.metrics import Metrics
 from dpf.controller.reconcilers.base import Context, Reconciler, default_reconcilers
@@ -148,6 +148,16 @@ class Controller:
         for i in range(self.settings.queue.workers):
             self._lead_tasks.start(f"worker-{i}", self._worker(self.ctx.queue))
         self._lead_tasks.start("initial-sync", self._initial_sync(self.ctx.queue))
+        if self._elector is not None:
+            self._lead_tasks.start("leader-event", self._record_leadership())
+
+    async def _record_leadership(self) -> None:
+        """A Normal Event on the Lease: who leads now is the first question when agents reconnect."""
+        assert self._elector is not None
+        lease = await self._elector.rest.get(LEASE, self.settings.leader.lease_name, self.settings.kube.namespace)
+        if lease:
+            await self.ctx.events.emit(self._elector.rest, lease, "Lease", NORMAL, "LeaderElected",
+                                       f"{self.identity} became the leader; agents reconnect to it", action="Elect")
 
     async def _stopped_leading(self) -> None:
         self._leading = False

@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from dpf.controller.cache.serviceinterfaces import TYPE_URL
-from dpf.controller.kube.rest import LEASE
+from dpf.controller.kube.rest import EVENT, LEASE
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.kinds import SERVICE_INTERFACE
 from dpf.controller.settings import LeaderSettings
@@ -95,6 +95,12 @@ def test_two_replicas_one_leader_and_failover_within_the_lease(kube: ControlPlan
             await rest.merge_patch(SERVICE_INTERFACE, "uplink", {"spec": {"physical": {"interfaceName": "p1"}}},
                                    namespace)
             await eventually(lambda: handler.ports == {f"{namespace}/uplink": "p1"}, "the new leader pushes changes")
+
+            # Each term is recorded as an Event on the Lease, naming the new leader.
+            events = (await rest.list(EVENT, namespace))["items"]
+            elected = {e["note"].split()[0] for e in events
+                       if e["reason"] == "LeaderElected" and e["regarding"]["kind"] == "Lease"}
+            assert elected == {leader.identity, follower.identity}
         finally:
             await stop_task(task)
             for replica in replicas:

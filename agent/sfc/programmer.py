@@ -12,7 +12,8 @@ Everything enters as an event on one queue and one worker thread acts on it:
 - flows somebody deleted or modified: the touched chains are checked against a cookie-filtered dump.
 
 Each pass is: ports (one OVSDB transaction, waited until ovs-vswitchd applied it), then flows (one
-`ovs-ofctl --bundle`). Chains we program are recorded on the bridge (`external_ids:dpf-sfc-chain-<cookie>`)
+atomic bundle: over the persistent OpenFlow connection, through `ovs-ofctl --bundle` when big; `flows.py`).
+Chains we program are recorded on the bridge (`external_ids:dpf-sfc-chain-<cookie>`)
 before their flows go in and unrecorded after they leave, so a restarted agent still knows which
 cookies are its own and never touches anyone else's flows.
 """
@@ -151,6 +152,7 @@ class SfcProgrammer:
         if self._worker.is_alive():
             self._worker.join(10)
         self.monitor.stop()
+        self.ofctl.close()
         self.ovsdb.stop()
 
     def update(self, state: NodeState) -> Future[Report]:

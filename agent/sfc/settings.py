@@ -47,6 +47,13 @@ class SfcSettings:
     ofctl_timeout: float = 10.0
     """Bound for one ovs-ofctl run (a bundle or a dump)."""
 
+    openflow_timeout: float = 10.0
+    """Bound for connecting to the bridge's OpenFlow socket, and for one bundle sent over that connection."""
+
+    connection_max_mods: int = 500
+    """Bundles of up to this many flow mods go over the persistent OpenFlow connection, bigger ones (full
+    resyncs) through `ovs-ofctl --bundle`: its C encoder wins from about a thousand mods on (bench/RESULTS.md)."""
+
     switch_reconnect_interval: float = 0.05
     """How often to retry the OpenFlow monitor connection while ovs-vswitchd is away."""
 

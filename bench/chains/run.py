@@ -14,7 +14,9 @@ Measured, in the same run:
    (ports present), against `ovs-ofctl -O OpenFlow13 --bundle replace-flows` of the same flow text
    on the same emptied table; reps alternate, medians reported;
 2. one-chain update: swap one port of one chain (and back), add a chain, delete it: wall time of
-   `update(state).result()`, flow mods sent, chains touched, and a check that no other flow changed.
+   `update(state).result()`, flow mods sent, chains touched, and a check that no other flow changed;
+   alternating (in pairs) between the persistent OpenFlow connection (the default) and one
+   `ovs-ofctl` process per bundle (what the connection replaced), `--updates` of each.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,6 +113,71 @@ def base_flow_text(ovs: OvsSwitch) -> list[str]:
     return sorted(f for f in ovs.flows("br-sfc") if "idle_timeout=" not in f.split(" actions=")[0])
 
 
+TRANSPORTS = ("openflow", "ovs-ofctl")
+
+
+def one_chain_updates(programmer: SfcProgrammer, ovs: OvsSwitch, args: argparse.Namespace, service: int,
+                      state: NodeState) -> dict[str, dict[str, object]]:
+    """Swap one port of one chain (and back) `args.updates` times per transport, then add a chain and delete it.
+
+    Transports alternate in pairs (a swap and its undo): bundles over the persistent OpenFlow connection,
+    then through one ovs-ofctl process each (the programmer's Ofctl with `connection_max_mods=0`), so both
+    see the same machine load on this shared 2-core box.
+    """
+    limits = {"openflow": programmer.settings.connection_max_mods, "ovs-ofctl": 0}
+
+    def use(transport: str) -> None:
+        programmer.ofctl.settings = replace(programmer.settings, connection_max_mods=limits[transport])
+
+    def timed(target: NodeState) -> tuple[float, object]:
+        time.sleep(0.1)  # let the previous pass's echo (monitor events, IDL updates) drain
+        started = time.monotonic()
+        report = programmer.update(target).result(60)
+        return time.monotonic() - started, report
+
+    bundles_before = dict(programmer.ofctl.bundles)
+    target = chain_cookie(NS, f"c{args.chains // 2:04d}")
+    spare = service - SPARES
+    states = [node_state(args.chains, args.switches, args.physical, service, swap=spare), state]
+    before = {f for f in base_flow_text(ovs) if not f.startswith(f"cookie={target:#x},")}
+    runs = {t: {"timings": [], "mods": set(), "touched": set(), "phases": []} for t in TRANSPORTS}
+    for i in range(2 * args.updates):
+        transport = TRANSPORTS[(i // 2) % 2]
+        use(transport)
+        seconds, report = timed(states[i % 2])
+        runs[transport]["timings"].append(seconds)
+        runs[transport]["mods"].add(report.flow_mods)
+        runs[transport]["touched"].update(report.chains)
+        runs[transport]["phases"].append(dict(report.phases))
+    after = {f for f in base_flow_text(ovs) if not f.startswith(f"cookie={target:#x},")}
+    assert after == before, "a one-chain update changed another chain's flows"
+    extra = node_state(args.chains, args.switches, args.physical, service, extra_chain=True)
+    for transport in TRANSPORTS:
+        use(transport)
+        runs[transport]["add"] = timed(extra)
+        runs[transport]["delete"] = timed(state)
+    use("openflow")
+    sent = {k: v - bundles_before[k] for k, v in programmer.ofctl.bundles.items()}
+    out = {}
+    for transport, run in runs.items():
+        timings = sorted(run["timings"])
+        (add_s, add), (delete_s, delete) = run["add"], run["delete"]
+        out[transport] = {
+            "swap_port_median_ms": round(statistics.median(timings) * 1000, 1),
+            "swap_port_p90_ms": round(timings[int(0.9 * (len(timings) - 1))] * 1000, 1),
+            "flow_mods_per_swap": sorted(run["mods"]), "chains_touched": sorted(run["touched"]),
+            "other_flows_unchanged": True,
+            "add_chain_ms": round(add_s * 1000, 1), "add_chain_mods": add.flow_mods,
+            "add_chain_phases_ms": {k: round(v * 1000, 1) for k, v in add.phases},
+            "delete_chain_ms": round(delete_s * 1000, 1), "delete_chain_mods": delete.flow_mods,
+            "delete_chain_phases_ms": {k: round(v * 1000, 1) for k, v in delete.phases},
+            "swap_phases_median_ms": {k: round(statistics.median(p[k] for p in run["phases"]) * 1000, 1)
+                                      for k in run["phases"][0]},
+            "bundles": sent[transport],
+        }
+    return out
+
+
 def main() -> int:
     import logging
 
@@ -177,41 +245,12 @@ def main() -> int:
             "phases_median_s": {k: round(statistics.median(p[k] for p in phases), 3) for k in phases[0]},
         }
 
-        # 2. One-chain updates.
-        target = chain_cookie(NS, f"c{args.chains // 2:04d}")
-        spare = service - SPARES
-        states = [node_state(args.chains, args.switches, args.physical, service, swap=spare), state]
-        before = {f for f in base_flow_text(ovs) if not f.startswith(f"cookie={target:#x},")}
-        timings, mods, touched = [], [], set()
-        for i in range(args.updates):
-            time.sleep(0.1)  # let the previous pass's echo (monitor events, IDL updates) drain
-            t = time.monotonic()
-            report = programmer.update(states[i % 2]).result(60)
-            timings.append(time.monotonic() - t)
-            mods.append(report.flow_mods)
-            touched.update(report.chains)
-        after = {f for f in base_flow_text(ovs) if not f.startswith(f"cookie={target:#x},")}
-        assert after == before, "a one-chain update changed another chain's flows"
-        extra = node_state(args.chains, args.switches, args.physical, service, extra_chain=True)
-        time.sleep(0.1)
-        t = time.monotonic()
-        add = programmer.update(extra).result(60)
-        add_s = time.monotonic() - t
-        time.sleep(0.1)
-        t = time.monotonic()
-        delete = programmer.update(state).result(60)
-        delete_s = time.monotonic() - t
-        results["one_chain"] = {
-            "swap_port_median_ms": round(statistics.median(timings) * 1000, 1),
-            "swap_port_p90_ms": round(sorted(timings)[int(0.9 * (len(timings) - 1))] * 1000, 1),
-            "flow_mods_per_swap": sorted(set(mods)), "chains_touched": sorted(touched),
-            "other_flows_unchanged": True,
-            "add_chain_ms": round(add_s * 1000, 1), "add_chain_mods": add.flow_mods,
-            "add_chain_phases_ms": {k: round(v * 1000, 1) for k, v in add.phases},
-            "delete_chain_ms": round(delete_s * 1000, 1), "delete_chain_mods": delete.flow_mods,
-            "delete_chain_phases_ms": {k: round(v * 1000, 1) for k, v in delete.phases},
-            "swap_phases_ms": {k: round(v * 1000, 1) for k, v in report.phases},
-        }
+        # 2. One-chain updates: over the persistent OpenFlow connection, and one ovs-ofctl process per bundle.
+        one_chain = one_chain_updates(programmer, ovs, args, service, state)
+        results["one_chain"] = one_chain["openflow"]
+        results["one_chain_via_ovs_ofctl"] = one_chain["ovs-ofctl"]
+        results["one_chain"]["speedup_vs_ovs_ofctl"] = round(
+            one_chain["ovs-ofctl"]["swap_port_median_ms"] / one_chain["openflow"]["swap_port_median_ms"], 2)
     finally:
         if programmer:
             programmer.stop()

@@ -13,6 +13,7 @@ from pathlib import Path
 from dpf.controller.settings import (
     ControllerSettings,
     HTTPSettings,
+    IPAMSettings,
     KubeSettings,
     LeaderSettings,
     QueueSettings,
@@ -74,6 +75,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--workers", type=int, default=QueueSettings.workers, help="concurrent reconciles")
     run.add_argument("--resync-period", type=float, default=ControllerSettings.resync_period,
                      help="seconds between full level-triggered resyncs")
+    run.add_argument("--ipam-release-grace", type=float, default=IPAMSettings.release_grace,
+                     help="seconds a DPU node that left a DPUServiceIPAM keeps its block reserved")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.add_argument("--log-format", default="text", choices=("text", "json"), help="log line format")
     run.set_defaults(run=_run)
@@ -105,6 +108,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
                         server_names=tuple(args.tls_san) if args.tls_san else TLSSettings.server_names),
         server=ServerSettings(listen=args.listen),
         http=HTTPSettings(listen=args.health_listen),
+        ipam=IPAMSettings(release_grace=args.ipam_release_grace),
         resync_period=args.resync_period,
     )
 

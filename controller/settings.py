@@ -97,6 +97,15 @@ class HTTPSettings:
 
 
 @dataclass(frozen=True)
+class IPAMSettings:
+    """DPUServiceIPAM splitting."""
+
+    release_grace: float = 600.0
+    """Seconds a node that left a pool (no longer matches, or deleted) keeps its block reserved; a DPU that
+    comes back within this time gets the same addresses, after it the block is free for other nodes."""
+
+
+@dataclass(frozen=True)
 class ControllerSettings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -104,5 +113,6 @@ class ControllerSettings:
     tls: TLSSettings = field(default_factory=TLSSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
+    ipam: IPAMSettings = field(default_factory=IPAMSettings)
     resync_period: float = 600.0
     """Every object is reconciled again at least this often, seconds (level-triggered safety net)."""

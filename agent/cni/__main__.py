@@ -21,8 +21,7 @@ from dpf.agent.cni.ovs_ports import OvsPorts
 from dpf.agent.cni.server import CniServer
 from dpf.agent.cni.settings import CniSettings
 from dpf.agent.ipam.model import blocks_from_json
-from dpf.agent.ipam.service import IpamService
-from dpf.agent.ipam.store import LeaseFile, StoreCorrupt
+from dpf.agent.ipam.service import IpamService, open_service
 
 log = logging.getLogger("dpf.agent.cni")
 
@@ -44,15 +43,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[CniSettings, Path | None]
 
 
 def load_ipam(settings: CniSettings, pools: Path | None) -> IpamService:
-    file = LeaseFile(settings.state_dir / "leases.json")
-    ipam = IpamService(file, blocks_from_json(json.loads(pools.read_text())) if pools else {})
-    try:
-        ipam.load()
-    except StoreCorrupt as exc:
-        # Start empty; the resync before the socket opens re-adopts every IP in use on the switch.
-        log.error("%s; moved to %s, recovering leases from the switch", exc, file.quarantine())
-    file.remove_temp()
-    return ipam
+    return open_service(settings.state_dir / "leases.json",
+                        blocks_from_json(json.loads(pools.read_text())) if pools else {})
 
 
 async def serve(settings: CniSettings, pools: Path | None) -> None:

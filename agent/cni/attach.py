@@ -68,8 +68,9 @@ class Attacher:
     async def add(self, req: Request) -> dict:
         host = links.host_ifname(req.container_id, req.ifname)
         owner = owner_of(req)
+        durable: asyncio.Future | None = None
         try:
-            assignments = await self._lease(req, owner)
+            assignments, durable = await self._lease(req, owner)
             mac = req.mac or _derived_mac(assignments)
             host_mac, pod_mac = await asyncio.to_thread(links.create_veth, host, req.netns, req.ifname,
                                                         req.mtu, mac)
@@ -80,23 +81,31 @@ class Attacher:
             routes = [(r.dst, r.gw) for a in assignments for r in a.routes]
             await asyncio.to_thread(links.configure_pod, req.netns, req.ifname, [a.address for a in assignments],
                                     routes, userspace)
+            if durable is not None:
+                await durable  # the lease is on disk before the result hands the address out
         except BaseException:
-            await asyncio.shield(self._rollback(req, host))
+            await asyncio.shield(self._rollback(req, host, durable))
             raise
         interfaces = [result.Interface(host, host_mac),
                       result.Interface(req.ifname, pod_mac, sandbox=req.netns, mtu=req.mtu)]
         mine = result.render(req.version, interfaces, assignments, pod_index=1)
         return result.merge(req.prev_result, mine)
 
-    async def _lease(self, req: Request, owner: Owner) -> list[Assignment]:
+    async def _lease(self, req: Request, owner: Owner) -> tuple[list[Assignment], asyncio.Future | None]:
+        """The pod's addresses, and the write that makes new leases durable: it runs while the veth and the
+        OVS port are made (the switch records the IPs too), and ADD waits for it before answering."""
         if req.ipam is None:
-            return []
+            return [], None
         if not req.ipam.in_agent:
-            return _assignments_from_result(await delegate_ipam(req, "ADD"))
-        leases = await self.ipam.allocate(owner, _pool_requests(req, self.ipam.blocks))
-        return self.ipam.assignments(leases)
+            return _assignments_from_result(await delegate_ipam(req, "ADD")), None
+        leases, added = self.ipam.reserve(owner, _pool_requests(req, self.ipam.blocks))
+        assignments = self.ipam.assignments(leases)  # may raise: the rollback releases what was reserved
+        return assignments, asyncio.ensure_future(self.ipam.commit(added)) if added else None
 
-    async def _rollback(self, req: Request, host: str) -> None:
+    async def _rollback(self, req: Request, host: str, durable: asyncio.Future | None = None) -> None:
+        if durable is not None:
+            with contextlib.suppress(Exception):
+                await durable  # let the lease write land before the release writes again
         try:
             await self._unplug(req, host)
         except Exception:  # the original error is what the runtime must see

@@ -1,8 +1,9 @@
 """This node's share of each IP pool, as the controller computed it (frozen; filled from the stream).
 
 The controller splits a DPUServiceIPAM into per-node blocks (`dpf.controller.ipam`); the agent only
-ever allocates inside the block it was given. Until the runtime fills these from the gRPC stream,
-`blocks_from_json` reads the same shape from a file (the standalone CNI server and the tests use it).
+ever allocates inside the block it was given. The DPU agent fills these from the gRPC stream
+(`dpf.agent.ipam.handler`); `blocks_from_json` reads the same shape from a file (the standalone CNI
+server and the tests use it).
 Never does I/O beyond that one parse; never reads the clock.
 """
 

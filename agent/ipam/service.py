@@ -16,11 +16,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from dpf.agent.ipam import allocator
 from dpf.agent.ipam.allocator import AllocationError, UnknownPool
 from dpf.agent.ipam.model import PoolBlock, Route
-from dpf.agent.ipam.store import LeaseFile
+from dpf.agent.ipam.store import LeaseFile, StoreCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,14 @@ class IpamService:
 
     async def allocate(self, owner: Owner, requests: Sequence[PoolRequest]) -> list[Lease]:
         """One lease per requested pool; the owner's existing leases in those pools are reused (ADD retry)."""
+        leases, added = self.reserve(owner, requests)
+        await self.commit(added)
+        return leases
+
+    def reserve(self, owner: Owner, requests: Sequence[PoolRequest]) -> tuple[list[Lease], list[Lease]]:
+        """(one lease per requested pool, the ones newly taken). Taken in memory at once, so no concurrent
+        request can pick them, but not yet durable: the caller must `commit(added)` before it hands any of
+        them out (the CNI ADD overlaps that write with creating the veth and the OVS port)."""
         held = {lease.pool: lease for lease in self.leases_of(owner.key)}
         added: list[Lease] = []
         try:
@@ -162,13 +171,18 @@ class IpamService:
             raise
         if added:
             self._version += 1
-            try:
-                await self._persist()
-            except OSError as exc:
-                self._drop(added)
-                self._version += 1
-                raise IpamIOError(f"cannot record the lease in {self._file.path}: {exc}") from exc
-        return [held[req.pool] for req in requests]
+        return [held[req.pool] for req in requests], added
+
+    async def commit(self, added: Sequence[Lease]) -> None:
+        """Make reserved leases durable; if the write fails they are dropped again and IpamIOError is raised."""
+        if not added:
+            return
+        try:
+            await self._persist()
+        except OSError as exc:
+            self._drop(added)
+            self._version += 1
+            raise IpamIOError(f"cannot record the lease in {self._file.path}: {exc}") from exc
 
     def _pick(self, owner: Owner, req: PoolRequest) -> Lease:
         block = self._blocks.get(req.pool)
@@ -234,6 +248,19 @@ class IpamService:
         for pool, cursor in self._table.cursors.items():
             pools.setdefault(pool, {"cursor": cursor, "leases": {}})
         return {"pools": pools}
+
+
+def open_service(path: Path, blocks: Mapping[str, PoolBlock] | None = None) -> IpamService:
+    """The lease table in `path`, loaded. A corrupt file is moved aside and the table starts empty: the CNI
+    server's start-up resync, which runs before its socket opens, re-adopts every IP in use on the switch."""
+    file = LeaseFile(path)
+    ipam = IpamService(file, blocks)
+    try:
+        ipam.load()
+    except StoreCorrupt as exc:
+        log.error("%s; moved to %s, recovering leases from the switch", exc, file.quarantine())
+    file.remove_temp()
+    return ipam
 
 
 def sorted_ips(leases: Iterable[Lease]) -> list[str]:

@@ -83,6 +83,29 @@ def enter_netns(name: str) -> None:
     os.close(fd)
 
 
+def null_agent(path: Path) -> None:
+    """A stand-in agent that answers every request at once (daemon thread): the `shim floor` row, i.e. what
+    our plugin costs before the agent does any work (process start, socket round trip)."""
+    import asyncio
+    import threading
+
+    answer = json.dumps({"code": 0, "stdout": json.dumps({"cniVersion": "1.0.0", "interfaces": [], "ips": []})})
+
+    async def serve() -> None:
+        async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(b'{"ack":true}\n' + answer.encode() + b"\n")
+            await writer.drain()
+            writer.close()
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.start_unix_server(one, path=str(path))
+        await asyncio.Event().wait()
+
+    threading.Thread(target=lambda: asyncio.run(serve()), name="null-agent", daemon=True).start()
+    wait_until(path.exists, 10, "the null agent's socket")
+
+
 def sequential(plugins: list[Plugin], pods: list[str]) -> None:
     """ADD every pod, then DEL every pod; the plugins take turns call by call, so load swings hit all alike."""
     for p in plugins:
@@ -124,28 +147,34 @@ def table(plugins: list[Plugin]) -> str:
 
 
 NOTES = """
-Reading it (measured 2026-11-24 on this 2-core machine while other builds ran, load average 3-6):
+Reading it (this 2-core machine is shared with other builds; load average noted with each run):
 - ovs-cni's default ADD includes a poll of the port's `link_state` every 600 ms; when vswitchd has not
   yet reported the link up at the first poll the ADD waits 600 ms (its sequential p99, and sometimes its
   p50). The `link_state_check_interval=5` row shows the cost of its mechanism alone.
-- dpf-sfc-cni's time is mostly process start: the frozen shim costs ~15 ms of CPU per call (the
-  PyInstaller onedir floor is ~13 ms; it was 45 ms before the shim dropped `json`/`socket` and the
-  `inspect` runtime hook). Inside the agent an ADD takes ~15 ms wall (lease, veth, one OVSDB
-  transaction, vswitchd realizing it, addresses). CPU per ADD, from /proc: shim 15 ms, agent 11 ms,
-  ovs-vswitchd 10 ms, ovsdb-server 1 ms.
-- 20 concurrent ADDs on 2 cores are CPU-bound for every plugin: 20 x ~37 ms of CPU is ~0.37 s of work
-  for 2 cores, so no plugin here reaches p99 < 100 ms (even Debian's bridge, which never touches OVS,
-  is at ~100 ms p50). In dpf-sfc-cni, port adds that arrive together share one OVSDB transaction and
-  one vswitchd reconfiguration; the rest of its cost under a burst is the CPU of 20 shim processes.
+- The `shim floor` row is our shim against an agent that answers at once: what every dpf-sfc-cni call
+  costs before the agent does any work. At 20 concurrent it is most of our ADD time. The frozen shim
+  costs ~19 ms of CPU per call (`perf stat`: PyInstaller's onedir bootloader execs itself once to set
+  LD_LIBRARY_PATH, then starts an embedded interpreter; ~1000 page faults); 20 of them are ~0.4 s of CPU
+  for 2 cores. A compiled binary doing as little costs ~2 ms (Debian's bridge answering VERSION: 2.1 ms
+  of CPU, 20 concurrent p50 22 ms / p99 38 ms on this machine). So p99 < 100 ms at 20 concurrent ADDs
+  is out of reach on 2 cores for any shim that starts a Python interpreter; it needs a compiled shim
+  (same wire protocol, about 200 lines of C or Go).
+- Inside the agent (per-phase wall times, 5 rounds of 20 concurrent ADDs, 2026-11-24): ADD p50 40-60 ms,
+  p90 85-130 ms: lease fsync 16-22 ms, veth pair 13 ms, OVS port 9-20 ms (one batched OVSDB
+  transaction for the ports that arrive together, plus vswitchd realizing it), pod addresses 5 ms. The
+  lease write now runs while the veth and the port are made (ADD still answers only once it is on
+  disk), which took about 20 ms off the agent's ADD p50. A larger netlink thread pool did not help
+  (pyroute2 work is GIL-bound). CPU per ADD+DEL pair: agent 12 ms, ovs-vswitchd 5 ms, ovsdb-server 1 ms.
 """
 
 
-def record(text: str, args: argparse.Namespace) -> None:
+def record(text: str, args: argparse.Namespace, load: float) -> None:
     results = REPO / "bench" / "RESULTS.md"
     body = (f"## cni\n\n`sudo .venv/bin/python bench/cni/run.py --samples {args.samples} "
             f"--concurrency {args.concurrency} --record` on {platform.node()} ({os.cpu_count()} cores), "
-            f"{time.strftime('%Y-%m-%d')}. Wall time per CNI call as the runtime sees it (process start included); "
-            "OVS 3.1 userspace datapath; one run, all plugins side by side.\n\n" + text + "\n" + NOTES)
+            f"{time.strftime('%Y-%m-%d')}, load average before the run {load:.1f}. Wall time per CNI "
+            "call as the runtime sees it (process start included); OVS 3.1 userspace datapath; one run, all plugins "
+            "side by side.\n\n" + text + "\n" + NOTES)
     old = results.read_text() if results.exists() else "# Benchmark results\n"
     if "\n## cni\n" in f"\n{old}":
         head, _, rest = f"\n{old}".partition("\n## cni\n")
@@ -164,6 +193,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/cni needs root (netns, OVS)")
+    load = os.getloadavg()[0]
     ours_bin = _load(REPO / "packaging" / "pyinstaller" / "build.py", "dpf_cni_build").ensure_binary()
     ovs_cni = ensure_ovs_cni()
     work = Path(tempfile.mkdtemp(prefix="dpf-bench-cni-"))
@@ -207,7 +237,13 @@ def main() -> int:
                 "cniVersion": "1.0.0", "name": "br", "type": "bridge", "bridge": "cnibench0",
                 "ipam": host_local(work / "hl-br", "10.82.0.0/16")},
                 "/usr/lib/cni"),
+            # Not a plugin: our shim against an agent that answers at once, the floor under our rows.
+            Plugin("dpf-sfc-cni shim floor (agent answers at once)", bindir / "dpf-sfc-cni", {
+                "cniVersion": "1.0.0", "name": "floor", "type": "dpf-sfc-cni", "bridge": "br-sfc",
+                "agentSocket": str(work / "null" / "agent.sock"), "ipam": {"type": "dpf-ipam", "poolName": "x"}},
+                f"{bindir}:/usr/lib/cni"),
         ]
+        null_agent(work / "null" / "agent.sock")
         for i, p in enumerate(plugins):
             p.ifname = f"net{i + 1}"
         for p in plugins:
@@ -218,7 +254,7 @@ def main() -> int:
         text = table(plugins)
         print(text)
         if args.record:
-            record(text, args)
+            record(text, args, load)
         return 0
     finally:
         if agent is not None:

@@ -20,7 +20,9 @@ from dpf.controller.api.meta import (
     Model,
     NodeSelector,
     Resource,
+    SchemaExtra,
     TemplateMeta,
+    Time,
 )
 
 GROUP = "svc.dpu.nvidia.com"
@@ -362,6 +364,27 @@ class DPUServiceIPAMSpec(Model):
     """DPU-cluster Nodes that get addresses."""
 
 
+class IPAMAllocation(Model):
+    """One DPU node's block: startIP/endIP for ipv4Subnet, prefix and gateway for ipv4Network (as nv-ipam)."""
+
+    node_name: str
+    start_ip: Annotated[IPString | None, Field(alias="startIP")] = None
+    end_ip: Annotated[IPString | None, Field(alias="endIP")] = None
+    prefix: Cidr | None = None
+    gateway: IPString | None = None
+    departed_at: Time | None = None
+    """When the node stopped matching; its block stays reserved until the release grace period has passed."""
+
+
+Allocations = Annotated[list[IPAMAllocation], SchemaExtra({"x-kubernetes-list-type": "map",
+                                                           "x-kubernetes-list-map-keys": ["nodeName"]})]
+
+
+class DPUServiceIPAMStatus(ObjectStatus):
+    allocations: Allocations | None = None
+    """Each DPU node's block; kept across controller restarts, so a node keeps its addresses."""
+
+
 class DPUServiceIPAM(Resource):
     """An IP pool in every DPU cluster, for service interfaces and chains."""
 
@@ -374,4 +397,4 @@ class DPUServiceIPAM(Resource):
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
 
     spec: DPUServiceIPAMSpec
-    status: ObjectStatus | None = None
+    status: DPUServiceIPAMStatus | None = None

@@ -3,8 +3,9 @@
 Pure and deterministic (shared/spec/dpf-upstream.md §4.3): the reconciler passes the spec, the DPU
 nodes with their labels, the allocations recorded in status last time, and the clock; it writes
 the result back to status and streams each node its block. Stability comes from `previous`: a
-node keeps its block across controller restarts and as other nodes come and go, and a node that
-leaves keeps its block for `grace` seconds (a rebooting DPU must get the same addresses back).
+node keeps its block across controller restarts (`from_status` reads it back from status) and as
+other nodes come and go, and a node that leaves keeps its block for `grace` seconds (a rebooting
+DPU must get the same addresses back).
 
 - ipv4Subnet (an IPPool): the subnet is cut into consecutive blocks of perNodeIPCount addresses,
   starting after the network address; one shared gateway, which the agent never hands to pods.
@@ -16,9 +17,10 @@ leaves keeps its block for `grace` seconds (a rebooting DPU must get the same ad
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from dpf.controller.api.meta import NodeSelector, NodeSelectorRequirement
 from dpf.controller.api.svc_network import DPUServiceIPAMSpec
@@ -50,11 +52,16 @@ class NodeAllocation:
     """When the node stopped matching; the block is kept until the grace period ends."""
 
     def status_entry(self) -> dict[str, str]:
-        """nv-ipam's status.allocations shape for this kind of pool."""
+        """nv-ipam's status.allocations shape for this kind of pool (plus `departedAt` while departed)."""
         if self.pool_type == "ippool":
-            return {"nodeName": self.node, "startIP": self.start, "endIP": self.end}
-        entry = {"nodeName": self.node, "prefix": self.subnet}
-        return {**entry, "gateway": self.gateway} if self.gateway else entry
+            entry = {"nodeName": self.node, "startIP": self.start, "endIP": self.end}
+        else:
+            entry = {"nodeName": self.node, "prefix": self.subnet}
+            if self.gateway:
+                entry["gateway"] = self.gateway
+        if self.departed_at is not None:
+            entry["departedAt"] = _rfc3339(self.departed_at)
+        return entry
 
     def block(self, pool: str) -> dict[str, object]:
         """The shape the node's agent allocates from (`dpf.agent.ipam.model.block_from_dict`)."""
@@ -69,6 +76,43 @@ class Split:
     """Sorted by node name; includes departed nodes still within their grace period."""
     unallocated: tuple[str, ...] = ()
     """Matching nodes that got no block because the pool is full."""
+
+
+def from_status(spec: DPUServiceIPAMSpec, entries: Iterable[Mapping[str, Any]]) -> list[NodeAllocation]:
+    """The allocations a status recorded (`status_entry()` dicts), rebuilt against the current spec: the
+    `previous` of the next split after a controller restart. Entries the spec no longer has are dropped."""
+    out = []
+    for entry in entries:
+        node = entry.get("nodeName")
+        block = _entry_block(spec, entry) if node else None
+        if block is None:
+            continue
+        departed = entry.get("departedAt")
+        out.append(replace(block, node=node, departed_at=_epoch(departed) if departed else None))
+    return out
+
+
+def _entry_block(spec: DPUServiceIPAMSpec, entry: Mapping[str, Any]) -> NodeAllocation | None:
+    try:
+        if spec.ipv4_subnet is not None and entry.get("startIP"):
+            subnet = ipaddress.ip_network(spec.ipv4_subnet.subnet, strict=False)
+            return _block_at(spec, str(subnet), str(entry["startIP"]))
+        if spec.ipv4_network is not None and entry.get("prefix"):
+            return _prefix_block(spec, ipaddress.ip_network(str(entry["prefix"]), strict=False))
+    except ValueError:
+        return None
+    return None
+
+
+def _rfc3339(epoch: float) -> str:
+    return datetime.fromtimestamp(int(epoch), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(stamp: str) -> float | None:
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 # -- node selection ---------------------------------------------------------------------------------------

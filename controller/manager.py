@@ -158,6 +158,8 @@ class Controller:
         if lease:
             await self.ctx.events.emit(self._elector.rest, lease, "Lease", NORMAL, "LeaderElected",
                                        f"{self.identity} became the leader; agents reconnect to it", action="Elect")
+        # Lead tasks live as long as the term (TaskGroup treats a return as a crash): idle until cancelled.
+        await asyncio.Event().wait()
 
     async def _stopped_leading(self) -> None:
         self._leading = False

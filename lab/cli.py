@@ -14,8 +14,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="run the local lab: control plane, CRDs, emulated hosts and DPUs",
         description=(
             "Start a local lab on this machine: etcd + kube-apiserver + kube-controller-manager on loopback "
-            "with the dpf CRDs installed. Prints how to point kubectl at it, then runs until Ctrl-C "
-            "(or SIGTERM), and stops everything it started. Needs root (network namespaces, OVS)."
+            "with the dpf CRDs installed, the dpf controller (mTLS), and two emulated DPUs (a network namespace "
+            "each, with its own Open vSwitch and DPU agent). Applies upstream's hbn_only service interfaces "
+            "and chain, shows traffic passing through the chain and stopping when it is deleted, applies it "
+            "again, prints how to point kubectl at it, then runs until Ctrl-C (or SIGTERM) and stops "
+            "everything it started. Needs root (network namespaces, OVS)."
         ),
         epilog="Example: dpf lab    # then, in another shell: export KUBECONFIG=/tmp/dpf-lab/host/admin.kubeconfig",
     )

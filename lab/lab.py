@@ -1,7 +1,9 @@
 """The local lab: the real components of a DPF deployment, started on one machine.
 
-Today: the host cluster's control plane with the dpf CRDs. Each step prints what it does; Ctrl-C
-or SIGTERM stops everything in reverse order. A second lab on the same workdir is refused.
+The host cluster's control plane with the dpf CRDs, then the service-chaining scenario (`sfc_demo.py`):
+the dpf controller, two emulated DPUs with their agents, upstream's hbn_only interfaces and chain, and
+traffic through it. Each step prints what it does; Ctrl-C or SIGTERM stops everything in reverse order
+and leaves nothing behind. A second lab on the same workdir is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from types import FrameType
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import ProcessFailed
 from dpf.lab.bed.tools import ToolMissing, tool
+from dpf.lab.sfc_demo import DemoError, SfcDemo
 
 
 class LabError(Exception):
@@ -35,6 +38,8 @@ class Lab:
         self._stack = contextlib.ExitStack()
         self._stop = threading.Event()
         self.host: ControlPlane | None = None
+        self.demo: SfcDemo | None = None
+        self._pid = os.getpid()
 
     def __enter__(self) -> Lab:
         self._lock()
@@ -43,12 +48,18 @@ class Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        say("stopping: control plane and everything else the lab started")
+        say("stopping: agents, OVS, controller, control plane and the network namespaces")
         started = time.monotonic()
         self._stack.close()
         say(f"stopped cleanly in {time.monotonic() - started:.1f}s")
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A forked helper (pyroute2 forks to create network namespaces) being stopped: it must die as
+            # it would without our handler, never run the lab's teardown.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         if self._stop.is_set():
             return
         say(f"received {signal.Signals(signum).name}")
@@ -75,7 +86,10 @@ class Lab:
             raise LabError("the lab needs root (network namespaces, Open vSwitch); run it with sudo")
         try:
             self._start_control_plane()
-        except (ToolMissing, ProcessFailed, TimeoutError) as exc:
+            assert self.host is not None
+            self.demo = SfcDemo(self.host, self.workdir, self._stack, say)
+            self.demo.start()
+        except (ToolMissing, ProcessFailed, TimeoutError, DemoError, RuntimeError) as exc:
             raise LabError(str(exc)) from exc
         self._print_usage()
 
@@ -97,6 +111,7 @@ class Lab:
             f"  export KUBECONFIG={self.host.kubeconfig}\n"
             f"  {tool('kubectl')} get crd\n"
             f"  {tool('kubectl')} api-resources --api-group=provisioning.dpu.nvidia.com\n"
+            f"\n{self.demo.usage() if self.demo else ''}\n"
             "\nPress Ctrl-C to stop the lab.\n",
             flush=True,
         )
@@ -109,7 +124,8 @@ class Lab:
                 if deadline is not None and time.monotonic() >= deadline:
                     say(f"--for {duration:g}s elapsed")
                     return
-                for child in self.host.children if self.host else []:
+                for child in [*(self.host.children if self.host else []),
+                              *(self.demo.children() if self.demo else [])]:
                     try:
                         child.check_alive()
                     except ProcessFailed as exc:

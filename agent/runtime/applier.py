@@ -45,6 +45,9 @@ class TypeApplier:
         self.retry_base, self.retry_max = retry_base, retry_max
         self.state: TypeState = store.load(self.type_url)
         self.observed: dict[str, pb.ObjectStatus] = {}
+        # The set a handler is applying right now: a status it reports without a version refers to this
+        # set's versions, not to the (older) stored ones.
+        self.applying: Mapping[str, StoredResource] | None = None
         self.lock = asyncio.Lock()  # one apply at a time per type (response vs periodic resync)
 
     # ---- responses ---------------------------------------------------------------------------------------
@@ -109,7 +112,11 @@ class TypeApplier:
         while True:
             started = time.monotonic()
             try:
-                await self.handler.apply(desired, changed, removed, reporter)
+                self.applying = merged
+                try:
+                    await self.handler.apply(desired, changed, removed, reporter)
+                finally:
+                    self.applying = None
                 self.metrics.applies.labels(self.type_url, "ok").inc()
                 self.metrics.apply_seconds.labels(self.type_url).observe(time.monotonic() - started)
                 return

@@ -23,32 +23,43 @@ if TYPE_CHECKING:
 RECORDABLE = {"ServiceInterface": ("dpf.proto.v1.sfc_pb2", "ServiceInterface")}
 
 
-def register(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "agent", help="run a node agent (host or DPU) against the controller",
-        description="Connect to the controller's NodeState stream as one node, apply its desired state through "
-                    "the registered handlers, persist what was applied (re-asserted at start-up, even with the "
-                    "controller down) and report ACK/NACK and status.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--node", required=True, help="this node's name (must equal the certificate CN)")
-    parser.add_argument("--role", required=True, choices=("host", "dpu"), help="agent role")
-    parser.add_argument("--controller", action="append", required=True, metavar="HOST:PORT",
-                        help="a controller replica (repeat for each; the agent fails over between them)")
-    parser.add_argument("--state-dir", type=Path, required=True, help="directory for the last applied state")
+def add_connection_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    """The flags every agent needs to reach the controller as one node (shared with `dpf agent dpu`)."""
+    parser.add_argument("--node", required=required, help="this node's name (must equal the certificate CN)")
+    parser.add_argument("--controller", action="append", required=required, metavar="HOST:PORT",
+                        help="a controller replica (repeat for each; the agent fails over between them); "
+                             "unix:PATH for a unix socket")
+    parser.add_argument("--state-dir", type=Path, required=required, help="directory for the last applied state")
     parser.add_argument("--ca", type=Path, help="CA certificate of the controller (from issue-node-cert)")
     parser.add_argument("--cert", type=Path, help="this node's client certificate")
     parser.add_argument("--key", type=Path, help="this node's private key")
     parser.add_argument("--server-name", default="", help="expected name in the controller's certificate")
     parser.add_argument("--insecure", action="store_true", help="plain-text gRPC, no certificate (LAB ONLY)")
+    parser.add_argument("--http-listen", default="", help="host:port for /healthz, /readyz, /metrics")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "agent", help="run a node agent (host or DPU) against the controller",
+        description="Connect to the controller's NodeState stream as one node, apply its desired state through "
+                    "the registered handlers, persist what was applied (re-asserted at start-up, even with the "
+                    "controller down) and report ACK/NACK and status. `dpf agent dpu` is the DPU agent "
+                    "(OVS ports and flows, CNI server); plain `dpf agent` only records (--record).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_connection_flags(parser, required=False)  # required unless a subcommand is given; checked in _run
+    parser.add_argument("--role", choices=("host", "dpu"), help="agent role")
     parser.add_argument("--record", action="append", default=[], choices=sorted(RECORDABLE),
                         help="handle this type by recording it only (no data-plane changes); repeatable")
     parser.add_argument("--once", action="store_true",
                         help="fetch the full desired state once, apply, ACK, print a summary and exit")
     parser.add_argument("--once-timeout", type=float, default=30.0, help="seconds --once waits for a controller")
-    parser.add_argument("--http-listen", default="", help="host:port for /healthz, /readyz, /metrics")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--log-format", default="text", choices=("text", "json"))
-    parser.set_defaults(run=_run)
+    parser.set_defaults(run=_run, agent_parser=parser)
+    kinds = parser.add_subparsers(dest="agent_kind", metavar="KIND")
+    from dpf.agent.dpu import cli as dpu_cli  # light: argparse only, the agent is imported when it runs
+
+    dpu_cli.register(kinds)
 
 
 def _handlers(args: argparse.Namespace) -> list:
@@ -80,6 +91,11 @@ def _setup_logging(level: str, fmt: str) -> None:
 def _run(args: argparse.Namespace) -> int:
     from dpf.agent.runtime.runtime import AgentRuntime
 
+    missing = [flag for flag, value in (("--node", args.node), ("--role", args.role),
+                                        ("--controller", args.controller), ("--state-dir", args.state_dir))
+               if not value]
+    if missing:
+        args.agent_parser.error(f"the following arguments are required: {', '.join(missing)}")
     _setup_logging(args.log_level, args.log_format)
     try:
         settings = settings_from(args)

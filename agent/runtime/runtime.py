@@ -82,10 +82,24 @@ class AgentRuntime:
             options.append(("grpc.ssl_target_name_override", tls.server_name))
         return grpc.aio.secure_channel(endpoint, credentials, options=options)
 
+    def add_handler(self, handler: Handler) -> TypeApplier:
+        """Register a handler after construction (e.g. `dpf.agent.cni.wiring.serve_cni`); its stored state is
+        loaded at once. A stream that is already open subscribes to the type without reconnecting. The start-up
+        re-assert covers it only if it was registered before `run()` got there: callers that register later
+        re-assert it themselves (`applier.reassert(runtime.statuses.reporter(type_url))`)."""
+        if handler.type_url in self.appliers:
+            raise ValueError(f"a handler for {handler.type_url} is already registered")
+        applier = TypeApplier(handler, self.store, self.metrics, self.settings.apply_retry_base,
+                              self.settings.apply_retry_max)
+        self.appliers[handler.type_url] = applier
+        if self.session is not None:
+            self.session.add_type(handler.type_url)
+        return applier
+
     # ---- start-up ----------------------------------------------------------------------------------------
     async def reassert(self) -> None:
         """Apply the stored state again (no controller needed)."""
-        for applier in self.appliers.values():
+        for applier in list(self.appliers.values()):
             await applier.reassert(self.statuses.reporter(applier.type_url))
         self.state.reasserted = True
 
@@ -119,7 +133,7 @@ class AgentRuntime:
             await asyncio.Event().wait()
         while True:
             await asyncio.sleep(self.settings.resync_period)
-            for applier in self.appliers.values():
+            for applier in list(self.appliers.values()):
                 await applier.reassert(self.statuses.reporter(applier.type_url))
 
     async def _connect_loop(self, max_sessions: int | None) -> None:

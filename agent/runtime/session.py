@@ -52,7 +52,8 @@ class TypeReporter:
                resource_version: str = "") -> None:
         if not resource_version:
             applier = self._buffer._appliers.get(self._type_url)
-            stored = applier.state.resources.get(name) if applier else None
+            current = (applier.applying or applier.state.resources) if applier else {}
+            stored = current.get(name)
             resource_version = stored.version if stored else ""
         self._buffer.add(self._type_url, pb.ObjectStatus(name=name, resource_version=resource_version, state=state,
                                                          message=message, observed=dict(observed or {})))
@@ -73,6 +74,8 @@ class Session:
         self.answered = asyncio.Event()  # set after each ACK/NACK
         self._lock = asyncio.Lock()
         self._call: grpc.aio.StreamStreamCall | None = None
+        self._queues: dict[str, asyncio.Queue[pb.DiscoveryResponse]] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
 
     async def _send(self, message: pb.StreamRequest) -> None:
         async with self._lock:
@@ -93,25 +96,35 @@ class Session:
         self.welcome = first.welcome
         return first.welcome
 
+    def add_type(self, type_url: str) -> None:
+        """Subscribe to one handled type: its worker sends the subscription, then applies its responses.
+        Called for every type when the stream starts, and by the runtime for a handler registered later."""
+        if type_url in self._queues or type_url not in self.appliers:
+            return
+        queue = self._queues[type_url] = asyncio.Queue()
+        self._workers[type_url] = asyncio.create_task(self._type_worker(type_url, queue), name=f"agent/type/{type_url}")
+
+    async def _subscribe(self, applier: TypeApplier) -> None:
+        state = applier.state
+        request = pb.DiscoveryRequest(type_url=applier.type_url)
+        if not self.full_state:
+            request.version_info = state.version
+            request.resource_versions.update(state.resource_versions())
+        await self._send(pb.StreamRequest(request=request))
+        if applier.observed:  # re-announce what we observed, the controller may be new
+            await self._send(pb.StreamRequest(status=pb.StatusReport(
+                type_url=applier.type_url, objects=list(applier.observed.values()), full=True)))
+
     async def run(self) -> None:
         """Subscribe to every handled type, then serve responses until the stream ends."""
         assert self._call is not None
-        for applier in self.appliers.values():
-            state = applier.state
-            request = pb.DiscoveryRequest(type_url=applier.type_url)
-            if not self.full_state:
-                request.version_info = state.version
-                request.resource_versions.update(state.resource_versions())
-            await self._send(pb.StreamRequest(request=request))
-            if applier.observed:  # re-announce what we observed, the controller may be new
-                await self._send(pb.StreamRequest(status=pb.StatusReport(
-                    type_url=applier.type_url, objects=list(applier.observed.values()), full=True)))
-        queues = {t: asyncio.Queue[pb.DiscoveryResponse]() for t in self.appliers}
-        workers = [asyncio.create_task(self._type_worker(t, q), name=f"agent/type/{t}") for t, q in queues.items()]
-        workers.append(asyncio.create_task(self._status_flusher(), name="agent/status-flusher"))
+        for type_url in list(self.appliers):
+            self.add_type(type_url)
+        flusher = asyncio.create_task(self._status_flusher(), name="agent/status-flusher")
         try:
             while True:
                 reading = asyncio.ensure_future(self._call.read())
+                workers = {flusher, *self._workers.values()}
                 done, _ = await asyncio.wait({reading, *workers}, return_when=asyncio.FIRST_COMPLETED)
                 if reading not in done:
                     reading.cancel()
@@ -125,12 +138,13 @@ class Session:
                     continue
                 response = message.response
                 self.metrics.responses.labels(response.type_url).inc()
-                queue = queues.get(response.type_url)
+                queue = self._queues.get(response.type_url)
                 if queue is None:
                     log.warning("ignoring a response for unhandled type %s", response.type_url)
                     continue
                 queue.put_nowait(response)
         finally:
+            workers = [flusher, *self._workers.values()]
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
@@ -138,6 +152,7 @@ class Session:
     async def _type_worker(self, type_url: str, queue: asyncio.Queue[pb.DiscoveryResponse]) -> None:
         applier = self.appliers[type_url]
         reporter = self.statuses.reporter(type_url)
+        await self._subscribe(applier)
         while True:
             response = await queue.get()
             outcome = await applier.on_response(response, reporter)  # Desync propagates: reconnect

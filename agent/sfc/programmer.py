@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from dpf.agent.sfc.desired import (
@@ -191,9 +191,7 @@ class SfcProgrammer:
         while True:
             events = self._collect()
             if any(e.kind == "stop" for e in events):
-                for e in events:
-                    if e.future and not e.future.done():
-                        e.future.set_exception(RuntimeError("SFC programmer stopped"))
+                _settle([e.future for e in events if e.future], exception=RuntimeError("SFC programmer stopped"))
                 return
             self._execute(events)
 
@@ -234,23 +232,20 @@ class SfcProgrammer:
             delay = min(_BACKOFF_FIRST * 2 ** (s.failures - 1), _BACKOFF_MAX)
             s.retry_at = time.monotonic() + delay
             log.warning("SFC apply failed (attempt %d, full resync in %.1fs): %s", s.failures, delay, exc)
-            for future in futures:
-                future.set_exception(exc)
+            _settle(futures, exception=exc)
             return
         except Exception as exc:  # a bug must not kill the loop; it is logged and retried
             log.exception("SFC programmer pass failed")
             s.failures += 1
             s.retry_at = time.monotonic() + _BACKOFF_MAX
-            for future in futures:
-                future.set_exception(exc)
+            _settle(futures, exception=exc)
             return
         s.failures, s.retry_at = 0, None
         self.passes += 1
         if report.flow_mods or report.ports != "nothing":
             log.info("SFC %s: ports %s; %d flow mods for %s in %.1f ms", report.reason, report.ports,
                      report.flow_mods, ", ".join(report.chains) or "no chain", report.seconds * 1000)
-        for future in futures:
-            future.set_result(report)
+        _settle(futures, result=report)
 
     # -- passes ---------------------------------------------------------------------------------------
 
@@ -441,3 +436,13 @@ def _recorded(view: SwitchView, bridge: str) -> set[int]:
                 out.add(int(key[len(CHAIN_RECORD):], 16))
     return out
 
+
+def _settle(futures: list[Future], result: object = None, exception: BaseException | None = None) -> None:
+    """Resolve callers' futures; one the caller already cancelled (e.g. an awaiting task that was
+    cancelled through asyncio.wrap_future) is skipped: resolving it would raise and kill the worker."""
+    for future in futures:
+        with contextlib.suppress(InvalidStateError):  # cancelled by its caller meanwhile
+            if exception is not None:
+                future.set_exception(exception)
+            else:
+                future.set_result(result)

@@ -1,12 +1,15 @@
 """Pure builder: ServiceInterface CRs (dicts from the watch cache) → one node's ServiceInterface snapshot.
 
+A `service` interface also carries the pod it belongs to: the one pod on the node, in the interface's
+namespace, labelled `svc.dpu.nvidia.com/service=<serviceID>` (upstream's rule); the agent finds that
+pod's OVS port by the CNI's `external_ids:dpf-id=<pod>/<interfaceName>`.
 No I/O, no clock; output order is deterministic (the snapshot sorts by name). Resource names are
 "namespace/name" of the CR.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dpf.controller.cache.snapshot import Snapshot
@@ -14,19 +17,35 @@ from dpf.proto import versioning
 from dpf.proto.v1 import sfc_pb2
 
 TYPE_URL = versioning.type_url(sfc_pb2.ServiceInterface)
+SERVICE_LABEL = "svc.dpu.nvidia.com/service"
 
 
-def resource_name(obj: dict[str, Any]) -> str:
+def resource_name(obj: Mapping[str, Any]) -> str:
     meta = obj["metadata"]
     return f"{meta.get('namespace', '')}/{meta['name']}"
 
 
-def to_message(obj: dict[str, Any]) -> sfc_pb2.ServiceInterface:
+def match_pod(obj: Mapping[str, Any], pods: Iterable[Mapping[str, Any]]) -> str:
+    """`<namespace>/<name>` of the one live pod (of `pods`, those on the interface's node) serving a
+    `service` interface; "" for other types, or when no pod or several pods match."""
+    spec = obj.get("spec") or {}
+    service_id = (spec.get("service") or {}).get("serviceID")
+    if spec.get("interfaceType") != "service" or not service_id:
+        return ""
+    namespace = obj["metadata"].get("namespace", "")
+    hits = [p for p in pods if p["metadata"].get("namespace", "") == namespace
+            and not p["metadata"].get("deletionTimestamp")
+            and (p["metadata"].get("labels") or {}).get(SERVICE_LABEL) == service_id]
+    return resource_name(hits[0]) if len(hits) == 1 else ""
+
+
+def to_message(obj: Mapping[str, Any], pod: str = "") -> sfc_pb2.ServiceInterface:
     spec = obj.get("spec") or {}
     message = sfc_pb2.ServiceInterface(
         interface_type=spec.get("interfaceType", ""),
         labels=(obj["metadata"].get("labels") or {}),
         generation=int(obj["metadata"].get("generation") or 0),
+        pod=pod,
     )
     if (physical := spec.get("physical")) is not None:
         message.physical.interface_name = physical.get("interfaceName", "")
@@ -46,12 +65,15 @@ def to_message(obj: dict[str, Any]) -> sfc_pb2.ServiceInterface:
     return message
 
 
-def resource_version(obj: dict[str, Any]) -> str:
+def resource_version(obj: Mapping[str, Any], pod: str = "") -> str:
     """The version this CR has inside a snapshot (what an agent ACKs for it)."""
-    return versioning.resource_version(versioning.pack(to_message(obj)))
+    return versioning.resource_version(versioning.pack(to_message(obj, pod)))
 
 
-def compute_serviceinterfaces(objects: Iterable[dict[str, Any]]) -> Snapshot:
-    """The snapshot for one node from the ServiceInterfaces whose spec.node is that node (being deleted: left out)."""
+def compute_serviceinterfaces(objects: Iterable[Mapping[str, Any]],
+                              pods: Iterable[Mapping[str, Any]] = ()) -> Snapshot:
+    """The snapshot for one node from the ServiceInterfaces whose spec.node is that node (being deleted: left
+    out) and the pods scheduled to that node."""
+    pods = list(pods)
     live = (o for o in objects if not o["metadata"].get("deletionTimestamp"))
-    return Snapshot.build(TYPE_URL, ((resource_name(o), to_message(o)) for o in live))
+    return Snapshot.build(TYPE_URL, ((resource_name(o), to_message(o, match_pod(o, pods))) for o in live))

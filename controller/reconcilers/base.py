@@ -18,6 +18,7 @@ from dpf.controller.clusters import ClusterSet
 from dpf.controller.kube.events import EventRecorder
 from dpf.controller.kube.workqueue import WorkQueue
 from dpf.controller.metrics import Metrics
+from dpf.controller.reconcilers.kinds import DPU_CLUSTER
 from dpf.controller.server.node_status import Nack, NodeRegistry
 from dpf.controller.settings import ControllerSettings
 from dpf.proto.v1 import nodestate_pb2 as pb
@@ -66,10 +67,33 @@ class Reconciler:
     def on_status(self, node: str, type_url: str, report: pb.StatusReport) -> None: ...
 
 
+def dpu_clusters_synced(clusters: ClusterSet) -> bool:
+    """Every DPUCluster with a kubeconfig is connected and all its watch caches have synced (a reconciler that
+    reads DPU-cluster state must not publish a partial view: agents would delete what is missing)."""
+    clusters_informer = clusters.host.informer(DPU_CLUSTER)
+    if not clusters_informer.synced.is_set():
+        return False
+    for obj in clusters_informer.list():
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp") or not (obj.get("spec") or {}).get("kubeconfig"):
+            continue
+        cluster = clusters.dpu.get(f"{meta.get('namespace', '')}/{meta['name']}")
+        if cluster is None or not cluster.synced():
+            return False
+    return True
+
+
 def default_reconcilers() -> list[type[Reconciler]]:
     """The registry: every reconciler the controller runs, in setup order."""
     from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
+    from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
+    from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
+    from dpf.controller.reconcilers.dpuserviceipam import DPUServiceIPAMReconciler
+    from dpf.controller.reconcilers.servicechain import ServiceChainReconciler
+    from dpf.controller.reconcilers.servicechainset import ServiceChainSetReconciler
     from dpf.controller.reconcilers.serviceinterface import ServiceInterfaceReconciler
-    from dpf.controller.reconcilers.serviceinterfaceset_status import ServiceInterfaceSetStatusReconciler
+    from dpf.controller.reconcilers.serviceinterfaceset import ServiceInterfaceSetReconciler
 
-    return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetStatusReconciler]
+    return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetReconciler,
+            DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
+            DPUServiceChainReconciler, DPUServiceIPAMReconciler]

@@ -271,7 +271,7 @@ class NodeStateServer(pb_grpc.NodeStateServicer):
                 return
             if not self.cache.ready.is_set():
                 continue
-            for state in session.types.values():
+            for state in list(session.types.values()):  # the reader may subscribe a type meanwhile
                 response = self._next_response(session, state)
                 if response is not None:
                     await context.write(pb.StreamResponse(response=response))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64pf/proto/v1/sfc.proto\x12\x06\x64pf.v1\"\xc9\x02\n\x10ServiceInterface\x12\x16\n\x0einterface_type\x18\x01 \x01(\t\x12\x34\n\x06labels\x18\x02 \x03(\x0b\x32$.dpf.v1.ServiceInterface.LabelsEntry\x12&\n\x08physical\x18\x03 \x01(\x0b\x32\x14.dpf.v1.PhysicalSpec\x12\x1e\n\x04vlan\x18\x04 \x01(\x0b\x32\x10.dpf.v1.VlanSpec\x12\x1a\n\x02vf\x18\x05 \x01(\x0b\x32\x0e.dpf.v1.VfSpec\x12\x1a\n\x02pf\x18\x06 \x01(\x0b\x32\x0e.dpf.v1.PfSpec\x12$\n\x07service\x18\x07 \x01(\x0b\x32\x13.dpf.v1.ServiceSpec\x12\x12\n\ngeneration\x18\x08 \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x0cPhysicalSpec\x12\x16\n\x0einterface_name\x18\x01 \x01(\t\"9\n\x08VlanSpec\x12\x0f\n\x07vlan_id\x18\x01 \x01(\x05\x12\x1c\n\x14parent_interface_ref\x18\x02 \x01(\t\"D\n\x06VfSpec\x12\r\n\x05vf_id\x18\x01 \x01(\x05\x12\r\n\x05pf_id\x18\x02 \x01(\x05\x12\x1c\n\x14parent_interface_ref\x18\x03 \x01(\t\"\x17\n\x06PfSpec\x12\r\n\x05pf_id\x18\x01 \x01(\x05\"J\n\x0bServiceSpec\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x16\n\x0einterface_name\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64pf/proto/v1/sfc.proto\x12\x06\x64pf.v1\"\xd6\x02\n\x10ServiceInterface\x12\x16\n\x0einterface_type\x18\x01 \x01(\t\x12\x34\n\x06labels\x18\x02 \x03(\x0b\x32$.dpf.v1.ServiceInterface.LabelsEntry\x12&\n\x08physical\x18\x03 \x01(\x0b\x32\x14.dpf.v1.PhysicalSpec\x12\x1e\n\x04vlan\x18\x04 \x01(\x0b\x32\x10.dpf.v1.VlanSpec\x12\x1a\n\x02vf\x18\x05 \x01(\x0b\x32\x0e.dpf.v1.VfSpec\x12\x1a\n\x02pf\x18\x06 \x01(\x0b\x32\x0e.dpf.v1.PfSpec\x12$\n\x07service\x18\x07 \x01(\x0b\x32\x13.dpf.v1.ServiceSpec\x12\x12\n\ngeneration\x18\x08 \x01(\x03\x12\x0b\n\x03pod\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"&\n\x0cPhysicalSpec\x12\x16\n\x0einterface_name\x18\x01 \x01(\t\"9\n\x08VlanSpec\x12\x0f\n\x07vlan_id\x18\x01 \x01(\x05\x12\x1c\n\x14parent_interface_ref\x18\x02 \x01(\t\"D\n\x06VfSpec\x12\r\n\x05vf_id\x18\x01 \x01(\x05\x12\r\n\x05pf_id\x18\x02 \x01(\x05\x12\x1c\n\x14parent_interface_ref\x18\x03 \x01(\t\"\x17\n\x06PfSpec\x12\r\n\x05pf_id\x18\x01 \x01(\x05\"J\n\x0bServiceSpec\x12\x12\n\nservice_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x16\n\x0einterface_name\x18\x03 \x01(\t\"<\n\x0cServiceChain\x12,\n\x08switches\x18\x01 \x03(\x0b\x32\x1a.dpf.v1.ServiceChainSwitch\"=\n\x12ServiceChainSwitch\x12\'\n\x05ports\x18\x01 \x03(\x0b\x32\x18.dpf.v1.ServiceChainPort\"\xa2\x01\n\x10ServiceChainPort\x12\x19\n\x11service_interface\x18\x01 \x01(\t\x12?\n\x0cmatch_labels\x18\x02 \x03(\x0b\x32).dpf.v1.ServiceChainPort.MatchLabelsEntry\x1a\x32\n\x10MatchLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SERVICEINTERFACE_LABELSENTRY']._loaded_options = None
   _globals['_SERVICEINTERFACE_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_SERVICECHAINPORT_MATCHLABELSENTRY']._loaded_options = None
+  _globals['_SERVICECHAINPORT_MATCHLABELSENTRY']._serialized_options = b'8\001'
   _globals['_SERVICEINTERFACE']._serialized_start=35
-  _globals['_SERVICEINTERFACE']._serialized_end=364
-  _globals['_SERVICEINTERFACE_LABELSENTRY']._serialized_start=319
-  _globals['_SERVICEINTERFACE_LABELSENTRY']._serialized_end=364
-  _globals['_PHYSICALSPEC']._serialized_start=366
-  _globals['_PHYSICALSPEC']._serialized_end=404
-  _globals['_VLANSPEC']._serialized_start=406
-  _globals['_VLANSPEC']._serialized_end=463
-  _globals['_VFSPEC']._serialized_start=465
-  _globals['_VFSPEC']._serialized_end=533
-  _globals['_PFSPEC']._serialized_start=535
-  _globals['_PFSPEC']._serialized_end=558
-  _globals['_SERVICESPEC']._serialized_start=560
-  _globals['_SERVICESPEC']._serialized_end=634
+  _globals['_SERVICEINTERFACE']._serialized_end=377
+  _globals['_SERVICEINTERFACE_LABELSENTRY']._serialized_start=332
+  _globals['_SERVICEINTERFACE_LABELSENTRY']._serialized_end=377
+  _globals['_PHYSICALSPEC']._serialized_start=379
+  _globals['_PHYSICALSPEC']._serialized_end=417
+  _globals['_VLANSPEC']._serialized_start=419
+  _globals['_VLANSPEC']._serialized_end=476
+  _globals['_VFSPEC']._serialized_start=478
+  _globals['_VFSPEC']._serialized_end=546
+  _globals['_PFSPEC']._serialized_start=548
+  _globals['_PFSPEC']._serialized_end=571
+  _globals['_SERVICESPEC']._serialized_start=573
+  _globals['_SERVICESPEC']._serialized_end=647
+  _globals['_SERVICECHAIN']._serialized_start=649
+  _globals['_SERVICECHAIN']._serialized_end=709
+  _globals['_SERVICECHAINSWITCH']._serialized_start=711
+  _globals['_SERVICECHAINSWITCH']._serialized_end=772
+  _globals['_SERVICECHAINPORT']._serialized_start=775
+  _globals['_SERVICECHAINPORT']._serialized_end=937
+  _globals['_SERVICECHAINPORT_MATCHLABELSENTRY']._serialized_start=887
+  _globals['_SERVICECHAINPORT_MATCHLABELSENTRY']._serialized_end=937
 # @@protoc_insertion_point(module_scope)

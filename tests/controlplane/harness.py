@@ -143,7 +143,9 @@ def service_interface(namespace: str, name: str, node: str, interface: str = "p0
 def service_interface_set(namespace: str, name: str) -> dict[str, Any]:
     return {"apiVersion": SERVICE_INTERFACE_SET.api_version, "kind": "ServiceInterfaceSet",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"template": {"spec": {"interfaceType": "physical", "physical": {"interfaceName": "p0"}}}}}
+            # Selects no Node: these tests create the set's children themselves.
+            "spec": {"nodeSelector": {"matchLabels": {"dpf.test/selects": "nothing"}},
+                     "template": {"spec": {"interfaceType": "physical", "physical": {"interfaceName": "p0"}}}}}
 
 
 class InterfaceHandler(Handler):

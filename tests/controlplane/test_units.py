@@ -15,8 +15,9 @@ from dpf.agent.runtime.metrics import AgentMetrics
 from dpf.agent.runtime.store import StateStore
 from dpf.controller.cache.serviceinterfaces import TYPE_URL, compute_serviceinterfaces, resource_version
 from dpf.controller.cache.snapshot import InconsistentSnapshot, Snapshot
+from dpf.controller.cache.snapshot_cache import SnapshotCache
 from dpf.controller.kube.workqueue import WorkQueue
-from dpf.controller.reconcilers.serviceinterfaceset_status import compute_condition
+from dpf.controller.reconcilers.agent_verdicts import fold, verdict
 from dpf.controller.server.node_status import Nack, NodeRegistry
 from dpf.controller.settings import QueueSettings
 from dpf.proto import versioning
@@ -128,20 +129,41 @@ def test_workqueue_dedupes_serialises_and_backs_off() -> None:
 
 
 def test_condition_from_agent_reports() -> None:
-    nodes = NodeRegistry()
+    nodes, cache = NodeRegistry(), SnapshotCache()
     a, b = si("a", node="n1"), si("b", node="n2", interface="bad")
-    assert compute_condition([a, b], nodes)[:2] == ("False", "Pending")
+
+    def condition(*objects: dict) -> tuple[str, str, str]:
+        verdicts = [verdict(nodes, cache, o["spec"]["node"], TYPE_URL, f"ns/{o['metadata']['name']}") for o in objects]
+        return fold(verdicts, len(verdicts))
+
+    def report(node: str, obj: dict, state: int, message: str = "") -> None:
+        name = f"ns/{obj['metadata']['name']}"
+        nodes.node(node).of(TYPE_URL).observed[name] = pb.ObjectStatus(
+            name=name, resource_version=resource_version(obj), state=state, message=message)
+
+    assert condition(a, b)[:2] == ("False", "Pending")
+    assert "not published" in condition(a, b)[2]
+    cache.set("n1", compute_serviceinterfaces([a]))
+    cache.set("n2", compute_serviceinterfaces([b]))
     n1 = nodes.node("n1")
     n1.connected = True
     n1.of(TYPE_URL).acked = {"ns/a": resource_version(a)}
     n2 = nodes.node("n2")
     n2.of(TYPE_URL).nack = Nack("v", "invalid", {"ns/b": "no such port"}, {"ns/b": resource_version(b)})
-    status, reason, message = compute_condition([a, b], nodes)
+    status, reason, message = condition(a, b)
     assert (status, reason) == ("False", "Error")
     assert message == "node n2 rejected ns/b: no such port"
     n2.of(TYPE_URL).nack = None
     n2.of(TYPE_URL).acked = {"ns/b": resource_version(b)}
-    assert compute_condition([a, b], nodes) == ("True", "Success", "")
+    # An ACK says "accepted"; only a READY report at that version says the port is there.
+    assert condition(a, b)[:2] == ("False", "Pending")
+    report("n1", a, pb.OBJECT_STATE_READY)
+    report("n2", b, pb.OBJECT_STATE_PROGRESSING, "waiting for ovs-vswitchd to assign an OpenFlow port")
+    assert condition(a, b) == ("False", "Pending", "waiting for agents to apply 1 of 2: ns/b on n2: waiting for "
+                                                   "ovs-vswitchd to assign an OpenFlow port")
+    report("n2", b, pb.OBJECT_STATE_READY)
+    assert condition(a, b) == ("True", "Success", "")
     # An ACK of an older version of the object does not count.
     edited = si("b", node="n2", interface="p7")
-    assert compute_condition([a, edited], nodes)[:2] == ("False", "Pending")
+    cache.set("n2", compute_serviceinterfaces([edited]))
+    assert condition(a, edited)[:2] == ("False", "Pending")

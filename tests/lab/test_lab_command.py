@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from dpf.lab.bed.netns import bed_namespaces
 from dpf.lab.bed.process import descendants, wait_until
 from dpf.lab.bed.tools import tool
 
@@ -52,7 +53,23 @@ def test_lab_starts_serves_kubectl_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
                               env={**os.environ, "KUBECONFIG": kubeconfig}, check=True).stdout.split()
         assert "customresourcedefinition.apiextensions.k8s.io/bfbs.provisioning.dpu.nvidia.com" in crds
         daemons = set(descendants(proc.pid).values())
-        assert {"etcd", "kube-apiserver"} <= daemons
+        assert {"etcd", "kube-apiserver", "ovsdb-server", "ovs-vswitchd"} <= daemons
+
+        # The service chain: Ready only once programmed, packets through it, none once it is deleted.
+        text = out.text
+        assert "dpuservicechains/hbn-to-fabric Ready after" in text
+        for dpu, net in (("worker1-0000-08-00", "10.100.1"), ("worker2-0000-08-00", "10.100.2")):
+            for port in "01":
+                ping = f"DPU {dpu}: ping {net}{port}.1 (fabric p{port}) -> {net}{port}.2 (HBN p{port}_if)"
+                assert f"traffic passes: {ping}: 3/3 replies" in text
+                assert f"traffic stops: {ping}: no reply" in text
+            assert f"traffic passes: DPU {dpu}: iperf3 TCP fabric p0 -> HBN p0_if:" in text
+        assert text.index("traffic stops:") > text.index("deleting DPUServiceChain hbn-to-fabric")
+        chains = subprocess.run([tool("kubectl"), "get", "servicechains", "-n", "dpf-operator-system", "-o", "name"],
+                                capture_output=True, text=True, env={**os.environ, "KUBECONFIG": kubeconfig},
+                                check=True).stdout.split()
+        assert sorted(chains) == ["servicechain.svc.dpu.nvidia.com/hbn-to-fabric-worker1-0000-08-00",
+                                  "servicechain.svc.dpu.nvidia.com/hbn-to-fabric-worker2-0000-08-00"]
 
         second = subprocess.run([*DPF, "lab", "--workdir", str(workdir), "--for", "0"], capture_output=True,
                                 text=True, timeout=60)
@@ -66,6 +83,7 @@ def test_lab_starts_serves_kubectl_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
     assert "stopped cleanly" in out.text
     leftovers = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "lab daemons outlived the lab"
+    assert bed_namespaces("lab", proc.pid) == [], "the lab's network namespaces outlived it"
 
 
 def test_lab_help_explains_itself() -> None:

@@ -1,0 +1,94 @@
+"""The DPU agent process: the NodeState runtime with the SFC handlers, the SFC programmer, a status poller and
+(with a CNI socket) the CNI server, started and stopped in order.
+
+Start: seed the programmer from the state the runtime stored last time (an agent restart keeps every
+flow, even with the controller down) → start the programmer (first full resync of br-sfc) → run the
+runtime (re-assert, then stream) next to the CNI server and the status poller. Stop (SIGTERM/SIGINT, or
+any of those tasks ending, which is a crash): cancel newest first, then stop the programmer. The data
+plane is left as it is: flows and ports survive an agent stop, as they must across an upgrade.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from dpf.agent.cni.settings import CniSettings
+from dpf.agent.dpu.sfc_handlers import ServiceChainHandler, ServiceInterfaceHandler, SfcState
+from dpf.agent.runtime.runtime import AgentRuntime
+from dpf.agent.runtime.settings import AgentSettings
+from dpf.agent.sfc.programmer import SfcProgrammer
+from dpf.agent.sfc.settings import SfcSettings
+
+log = logging.getLogger("dpf.agent.dpu")
+
+
+@dataclass(frozen=True)
+class DpuAgentSettings:
+    agent: AgentSettings
+    sfc: SfcSettings
+    cni: CniSettings | None = None
+    """None: no CNI server in this process."""
+    status_poll_interval: float = 0.2
+    """How often the programmer's statuses are checked for changes it made on its own, seconds."""
+    apply_timeout: float = 30.0
+    """Bound for one programmer pass triggered by a response, seconds (then: TransientError, retried)."""
+    start_timeout: float = 30.0
+    """Bound for the programmer's first full resync at start-up, seconds (it keeps retrying after)."""
+
+
+class DpuAgent:
+    def __init__(self, settings: DpuAgentSettings) -> None:
+        self.settings = settings
+        self.sfc = SfcState(settings.apply_timeout)
+        self.runtime = AgentRuntime(settings.agent, [ServiceInterfaceHandler(self.sfc), ServiceChainHandler(self.sfc)])
+        self.sfc.reporter_for = self.runtime.statuses.reporter
+        self.programmer: SfcProgrammer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until `stop` is set (0) or a task ends on its own (1)."""
+        initial = self.sfc.load_stored({t: a.state.resources for t, a in self.runtime.appliers.items()})
+        self.programmer = SfcProgrammer(self.settings.sfc, initial)
+        self.sfc.programmer = self.programmer
+        log.info("starting the SFC programmer on %s (%d interfaces, %d chains stored)", self.settings.sfc.bridge,
+                 len(initial.interfaces), len(initial.chains))
+        report = await asyncio.to_thread(self.programmer.start, self.settings.start_timeout)
+        if report is not None:
+            log.info("br-sfc in sync at start-up: %s", report.ports)
+        try:
+            if self.settings.cni is not None:
+                from dpf.agent.cni.wiring import serve_cni  # the CNI server pulls in pyroute2: only when asked
+
+                self._start("cni", serve_cni(self.runtime, self.settings.cni))
+            self._start("runtime", self.runtime.run())
+            self._start("status-poller", self.sfc.poll_statuses(self.settings.status_poll_interval))
+            waiter = asyncio.ensure_future(stop.wait())
+            done, _ = await asyncio.wait({*self._tasks, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            failed = [t for t in self._tasks if t in done]
+            for task in failed:
+                exc = task.exception()
+                log.error("%s %s; stopping the agent", task.get_name(),
+                          f"crashed: {exc!r}" if exc else "exited unexpectedly")
+            return 1 if failed else 0
+        finally:
+            await self._stop_tasks()
+            await asyncio.to_thread(self.programmer.stop)
+            log.info("DPU agent stopped (the data plane is left as it is)")
+
+    def _start(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=f"dpu-agent/{name}"))
+
+    async def _stop_tasks(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a bound per task
+        for task in reversed(self._tasks):
+            task.cancel()
+            await asyncio.wait({task}, timeout=timeout)
+            if not task.done():
+                log.error("%s did not stop within %.0fs", task.get_name(), timeout)
+            elif not task.cancelled():
+                task.exception()  # retrieved (a crash was logged as the reason for stopping)
+        self._tasks.clear()

@@ -1,0 +1,184 @@
+"""The host → DPU-cluster mirror (shared/spec/dpf-upstream.md §2.8), shared by the DPUServiceInterface and
+DPUServiceChain reconcilers: for every connected DPU cluster, ensure the namespace and server-side apply a
+same-name child (ServiceInterfaceSet / ServiceChainSet) whose labels and annotations are
+`spec.template.metadata` and whose spec is `spec.template.spec`.
+
+Status: `<Child>Reconciled` (every cluster has the current child), `<Child>Ready` (the child's `Ready` is
+True at its current generation in every cluster; otherwise the message carries the child's own failing
+conditions, e.g. which chain selector matches nothing on which node), and the `Ready` summary.
+Deletion: our finalizer stays until the child is gone from every cluster (the child's own finalizer in turn
+waits for its per-node objects), so deleting the host object tears the chain down in order.
+
+Key: (reconciler name, namespace, name). Subclasses only name the kinds.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+from dpf.controller.api import conditions as cond
+from dpf.controller.clusters import Cluster
+from dpf.controller.errors import TemporaryError
+from dpf.controller.kube.informer import Informer, key_of
+from dpf.controller.kube.rest import Kind, KubeError, Obj
+from dpf.controller.reconcilers import objects
+from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.kinds import NAMESPACE
+
+log = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class MirrorKinds:
+    parent: Kind
+    child: Kind
+    finalizer: str
+    reconciled: str
+    ready: str
+
+    @property
+    def condition_types(self) -> tuple[str, ...]:
+        return (cond.READY, self.reconciled, self.ready)
+
+
+def child_body(kinds: MirrorKinds, parent: Obj) -> Obj:
+    """The DPU-cluster child of `parent`. Pure."""
+    meta = parent["metadata"]
+    template = (parent.get("spec") or {}).get("template") or {}
+    template_meta = template.get("metadata") or {}
+    child_meta = {"name": meta["name"], "namespace": meta.get("namespace", ""),
+                  "labels": dict(template_meta.get("labels") or {})}
+    if template_meta.get("annotations"):
+        child_meta["annotations"] = dict(template_meta["annotations"])
+    return {"apiVersion": kinds.child.api_version, "kind": kinds.child.kind, "metadata": child_meta,
+            "spec": template.get("spec") or {}}
+
+
+def child_readiness(cluster: str, child: Obj | None, kind: str, name: str) -> str:
+    """"" if the child is Ready at its current generation, else why not (for the parent's message). Pure."""
+    where = f"{kind} {name} in DPU cluster {cluster}"
+    if child is None:
+        return f"{where} does not exist yet"
+    status = child.get("status") or {}
+    if int(status.get("observedGeneration") or 0) != int(child["metadata"].get("generation") or 0):
+        return f"{where} is not reconciled at its current generation yet"
+    conditions = status.get("conditions") or ()
+    ready = next((c for c in conditions if c.get("type") == cond.READY), None)
+    if ready is not None and ready.get("status") == "True":
+        return ""
+    failing = [f"{c['type']}: {c.get('message') or c.get('reason', '')}" for c in conditions
+               if c.get("type") != cond.READY and c.get("status") != "True"]
+    return f"{where}: " + ("; ".join(failing) or "not ready")
+
+
+class MirrorReconciler(Reconciler):
+    kinds: ClassVar[MirrorKinds]
+
+    def setup(self) -> None:
+        self.parents: Informer = self.ctx.clusters.host.informer(self.kinds.parent)
+        self.parents.add_handler(lambda _t, old, new: self._enqueue(new or old))  # type: ignore[arg-type]
+        self.ctx.clusters.need_dpu_kind(self.kinds.child)
+        self.ctx.clusters.on_dpu_added(self._attach)
+        self._namespaces: set[tuple[str, str]] = set()
+
+    def _attach(self, cluster: Cluster) -> None:
+        cluster.informer(self.kinds.child).add_handler(self._on_child)
+        for parent in self.parents.list():  # a new cluster needs every child
+            self._enqueue(parent)
+
+    def _on_child(self, _type: str, old: Obj | None, new: Obj | None) -> None:
+        namespace, name = key_of(new or old)  # type: ignore[arg-type]
+        if self.parents.get(namespace, name) is not None:
+            self.ctx.queue.add((self.name, namespace, name))
+
+    def _enqueue(self, parent: Obj) -> None:
+        self.ctx.queue.add((self.name, *key_of(parent)))
+
+    def all_keys(self) -> Iterable[Hashable]:
+        return [(self.name, *key_of(o)) for o in self.parents.list()]
+
+    def synced(self) -> bool:
+        return self.parents.synced.is_set() and dpu_clusters_synced(self.ctx.clusters)
+
+    async def reconcile(self, key: tuple) -> float | None:
+        _, namespace, name = key
+        parent = self.parents.get(namespace, name)
+        if parent is None:
+            return None
+        if parent["metadata"].get("deletionTimestamp"):
+            return await self._delete(parent)
+        parent = await objects.add_finalizer(self.ctx.clusters.host.rest, self.kinds.parent, parent,
+                                             self.kinds.finalizer)
+        clusters = sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name)
+        errors = []
+        for cluster in clusters:
+            try:
+                await self._apply(cluster, parent)
+            except KubeError as exc:
+                errors.append(f"DPU cluster {cluster.name}: {exc}")
+        reconciled = ("False", cond.ERROR, "; ".join(errors)[:MESSAGE_LIMIT]) if errors else ("True", cond.SUCCESS, "")
+        not_ready = [why for cluster in clusters
+                     if (why := child_readiness(cluster.name, cluster.informer(self.kinds.child).get(namespace, name),
+                                                self.kinds.child.kind, f"{namespace}/{name}"))]
+        if not clusters:
+            ready = ("False", cond.PENDING, "no DPU cluster is connected (a DPUCluster whose spec.kubeconfig names "
+                                            "a Secret with a usable admin.conf)")
+        elif not_ready:
+            ready = ("False", cond.PENDING, "; ".join(not_ready)[:MESSAGE_LIMIT])
+        else:
+            ready = ("True", cond.SUCCESS, "")
+        conditions = objects.build_conditions(parent, self.kinds.condition_types,
+                                              [(self.kinds.reconciled, *reconciled), (self.kinds.ready, *ready)],
+                                              objects.now())
+        await objects.write_status(self.ctx.clusters.host.rest, self.kinds.parent, parent,
+                                   objects.status_body(parent, conditions), self.ctx.settings.kube.field_manager)
+        if errors:
+            raise TemporaryError(f"{self.kinds.parent.kind} {namespace}/{name}: {'; '.join(errors)}")
+        return None
+
+    async def _apply(self, cluster: Cluster, parent: Obj) -> None:
+        body = child_body(self.kinds, parent)
+        namespace = body["metadata"]["namespace"]
+        if (cluster.name, namespace) not in self._namespaces:
+            try:
+                await cluster.rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
+                                                      "metadata": {"name": namespace}})
+            except KubeError as exc:
+                if not exc.conflict:
+                    raise
+            self._namespaces.add((cluster.name, namespace))
+        current = cluster.informer(self.kinds.child).get(namespace, body["metadata"]["name"])
+        if current is not None and current["metadata"].get("deletionTimestamp"):
+            raise KubeError(409, "Terminating", f"{self.kinds.child.kind} {namespace}/{body['metadata']['name']} "
+                                                "is still being deleted; it is re-created once it is gone")
+        if objects.child_differs(current, body):
+            await cluster.rest.apply(self.kinds.child, body, self.ctx.settings.kube.field_manager)
+
+    async def _delete(self, parent: Obj) -> float | None:
+        if self.kinds.finalizer not in (parent["metadata"].get("finalizers") or ()):
+            return None
+        namespace, name = key_of(parent)
+        remaining = []
+        for cluster in self.ctx.clusters.dpu.values():
+            child = cluster.informer(self.kinds.child).get(namespace, name)
+            if child is None:
+                continue
+            remaining.append(cluster.name)
+            if not child["metadata"].get("deletionTimestamp"):
+                await cluster.rest.delete(self.kinds.child, name, namespace)
+        if remaining:
+            message = f"waiting for {self.kinds.child.kind} {namespace}/{name} to be deleted in DPU cluster(s) " \
+                      f"{', '.join(sorted(remaining))}"
+            conditions = objects.build_conditions(
+                parent, self.kinds.condition_types,
+                [(self.kinds.reconciled, "False", cond.AWAITING_DELETION, message)], objects.now())
+            await objects.write_status(self.ctx.clusters.host.rest, self.kinds.parent, parent,
+                                       objects.status_body(parent, conditions), self.ctx.settings.kube.field_manager)
+            return 1.0
+        await objects.remove_finalizer(self.ctx.clusters.host.rest, self.kinds.parent, parent, self.kinds.finalizer)
+        return None

@@ -1,0 +1,312 @@
+"""The per-node set pattern of the DPU cluster (shared/spec/dpf-upstream.md §2.9), shared by the
+ServiceInterfaceSet and ServiceChainSet reconcilers: one child `<set>-<node>` (spec.node = node) for every
+DPU-cluster Node matching `spec.nodeSelector`, written by server-side apply with a controller
+ownerReference and the set's labels, stale children deleted; status from what the nodes' agents said.
+
+Differences from upstream, on purpose: readiness is real (a child is ready when its node's agent ACKed and
+reported it READY, `agent_verdicts.py`; `numberReady` counts those), and deletion is ordered: the set's
+finalizer stays until its children are gone and the connected agents have ACKed a state without them
+(bounded by `deletion_ack_timeout`), so when the set disappears the data plane has let go.
+
+Key: (reconciler name, DPU cluster, namespace, name). Subclasses name the kinds and build the child spec.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from dpf.controller.api import conditions as cond
+from dpf.controller.clusters import Cluster
+from dpf.controller.errors import TemporaryError
+from dpf.controller.kube.informer import key_of
+from dpf.controller.kube.rest import Kind, KubeError, Obj
+from dpf.controller.kube.selectors import SelectorError, matches, validate
+from dpf.controller.reconcilers import objects
+from dpf.controller.reconcilers.agent_verdicts import ERROR, PENDING, READY, Verdict, fold, verdict
+from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.kinds import NODE
+from dpf.controller.reconcilers.serviceinterface import NODE_INDEX, node_of
+from dpf.controller.server.node_status import Nack
+from dpf.proto.v1 import nodestate_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+OWNER_INDEX = "controller-uid"
+SET_INDEX = "set-label"
+NODE_LABEL = "svc.dpu.nvidia.com/nodeName"
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+DELETION_ACK_TIMEOUT = 30.0  # a set being deleted waits at most this long for connected agents to let go
+UNPUBLISHED_RETRY = 0.5  # a child not yet in its node's snapshot: look again shortly
+
+
+@dataclass(frozen=True)
+class SetKinds:
+    set_kind: Kind
+    child_kind: Kind
+    type_url: str
+    finalizer: str
+    label_prefix: str
+    """Children carry `<prefix>-name` and `<prefix>-namespace` = the set's name and namespace."""
+    reconciled: str
+    ready: str
+
+    @property
+    def condition_types(self) -> tuple[str, ...]:
+        return (cond.READY, self.reconciled, self.ready)
+
+
+def set_labels(kinds: SetKinds, namespace: str, name: str) -> dict[str, str]:
+    return {f"{kinds.label_prefix}-name": name, f"{kinds.label_prefix}-namespace": namespace}
+
+
+def set_label_key(obj: Obj, kinds: SetKinds) -> list[str]:
+    labels = obj["metadata"].get("labels") or {}
+    name = labels.get(f"{kinds.label_prefix}-name")
+    namespace = labels.get(f"{kinds.label_prefix}-namespace")
+    return [f"{namespace}/{name}"] if name and namespace is not None else []
+
+
+def selected_nodes(set_obj: Obj, nodes: Iterable[Obj]) -> list[str]:
+    """Names of the live Nodes matching the set's nodeSelector (raises SelectorError for an invalid one)."""
+    selector = (set_obj.get("spec") or {}).get("nodeSelector")
+    validate(selector, "spec.nodeSelector")
+    return sorted(n["metadata"]["name"] for n in nodes
+                  if not n["metadata"].get("deletionTimestamp") and matches(selector, n["metadata"].get("labels")))
+
+
+def child_body(kinds: SetKinds, set_obj: Obj, node: str, spec: Mapping[str, Any],
+               extra_labels: Mapping[str, str]) -> Obj:
+    """The child for `node`: name `<set>-<node>`, template labels plus ours, the set's annotations. Pure."""
+    meta = set_obj["metadata"]
+    template_meta = ((set_obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    labels = {**(template_meta.get("labels") or {}), **extra_labels,
+              **set_labels(kinds, meta.get("namespace", ""), meta["name"]), NODE_LABEL: node}
+    annotations = {**objects.carried_annotations(meta.get("annotations")), **(template_meta.get("annotations") or {})}
+    child_meta: dict[str, Any] = {"name": f"{meta['name']}-{node}", "namespace": meta.get("namespace", ""),
+                                  "labels": labels, "ownerReferences": [objects.owner_reference(set_obj)]}
+    if annotations:
+        child_meta["annotations"] = annotations
+    return {"apiVersion": kinds.child_kind.api_version, "kind": kinds.child_kind.kind, "metadata": child_meta,
+            "spec": {**spec, "node": node}}
+
+
+class NodeSetReconciler(Reconciler):
+    kinds: ClassVar[SetKinds]
+
+    # ---- subclass hooks --------------------------------------------------------------------------------
+    def child_spec(self, set_obj: Obj, node: str) -> dict[str, Any]:
+        """The child's spec without `node` (default: the template's spec)."""
+        return dict(((set_obj.get("spec") or {}).get("template") or {}).get("spec") or {})
+
+    def child_labels(self, set_obj: Obj) -> dict[str, str]:
+        return {}
+
+    def problems(self, cluster: Cluster, children: list[Obj]) -> dict[str, str]:
+        """Children (by namespace/name) that cannot be sent to their node, and why."""
+        return {}
+
+    # ---- wiring ----------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        k = self.kinds
+        for kind in (k.set_kind, k.child_kind, NODE):
+            self.ctx.clusters.need_dpu_kind(kind)
+        self.ctx.clusters.on_dpu_added(self._attach)
+
+    def _attach(self, cluster: Cluster) -> None:
+        k = self.kinds
+        children = cluster.informer(k.child_kind)
+        children.add_index(OWNER_INDEX, objects.controller_uid(k.set_kind.kind))
+        children.add_index(SET_INDEX, lambda o: set_label_key(o, k))
+        children.add_index(NODE_INDEX, node_of)
+        children.add_handler(lambda _t, old, new: self._enqueue_owners(cluster, [o for o in (old, new) if o]))
+        cluster.informer(k.set_kind).add_handler(
+            lambda _t, old, new: self._enqueue(cluster, new or old))  # type: ignore[arg-type]
+        cluster.informer(NODE).add_handler(lambda t, old, new: self._on_node(cluster, t, old, new))
+
+    def _key(self, cluster: Cluster, namespace: str, name: str) -> tuple:
+        return (self.name, cluster.name, namespace, name)
+
+    def _enqueue(self, cluster: Cluster, set_obj: Obj) -> None:
+        self.ctx.queue.add(self._key(cluster, *key_of(set_obj)))
+
+    def _enqueue_owners(self, cluster: Cluster, children: Iterable[Obj]) -> None:
+        for child in children:
+            owner = objects.controller_name(child, self.kinds.set_kind.kind)
+            if owner:
+                self.ctx.queue.add(self._key(cluster, child["metadata"].get("namespace", ""), owner))
+            for value in set_label_key(child, self.kinds):
+                self.ctx.queue.add(self._key(cluster, *value.split("/", 1)))
+
+    def _on_node(self, cluster: Cluster, type_: str, old: Obj | None, new: Obj | None) -> None:
+        # Membership depends on labels only; Node status heartbeats are ignored.
+        if type_ == "MODIFIED" and old and new and old["metadata"].get("labels") == new["metadata"].get("labels") \
+                and bool(old["metadata"].get("deletionTimestamp")) == bool(new["metadata"].get("deletionTimestamp")):
+            return
+        for set_obj in cluster.informer(self.kinds.set_kind).list():
+            self._enqueue(cluster, set_obj)
+
+    def enqueue_for_node(self, node: str) -> None:
+        for cluster, informer in self.ctx.clusters.dpu_informers(self.kinds.child_kind):
+            self._enqueue_owners(cluster, informer.by_index(NODE_INDEX, node))
+
+    def synced(self) -> bool:
+        return dpu_clusters_synced(self.ctx.clusters)
+
+    def all_keys(self) -> Iterable[Hashable]:
+        return [self._key(cluster, *key_of(o))
+                for cluster, informer in self.ctx.clusters.dpu_informers(self.kinds.set_kind) for o in informer.list()]
+
+    # ---- stream callbacks: agent news may change readiness ----------------------------------------------
+    def on_connect(self, node: str, role: str) -> None:
+        self.enqueue_for_node(node)
+
+    def on_disconnect(self, node: str) -> None:
+        self.enqueue_for_node(node)
+
+    def on_ack(self, node: str, type_url: str, snapshot: object) -> None:
+        if type_url == self.kinds.type_url:
+            self.enqueue_for_node(node)
+            # A set being deleted waits for agents to ACK a state without its children.
+            for cluster, informer in self.ctx.clusters.dpu_informers(self.kinds.set_kind):
+                for set_obj in informer.list():
+                    if set_obj["metadata"].get("deletionTimestamp"):
+                        self._enqueue(cluster, set_obj)
+
+    def on_nack(self, node: str, type_url: str, nack: Nack) -> None:
+        if type_url == self.kinds.type_url:
+            self.enqueue_for_node(node)
+
+    def on_status(self, node: str, type_url: str, report: pb.StatusReport) -> None:
+        if type_url == self.kinds.type_url:
+            self.enqueue_for_node(node)
+
+    # ---- reconcile -------------------------------------------------------------------------------------
+    async def reconcile(self, key: tuple) -> float | None:
+        _, cluster_name, namespace, name = key
+        cluster = self.ctx.clusters.dpu.get(cluster_name)
+        if cluster is None:
+            return None
+        if not cluster.synced():
+            # A partial Node or child list would delete children that must stay (and their flows with them).
+            raise TemporaryError(f"DPU cluster {cluster_name} caches not synced yet", delay=0.5)
+        set_obj = cluster.informer(self.kinds.set_kind).get(namespace, name)
+        if set_obj is None:
+            return None
+        if set_obj["metadata"].get("deletionTimestamp"):
+            return await self._delete(cluster, set_obj)
+        set_obj = await objects.add_finalizer(cluster.rest, self.kinds.set_kind, set_obj, self.kinds.finalizer)
+        reconciled, errors = await self._sync_children(cluster, set_obj)
+        verdicts, applied = self._verdicts(cluster, set_obj)
+        ready = fold(verdicts, len(verdicts))
+        at = objects.now()
+        conditions = objects.build_conditions(set_obj, self.kinds.condition_types,
+                                              [(self.kinds.reconciled, *reconciled), (self.kinds.ready, *ready)], at)
+        status = objects.status_body(set_obj, conditions, numberApplied=applied,
+                                     numberReady=sum(v.state == READY for v in verdicts))
+        await objects.write_status(cluster.rest, self.kinds.set_kind, set_obj, status,
+                                   self.ctx.settings.kube.field_manager)
+        if errors:
+            raise TemporaryError(f"{self.kinds.set_kind.kind} {namespace}/{name}: {'; '.join(errors)}")
+        if any(v.state == PENDING and "not published" in v.message for v in verdicts):
+            return UNPUBLISHED_RETRY
+        return None
+
+    async def _sync_children(self, cluster: Cluster, set_obj: Obj) -> tuple[tuple[str, str, str], list[str]]:
+        """Apply desired children, delete stale ones; the Reconciled condition and the API errors met."""
+        k = self.kinds
+        try:
+            nodes = selected_nodes(set_obj, cluster.informer(NODE).list())
+        except SelectorError as exc:
+            return ("False", cond.FAILURE, f"{exc}; fix the selector"), []
+        children = cluster.informer(k.child_kind)
+        namespace, name = key_of(set_obj)
+        desired = {}
+        invalid = []
+        for node in nodes:
+            body = child_body(k, set_obj, node, self.child_spec(set_obj, node), self.child_labels(set_obj))
+            child_name = body["metadata"]["name"]
+            if not DNS_SUBDOMAIN.match(child_name):
+                invalid.append(f"{child_name!r} (for node {node}) is not a valid object name")
+                continue
+            desired[child_name] = body
+        errors: list[str] = []
+        for child_name, body in sorted(desired.items()):
+            if objects.child_differs(children.get(namespace, child_name), body):
+                try:
+                    await cluster.rest.apply(k.child_kind, body, self.ctx.settings.kube.field_manager)
+                except KubeError as exc:
+                    errors.append(f"applying {k.child_kind.kind} {child_name}: {exc}")
+        for child in children.by_index(SET_INDEX, f"{namespace}/{name}"):
+            if child["metadata"]["name"] not in desired and not child["metadata"].get("deletionTimestamp"):
+                try:
+                    await cluster.rest.delete(k.child_kind, child["metadata"]["name"], namespace)
+                except KubeError as exc:
+                    errors.append(f"deleting {k.child_kind.kind} {child['metadata']['name']}: {exc}")
+        if errors:
+            return ("False", cond.ERROR, "; ".join(errors)[:4096]), errors
+        if invalid:
+            return ("False", cond.FAILURE, "; ".join(invalid) + "; shorten the set's name"), []
+        return ("True", cond.SUCCESS, ""), []
+
+    def _verdicts(self, cluster: Cluster, set_obj: Obj) -> tuple[list[Verdict], int]:
+        children = [c for c in cluster.informer(self.kinds.child_kind).by_index(OWNER_INDEX, set_obj["metadata"]["uid"])
+                    if not c["metadata"].get("deletionTimestamp")]
+        problems = self.problems(cluster, children)
+        verdicts = []
+        for child in sorted(children, key=objects.name_of):
+            name, node = objects.name_of(child), (child.get("spec") or {}).get("node") or ""
+            if name in problems:
+                verdicts.append(Verdict(name, node, ERROR, f"{name}: {problems[name]}"))
+            elif not node:
+                verdicts.append(Verdict(name, node, ERROR, f"{name} has no spec.node"))
+            else:
+                verdicts.append(verdict(self.ctx.nodes, self.ctx.cache, node, self.kinds.type_url, name))
+        return verdicts, len(children)
+
+    async def _delete(self, cluster: Cluster, set_obj: Obj) -> float | None:
+        """Delete the children, wait until they are gone and the agents let go, then drop our finalizer."""
+        k = self.kinds
+        if k.finalizer not in (set_obj["metadata"].get("finalizers") or ()):
+            return None
+        namespace, name = key_of(set_obj)
+        informer = cluster.informer(k.child_kind)
+        children = {objects.name_of(c): c for c in (*informer.by_index(OWNER_INDEX, set_obj["metadata"]["uid"]),
+                                                     *informer.by_index(SET_INDEX, f"{namespace}/{name}"))}
+        for child in children.values():
+            if not child["metadata"].get("deletionTimestamp"):
+                await cluster.rest.delete(k.child_kind, child["metadata"]["name"], namespace)
+        holding = [] if children else self._agents_holding(set_obj)
+        if children or holding:
+            waiting = (f"waiting for {len(children)} {k.child_kind.kind}(s) to be deleted" if children else
+                       f"waiting for the agents of {', '.join(holding)} to remove it")
+            at = objects.now()
+            conditions = objects.build_conditions(set_obj, k.condition_types,
+                                                  [(k.reconciled, "False", cond.AWAITING_DELETION, waiting)], at)
+            await objects.write_status(cluster.rest, k.set_kind, set_obj, objects.status_body(set_obj, conditions),
+                                       self.ctx.settings.kube.field_manager)
+            return 1.0
+        await objects.remove_finalizer(cluster.rest, k.set_kind, set_obj, k.finalizer)
+        return None
+
+    def _agents_holding(self, set_obj: Obj) -> list[str]:
+        """Connected nodes whose agent still holds one of the set's children (bounded by the deletion's age)."""
+        stamp = set_obj["metadata"].get("deletionTimestamp")
+        try:
+            age = (objects.now() - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds()
+        except (AttributeError, ValueError):
+            age = DELETION_ACK_TIMEOUT
+        if age >= DELETION_ACK_TIMEOUT:
+            return []
+        namespace, name = key_of(set_obj)
+        holding = []
+        for node in self.ctx.nodes.connected():
+            status = self.ctx.nodes.get(node)
+            types = status.types.get(self.kinds.type_url) if status else None
+            if types is not None and f"{namespace}/{name}-{node}" in types.acked:
+                holding.append(node)
+        return holding

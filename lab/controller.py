@@ -1,0 +1,59 @@
+"""The dpf controller as the lab (and the end-to-end tests) run it: `dpf controller run` as a supervised
+process with mTLS on a unix socket, and node certificates issued with `dpf controller issue-node-cert`,
+the same tooling an operator uses.
+
+The NodeState socket is a unix socket because the DPU agents run inside the emulated DPUs' network
+namespaces, where the host's loopback is not reachable; TLS, client certificates and the node identity
+check work over it exactly as over TCP (the agents expect the server name `localhost`).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dpf.lab.bed.process import Child, wait_until
+from dpf.lab.dpus import AgentTLS
+
+DPF = [sys.executable, "-m", "dpf.cli"]
+
+
+@dataclass
+class ControllerProcess:
+    kubeconfig: Path
+    namespace: str
+    """Namespace of the controller's Lease and CA Secret, and of the host objects it watches."""
+    workdir: Path
+    child: Child | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.workdir / "nodestate.sock"
+
+    @property
+    def endpoint(self) -> str:
+        return f"unix:{self.socket}"
+
+    def start(self, log_level: str = "info", resync_period: float = 600.0) -> ControllerProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        argv = [*DPF, "controller", "run", "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace,
+                "--watch-namespace", self.namespace, "--listen", self.endpoint, "--health-listen", "127.0.0.1:0",
+                "--no-leader-elect", "--resync-period", str(resync_period), "--log-level", log_level]
+        self.child = Child("dpf-controller", argv, self.workdir / "controller.log")
+        wait_until(self.socket.exists, 30, "the controller's NodeState socket", while_alive=[self.child])
+        return self
+
+    def issue_node_cert(self, node: str, out: Path, role: str = "dpu") -> AgentTLS:
+        result = subprocess.run([*DPF, "controller", "issue-node-cert", "--kubeconfig", str(self.kubeconfig),
+                                 "--namespace", self.namespace, "--node", node, "--role", role, "--out", str(out)],
+                                capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise RuntimeError(f"issue-node-cert for {node} failed: {result.stderr.strip()}")
+        return AgentTLS(out)
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+            self.child = None

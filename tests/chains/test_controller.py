@@ -1,0 +1,172 @@
+"""The controller's chain reconcilers against a real apiserver, with agents that record what they receive
+(no data plane; tests/e2e has one): children follow DPU Node labels, a bad nodeSelector is named, a
+service interface carries its pod, and deleting a chain never hangs on an agent that is gone."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+from dpf.agent.runtime.handlers import RecordingHandler
+from dpf.controller.kube.rest import Kind, Rest
+from dpf.controller.manager import Controller
+from dpf.controller.reconcilers.kinds import (
+    DPU_SERVICE_CHAIN,
+    DPU_SERVICE_INTERFACE,
+    NODE,
+    POD,
+    SERVICE_CHAIN,
+    SERVICE_CHAIN_SET,
+    SERVICE_INTERFACE,
+)
+from dpf.lab import chains
+from dpf.lab.bed.kube import ControlPlane
+from dpf.proto.v1 import sfc_pb2
+from tests.controlplane.harness import (
+    agent,
+    controller_settings,
+    dpu_cluster,
+    eventually,
+    host_rest,
+    node_files,
+    run,
+    started,
+    stop_task,
+)
+
+
+def manifests(namespace: str, group: str) -> dict[str, dict]:
+    return {o["metadata"]["name"]: o for o in chains.hbn_only(namespace, group)}
+
+
+async def condition(rest: Rest, kind: Kind, namespace: str, name: str, type_: str) -> dict | None:
+    obj = await rest.get(kind, name, namespace)
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or () if c["type"] == type_), None)
+
+
+async def node(rest: Rest, name: str, group: str, hbn: bool) -> None:
+    await rest.create(NODE, chains.dpu_node(name, group, hbn))
+
+
+def test_children_follow_node_labels_and_a_bad_selector_is_named(kube: ControlPlane, namespace: str) -> None:
+    group = uuid.uuid4().hex[:6]
+    a, b = f"dpu-a-{group}", f"dpu-b-{group}"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+        objs = manifests(namespace, group)
+        try:
+            await node(rest, a, group, hbn=True)
+            await node(rest, b, group, hbn=False)
+            await rest.apply(DPU_SERVICE_CHAIN, objs["hbn-to-fabric"], "test")
+
+            async def chain_nodes() -> set[str]:
+                listing = await rest.list(SERVICE_CHAIN, namespace)
+                return {c["spec"]["node"] for c in listing["items"] if not c["metadata"].get("deletionTimestamp")}
+
+            await eventually(lambda: _equals(chain_nodes(), {a}), "a ServiceChain on dpu-a only")
+            chain = await rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace)
+            assert chain["metadata"]["ownerReferences"][0]["kind"] == "ServiceChainSet"
+            assert chain["metadata"]["labels"]["svc.dpu.nvidia.com/servicechainset-name"] == "hbn-to-fabric"
+
+            await rest.merge_patch(NODE, b, {"metadata": {"labels": {chains.HBN_LABEL: "true"}}})
+            await eventually(lambda: _equals(chain_nodes(), {a, b}), "dpu-b to get the chain once labelled")
+            await rest.merge_patch(NODE, a, {"metadata": {"labels": {chains.HBN_LABEL: None}}})
+            await eventually(lambda: _equals(chain_nodes(), {b}), "dpu-a's chain to go once unlabelled")
+            scs = await eventually(lambda: _status(rest, SERVICE_CHAIN_SET, namespace, "hbn-to-fabric", 1),
+                                   "numberApplied 1")
+            assert scs["status"]["numberReady"] == 0, "no agent has programmed anything"
+
+            bad = objs["hbn-to-fabric"]
+            bad["spec"]["template"]["spec"]["nodeSelector"] = {
+                "matchExpressions": [{"key": chains.HBN_LABEL, "operator": "Equals", "values": ["true"]}]}
+            await rest.apply(DPU_SERVICE_CHAIN, bad, "test")
+            found = await eventually(lambda: _message(condition(rest, SERVICE_CHAIN_SET, namespace, "hbn-to-fabric",
+                                                                "ServiceChainsReconciled"), "Equals"),
+                                     "the bad selector named")
+            assert found["reason"] == "Failure"
+            assert "spec.nodeSelector.matchExpressions[0].operator 'Equals' is not one of" in found["message"]
+            assert await chain_nodes() == {b}, "an invalid selector deletes nothing"
+        finally:
+            for name in (a, b):
+                await rest.delete(NODE, name)
+            await controller.stop()
+            await rest.close()
+
+    run(scenario())
+
+
+def test_a_service_interface_carries_its_pod_and_deleting_never_waits_for_a_gone_agent(
+        kube: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    group = uuid.uuid4().hex[:6]
+    a = f"dpu-a-{group}"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+        interfaces, chain_types = RecordingHandler(sfc_pb2.ServiceInterface), RecordingHandler(sfc_pb2.ServiceChain)
+        runtime = agent(a, [controller.grpc_port], tmp_path / "state",
+                        await node_files(rest, namespace, a, "dpu", tmp_path / "certs"), interfaces)
+        runtime.add_handler(chain_types)
+        task = asyncio.create_task(runtime.run())
+        objs = manifests(namespace, group)
+        try:
+            await node(rest, a, group, hbn=True)
+            await rest.apply(DPU_SERVICE_INTERFACE, objs["p0-sf"], "test")
+            await rest.apply(DPU_SERVICE_INTERFACE, objs["p0"], "test")
+            name = f"{namespace}/p0-sf-{a}"
+            received = await eventually(lambda: interfaces.desired.get(name), "the service interface on the agent")
+            assert received.pod == "", "no pod yet"
+            for obj in chains.hbn_pod(namespace, "hbn-0", a):
+                await rest.apply(Kind("", "v1", "serviceaccounts", "ServiceAccount") if obj["kind"] ==
+                                 "ServiceAccount" else POD, obj, "test")
+            await eventually(lambda: interfaces.desired[name].pod == f"{namespace}/hbn-0", "the pod on the interface")
+
+            chain = objs["hbn-to-fabric"]
+            chain["spec"]["template"]["spec"]["template"]["spec"]["switches"].pop()  # p1 is not applied here
+            await rest.apply(DPU_SERVICE_CHAIN, chain, "test")
+            await eventually(lambda: _ready(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric"), "the chain Ready")
+            resolved = chain_types.desired[f"{namespace}/hbn-to-fabric-{a}"]
+            assert [p.service_interface for p in resolved.switches[0].ports] == [f"p0-{a}", f"p0-sf-{a}"]
+
+            await stop_task(task)  # the agent is gone: deletion must not wait for it
+            await rest.delete(DPU_SERVICE_CHAIN, "hbn-to-fabric", namespace)
+            await eventually(lambda: _gone(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric"),
+                             "the chain deleted without its agent", timeout=10)
+            assert await rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace) is None
+            assert await rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace) is None
+            assert await rest.get(SERVICE_INTERFACE, f"p0-sf-{a}", namespace) is not None
+        finally:
+            await stop_task(task)
+            await rest.delete(NODE, a)
+            await controller.stop()
+            await rest.close()
+
+    run(scenario())
+
+
+async def _equals(value: object, expected: object) -> bool:
+    return await value == expected  # type: ignore[misc]
+
+
+async def _message(found: object, text: str) -> dict | None:
+    c = await found  # type: ignore[misc]
+    return c if c and text in c.get("message", "") else None
+
+
+async def _status(rest: Rest, kind: Kind, namespace: str, name: str, applied: int) -> dict | None:
+    obj = await rest.get(kind, name, namespace)
+    return obj if obj and (obj.get("status") or {}).get("numberApplied") == applied else None
+
+
+async def _ready(rest: Rest, kind: Kind, namespace: str, name: str) -> bool:
+    c = await condition(rest, kind, namespace, name, "Ready")
+    return bool(c and c["status"] == "True")
+
+
+async def _gone(rest: Rest, kind: Kind, namespace: str, name: str) -> bool:
+    return await rest.get(kind, name, namespace) is None

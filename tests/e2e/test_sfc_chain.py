@@ -1,0 +1,161 @@
+"""Service function chaining from CR to packets, as a user drives it: DPUServiceInterfaces and a DPUServiceChain
+shaped like upstream's hbn_only guide go into the host cluster; the controller mirrors them into the DPU
+cluster, expands them per DPU node, resolves the chain's port selectors and streams each node its state;
+the DPU agents program OVS; packets pass. Everything is real: two apiservers, the controller process with
+mTLS, DPU agent processes with their CNI servers, OVS (userspace datapath) in network namespaces.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from dpf.agent.sfc.desired import chain_cookie
+from dpf.lab import chains
+from dpf.lab.bed.netns import Pod
+from dpf.lab.bed.process import Child, wait_until
+
+from .conftest import Bed
+
+HBN_POD = "doca-hbn-ds-x7k2q"
+TIMEOUT = 30
+
+
+def cookie_flows(flows: list[str], cookie: int) -> list[str]:
+    """The chain's own flows (those `learn` adds at run time carry an idle timeout and are left out)."""
+    return [f for f in flows if f.startswith(f"cookie={cookie:#x},") and "idle_timeout=" not in f.split(" actions=")[0]]
+
+
+def plug_hbn(bed: Bed, dpu: str) -> dict[str, Pod]:
+    """The HBN pod on `dpu`: its object in the DPU cluster, and its p0_if/p1_if plugged by the CNI plugin."""
+    bed.apply(chains.hbn_pod(bed.namespace, HBN_POD, dpu), bed.dpu_cluster)
+    node = bed.dpus[dpu]
+    return {"p0": node.plug_pod(bed.bin_dir, bed.namespace, HBN_POD, "p0_if", "10.80.0.2/24", "h0"),
+            "p1": node.plug_pod(bed.bin_dir, bed.namespace, HBN_POD, "p1_if", "10.80.1.2/24", "h1")}
+
+
+def tcp_echo(server: Pod, client: Pod, log) -> bool:
+    script = ("import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+              f"s.bind(('{server.ip}',7000));s.listen();c,_=s.accept();c.sendall(c.recv(64));c.close()")
+    child = Child("tcp echo", ["ip", "netns", "exec", server.netns, "python3", "-c", script], log)
+    try:
+        probe = ("import socket,time\nfor _ in range(40):\n try:\n"
+                 f"  s=socket.create_connection(('{server.ip}',7000),timeout=1);break\n"
+                 " except ConnectionRefusedError: time.sleep(0.05)\n"
+                 "s.sendall(b'through the chain');print(s.recv(64).decode())")
+        result = client.exec("python3", "-c", probe, check=False, timeout=15)
+        return result.returncode == 0 and result.stdout.strip() == "through the chain"
+    finally:
+        child.stop()
+
+
+def test_hbn_chain_from_cr_to_packets_and_back(bed: Bed, tmp_path) -> None:
+    a, b = bed.nodes
+    ns, reader = bed.namespace, bed.host_reader
+    fabric = bed.dpus[a].pods
+    hbn = plug_hbn(bed, a)
+    interfaces = [o for o in chains.hbn_only(ns, bed.group) if o["kind"] == "DPUServiceInterface"]
+    chain = next(o for o in chains.hbn_only(ns, bed.group) if o["kind"] == "DPUServiceChain")
+    bed.apply(interfaces)
+    for obj in interfaces:
+        wait_until(lambda o=obj: reader.is_ready("dpuserviceinterfaces", ns, o["metadata"]["name"]), TIMEOUT,
+                   f"DPUServiceInterface {obj['metadata']['name']} Ready")
+    # Uplinks everywhere, HBN ports only where HBN runs; no chain yet, and br-sfc is fail_mode=secure.
+    assert {"p0", "p1"} <= set(bed.dpus[b].ports())
+    assert not fabric["fa0"].ping(hbn["p0"].ip, wait=0.5)
+
+    # The chain is created while dpu-a's agent is down: it cannot be Ready, and says why.
+    bed.dpus[a].stop_agent()
+    bed.apply([chain])
+    set_name = f"{ns}/hbn-to-fabric-{a}"
+    waiting = wait_until(lambda: _message_if(reader.condition("dpuservicechains", ns, "hbn-to-fabric",
+                                                              "ServiceChainSetReady"), "agent not connected"),
+                         TIMEOUT, "the chain to report dpu-a's agent as not connected")
+    assert set_name in waiting["message"]
+    assert not reader.is_ready("dpuservicechains", ns, "hbn-to-fabric")
+    cookie = chain_cookie(ns, f"hbn-to-fabric-{a}")
+    assert cookie_flows(bed.dpus[a].flows(), cookie) == []
+
+    started = time.monotonic()
+    bed.start_agent(a)
+    wait_until(lambda: reader.is_ready("dpuservicechains", ns, "hbn-to-fabric"), TIMEOUT, "the chain Ready")
+    ready_after = time.monotonic() - started
+    # Ready means programmed: both switches' flows are on dpu-a, none on dpu-b, and packets pass.
+    assert len(cookie_flows(bed.dpus[a].flows(), cookie)) == 4
+    assert bed.dpus[b].flows() == [], "dpu-b is not selected by the chain"
+    assert chains.Reader(bed.dpu_cluster.client).get("servicechains", ns, f"hbn-to-fabric-{b}") is None
+    assert fabric["fa0"].ping(hbn["p0"].ip, count=3)
+    assert fabric["fa1"].ping(hbn["p1"].ip, count=3)
+    assert tcp_echo(hbn["p0"], fabric["fa0"], tmp_path / "echo.log")
+    scs = chains.Reader(bed.dpu_cluster.client).get("servicechainsets", ns, "hbn-to-fabric")
+    assert (scs["status"]["numberApplied"], scs["status"]["numberReady"]) == (1, 1)
+    print(f"\nchain Ready {ready_after:.2f}s after dpu-a's agent started")
+
+    # Restarting the agent does not touch the data plane: not one ping of a 20/s stream is lost.
+    pinger = subprocess.Popen(["ip", "netns", "exec", fabric["fa0"].netns, "ping", "-n", "-q", "-i", "0.05", "-w", "5",
+                               hbn["p0"].ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        bed.dpus[a].stop_agent()
+        bed.start_agent(a)
+        out, _ = pinger.communicate(timeout=15)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+            pinger.wait()
+    assert " 0% packet loss" in out, out
+    assert len(cookie_flows(bed.dpus[a].flows(), cookie)) == 4
+
+    # Delete: the DPUServiceChain goes last, after the per-node chains and the set, and by then the
+    # flows are gone: traffic stops.
+    dpu_reader = chains.Reader(bed.dpu_cluster.client)
+    # Polled owner first: an owner seen gone means every later read must find its dependents gone too.
+    chain_of = [lambda: reader.get("dpuservicechains", ns, "hbn-to-fabric"),
+                lambda: dpu_reader.get("servicechainsets", ns, "hbn-to-fabric"),
+                lambda: dpu_reader.get("servicechains", ns, f"hbn-to-fabric-{a}")]
+    bed.delete("dpuservicechain", "hbn-to-fabric")
+    rounds: list[list[bool]] = []
+
+    def all_gone() -> bool:
+        rounds.append([get() is None for get in chain_of])
+        return all(rounds[-1])
+
+    wait_until(all_gone, TIMEOUT, "the chain's objects to be deleted", interval=0.02)
+    assert all(gone == sorted(gone) for gone in rounds), f"an owner went before its dependents: {rounds}"
+    assert cookie_flows(bed.dpus[a].flows(), cookie) == [], "the chain was deleted before its flows"
+    assert not fabric["fa0"].ping(hbn["p0"].ip, wait=0.5)
+
+
+def test_a_selector_matching_no_interface_is_named_and_nothing_is_programmed(bed: Bed) -> None:
+    a = bed.nodes[0]
+    ns, reader = bed.namespace, bed.host_reader
+    plug_hbn(bed, a)
+    bed.apply([o for o in chains.hbn_only(ns, bed.group) if o["kind"] == "DPUServiceInterface"])
+    chain = next(o for o in chains.hbn_only(ns, bed.group) if o["kind"] == "DPUServiceChain")
+    # Switch 0 resolves (p0 ↔ p0_sf); switch 1 names an uplink no DPU has.
+    chain["spec"]["template"]["spec"]["template"]["spec"]["switches"][1]["ports"][0] = {
+        "serviceInterface": {"matchLabels": {"uplink": "p9"}}}
+    bed.apply([chain])
+    found = wait_until(lambda: _message_if(reader.condition("dpuservicechains", ns, "hbn-to-fabric",
+                                                            "ServiceChainSetReady"), "uplink=p9"),
+                       TIMEOUT, "the chain's condition to name the selector")
+    assert f"switches[1].ports[0] selector uplink=p9 matches no ServiceInterface in namespace {ns} on node {a}" \
+        in found["message"]
+    ready = reader.condition("dpuservicechains", ns, "hbn-to-fabric")
+    assert ready["status"] == "False"
+    scs = chains.Reader(bed.dpu_cluster.client).condition("servicechainsets", ns, "hbn-to-fabric",
+                                                          "ServiceChainsReady")
+    assert scs["status"] == "False"
+    assert "uplink=p9" in scs["message"]
+    # Not even the switch that resolves is programmed: no partial chain.
+    assert cookie_flows(bed.dpus[a].flows(), chain_cookie(ns, f"hbn-to-fabric-{a}")) == []
+
+    # Fixing the selector programs the whole chain.
+    chain["spec"]["template"]["spec"]["template"]["spec"]["switches"][1]["ports"][0] = {
+        "serviceInterface": {"matchLabels": {"uplink": "p1"}}}
+    bed.apply([chain])
+    wait_until(lambda: reader.is_ready("dpuservicechains", ns, "hbn-to-fabric"), TIMEOUT, "the fixed chain Ready")
+    assert len(cookie_flows(bed.dpus[a].flows(), chain_cookie(ns, f"hbn-to-fabric-{a}"))) == 4
+
+
+def _message_if(condition: dict | None, text: str) -> dict | None:
+    return condition if condition and text in condition.get("message", "") else None

@@ -25,7 +25,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -244,7 +244,7 @@ class SfcProgrammer:
         self.passes += 1
         if report.flow_mods or report.ports != "nothing":
             log.info("SFC %s: ports %s; %d flow mods for %s in %.1f ms", report.reason, report.ports,
-                     report.flow_mods, ", ".join(report.chains) or "no chain", report.seconds * 1000)
+                     report.flow_mods, _summary(report.chains), report.seconds * 1000)
         _settle(futures, result=report)
 
     # -- passes ---------------------------------------------------------------------------------------
@@ -446,3 +446,11 @@ def _settle(futures: list[Future], result: object = None, exception: BaseExcepti
                 future.set_exception(exception)
             else:
                 future.set_result(result)
+
+
+def _summary(chains: Sequence[str], shown: int = 5) -> str:
+    """Chain names for a log line: a resync of 1,000 chains must not print 1,000 names."""
+    if not chains:
+        return "no chain"
+    head = ", ".join(chains[:shown])
+    return head if len(chains) <= shown else f"{head} and {len(chains) - shown} more chains"

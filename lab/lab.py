@@ -2,7 +2,8 @@
 
 The host cluster's control plane with the dpf CRDs, then the service-chaining scenario (`sfc_demo.py`):
 the dpf controller, two emulated DPUs with their agents, upstream's hbn_only interfaces and chain, and
-traffic through it. Each step prints what it does; Ctrl-C or SIGTERM stops everything in reverse order
+traffic through it, and service pods attached through Multus with addresses from a DPUServiceIPAM pool.
+Each step prints what it does; Ctrl-C or SIGTERM stops everything in reverse order
 and leaves nothing behind. A second lab on the same workdir is refused.
 """
 

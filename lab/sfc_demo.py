@@ -2,7 +2,9 @@
 emulated DPUs (OVS + DPU agent each, uplinks p0/p1 into fabric namespaces, an HBN pod plugged through the
 SFC CNI plugin), the DPU Nodes, and upstream's hbn_only interfaces and chain. It then shows packets pass
 through the chain (ping and iperf3 from each fabric namespace to the HBN pod), deletes the chain and shows
-them stop, and applies the chain again so the lab is left working. Every step is printed.
+them stop, and applies the chain again so the lab is left working. Then service pods attached through
+Multus with addresses from a DPUServiceIPAM pool, chained to uplink p2 (`service_pods.py`). Every step is
+printed.
 
 The lab's DPU cluster is the host apiserver itself (a DPUCluster whose Secret holds the host's admin
 kubeconfig): one control plane to start, the same objects and code paths as with two.
@@ -23,6 +25,7 @@ from dpf.lab.bed.process import Child, wait_until
 from dpf.lab.bed.tools import tool
 from dpf.lab.controller import ControllerProcess
 from dpf.lab.dpus import EmulatedDpu, cni_bin_dir
+from dpf.lab.service_pods import ServicePods
 
 NAMESPACE = "dpf-operator-system"
 GROUP = "lab"
@@ -46,6 +49,8 @@ class SfcDemo:
         self.bed = NetnsBed(owner="lab")
         self.dpus: list[EmulatedDpu] = []
         self.hbn: dict[str, dict[str, Pod]] = {}
+        self.service_pods = ServicePods(host, self.bed, workdir / "cni-bin", workdir, NAMESPACE, GROUP, stack, say,
+                                        self._apply, self._wait_ready)
 
     # -- what the lab runs ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -63,6 +68,7 @@ class SfcDemo:
         self._apply(self._manifests("DPUServiceChain"))
         self._wait_ready("dpuservicechains", "hbn-to-fabric")
         self.show_traffic(expect=True, iperf=False)
+        self.service_pods.start(self.dpus)
 
     def children(self) -> list[Child]:
         found = [self.controller.child] if self.controller.child else []
@@ -80,6 +86,11 @@ class SfcDemo:
             lines += [f"  # {dpu.name}: flows, and a ping through its chain",
                       f"  OVS_RUNDIR={dpu.ovs.rundir} ovs-ofctl -O OpenFlow13 dump-flows br-sfc",
                       f"  ip netns exec {fabric.netns} ping {hbn.ip}"]
+            if dpu.name in self.service_pods.pods:
+                service = self.service_pods.pods[dpu.name]
+                lines.append(f"  ip netns exec {self.service_pods.fabric[dpu.name].netns} ping {service.ip}"
+                             f"  # service pod net1, via p2")
+        lines.append(f"  {tool('kubectl')} get dpuserviceipams,network-attachment-definitions -n {NAMESPACE}")
         return "\n".join(lines)
 
     # -- steps ------------------------------------------------------------------------------------------------
@@ -97,7 +108,7 @@ class SfcDemo:
         for name in reap_stale("lab"):
             self.say(f"removed network namespace {name} left by a lab that was killed")
         self.stack.callback(self.bed.cleanup)
-        bin_dir = cni_bin_dir(self.workdir / "cni-bin")
+        bin_dir = cni_bin_dir(self.service_pods.bin_dir)
         for i in (1, 2):
             name = f"worker{i}-0000-08-00"
             dpu = EmulatedDpu(name, self.bed, self.workdir / f"dpu{i}", short=f"d{i}")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,7 +72,30 @@ def test_lab_starts_serves_kubectl_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
                                 capture_output=True, text=True, env={**os.environ, "KUBECONFIG": kubeconfig},
                                 check=True).stdout.split()
         assert sorted(chains) == ["servicechain.svc.dpu.nvidia.com/hbn-to-fabric-worker1-0000-08-00",
-                                  "servicechain.svc.dpu.nvidia.com/hbn-to-fabric-worker2-0000-08-00"]
+                                  "servicechain.svc.dpu.nvidia.com/hbn-to-fabric-worker2-0000-08-00",
+                                  "servicechain.svc.dpu.nvidia.com/lab-svc-to-fabric-worker1-0000-08-00",
+                                  "servicechain.svc.dpu.nvidia.com/lab-svc-to-fabric-worker2-0000-08-00"]
+
+        # Service pods: attached by Multus with an address from the DPUServiceIPAM pool, chained to p2.
+        assert "dpuserviceipams/lab-pool Ready after" in text
+        addresses = []
+        for i, dpu in enumerate(("worker1-0000-08-00", "worker2-0000-08-00"), start=1):
+            attached = re.search(rf"DPU {dpu}: service pod dpf-operator-system/lab-svc-{i} attached by Multus "
+                                 r"\(NAD mybrsfc-pool-d\d, .*\): interface net1 ip (\S+) from DPUServiceIPAM lab-pool",
+                                 text)
+            assert attached, text
+            address = ipaddress.ip_interface(attached.group(1))
+            assert address.network == ipaddress.ip_network("10.200.0.0/24")
+            assert address.ip != ipaddress.ip_address("10.200.0.1"), "the pool's gateway went to a pod"
+            addresses.append(address.ip)
+            assert (f"traffic passes: DPU {dpu}: ping 10.200.0.254 (fabric p2) -> {address.ip} (service pod net1): "
+                    "3/3 replies") in text
+        assert len(set(addresses)) == 2, "each DPU leases from its own block of the pool"
+        status = json.loads(subprocess.run(
+            [tool("kubectl"), "get", "pod", "lab-svc-1", "-n", "dpf-operator-system", "-o",
+             "jsonpath={.metadata.annotations.k8s\\.v1\\.cni\\.cncf\\.io/network-status}"],
+            capture_output=True, text=True, env={**os.environ, "KUBECONFIG": kubeconfig}, check=True).stdout)
+        assert any(n.get("interface") == "net1" and n.get("ips") == [str(addresses[0])] for n in status), status
 
         second = subprocess.run([*DPF, "lab", "--workdir", str(workdir), "--for", "0"], capture_output=True,
                                 text=True, timeout=60)

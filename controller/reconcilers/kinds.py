@@ -9,6 +9,10 @@ SVC = "svc.dpu.nvidia.com"
 V1ALPHA1 = "v1alpha1"
 
 DPU_CLUSTER = Kind(PROVISIONING, V1ALPHA1, "dpuclusters", "DPUCluster")
+DPU_FLAVOR = Kind(PROVISIONING, V1ALPHA1, "dpuflavors", "DPUFlavor")
+BFB = Kind(PROVISIONING, V1ALPHA1, "bfbs", "BFB")
+DPU = Kind(PROVISIONING, V1ALPHA1, "dpus", "DPU")
+DPU_SET = Kind(PROVISIONING, V1ALPHA1, "dpusets", "DPUSet")
 SERVICE_INTERFACE = Kind(SVC, V1ALPHA1, "serviceinterfaces", "ServiceInterface")
 SERVICE_INTERFACE_SET = Kind(SVC, V1ALPHA1, "serviceinterfacesets", "ServiceInterfaceSet")
 DPU_SERVICE_INTERFACE = Kind(SVC, V1ALPHA1, "dpuserviceinterfaces", "DPUServiceInterface")

@@ -82,7 +82,7 @@ class Controller:
             reconciler.setup()
         self.stream_server = NodeStateServer(
             self.cache, self.nodes, self, self.metrics, s.server, self.identity, s.tls.insecure,
-            is_leader=lambda: self._leading, leader_hint=lambda: self._elector.holder if self._elector else "")
+            is_leader=lambda: self._leading, leader_hint=lambda: self.known_leader)
         await self._start_grpc(host)
         self._http = HealthServer(s.http.listen, self.metrics.registry, self._healthy, self._ready,
                                   default_host="0.0.0.0")  # kubelet probes reach the pod IP
@@ -140,6 +140,11 @@ class Controller:
     @property
     def is_leader(self) -> bool:
         return self._leading
+
+    @property
+    def known_leader(self) -> str:
+        """The Lease holder as this replica last saw it ("" before its first look or without election)."""
+        return self._elector.holder if self._elector else ""
 
     async def _started_leading(self) -> None:
         self._leading = True

@@ -61,14 +61,15 @@ def test_two_replicas_one_leader_and_failover_within_the_lease(kube: ControlPlan
             lease = await rest.get(LEASE, LeaderSettings.lease_name, namespace)
             assert lease["spec"]["holderIdentity"] == leader.identity
 
-            # The follower refuses streams, naming the leader.
+            # The follower refuses streams, naming the leader (once it has looked at the Lease since the election).
+            await eventually(lambda: follower.known_leader == leader.identity, "the follower to see the new leader")
             credentials = grpc.ssl_channel_credentials(tls.ca.read_bytes(), tls.key.read_bytes(),
                                                        tls.cert.read_bytes())
             async with grpc.aio.secure_channel(f"127.0.0.1:{follower.grpc_port}", credentials) as channel:
                 call = pb_grpc.NodeStateStub(channel).Stream()
-                await call.write(pb.StreamRequest(hello=pb.Hello(node=node, role=pb.ROLE_DPU)))
-                with pytest.raises(grpc.aio.AioRpcError) as refused:
-                    await call.read()
+                hello = pb.StreamRequest(hello=pb.Hello(node=node, role=pb.ROLE_DPU))
+                with pytest.raises(grpc.aio.AioRpcError) as refused:  # the refusal may already end the write
+                    await _hello_then_read(call, hello)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             assert f"not the leader (leader: {leader.identity})" in refused.value.details()
 
@@ -109,3 +110,8 @@ def test_two_replicas_one_leader_and_failover_within_the_lease(kube: ControlPlan
             await rest.close()
 
     run(scenario())
+
+
+async def _hello_then_read(call, hello: pb.StreamRequest) -> pb.StreamResponse:
+    await call.write(hello)
+    return await call.read()

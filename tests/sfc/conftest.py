@@ -63,8 +63,11 @@ def base_flows(ovs: OvsSwitch, bridge: str) -> list[str]:
     return sorted(f for f in ovs.flows(bridge) if "idle_timeout=" not in f.split(" actions=")[0])
 
 
-def cookie_flows(ovs: OvsSwitch, bridge: str, cookie: int) -> list[str]:
-    return [f for f in ovs.flows(bridge) if f.startswith(f"cookie={cookie:#x},")]
+def cookie_flows(ovs: OvsSwitch, bridge: str, cookie: int, *, learned: bool = False) -> list[str]:
+    """The flows carrying `cookie`. Flows `learn` adds at run time share the chain's cookie; any stray frame (an
+    IPv6 router solicitation from a fresh veth) makes one, so they are left out unless `learned` is asked for."""
+    flows = ovs.flows(bridge) if learned else base_flows(ovs, bridge)
+    return [f for f in flows if f.startswith(f"cookie={cookie:#x},")]
 
 
 def counters(ovs: OvsSwitch, bridge: str) -> dict[str, int]:

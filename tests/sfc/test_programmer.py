@@ -129,7 +129,7 @@ def test_chain_naming_an_interface_the_node_lacks_is_rejected_whole(ovs: OvsSwit
     good = ServiceChain(NS, "good", (Switch(("p1", "p2")),))
     bad = ServiceChain(NS, "bad", (Switch(("p3", "p1")), Switch(("p3", "ghost"))))
     sfc = programmers(NodeState((phys("p1"), phys("p2"), phys("p3")), (good, bad)))
-    assert cookie_flows(ovs, "br-sfc", chain_cookie(NS, "bad")) == []
+    assert cookie_flows(ovs, "br-sfc", chain_cookie(NS, "bad"), learned=True) == []
     status = sfc.statuses()[f"ServiceChain/{NS}/bad"]
     assert not status.ready
     assert "ghost name no ServiceInterface on this node" in status.message
@@ -144,7 +144,7 @@ def test_port_for_a_missing_netdev_fails_visibly_and_the_chain_waits(ovs: OvsSwi
     status = sfc.statuses()
     assert "could not open network device pf0vf3" in status[f"ServiceInterface/{NS}/vf3"].message
     assert not status[f"ServiceChain/{NS}/c"].ready
-    assert cookie_flows(ovs, "br-sfc", chain_cookie(NS, "c")) == []
+    assert cookie_flows(ovs, "br-sfc", chain_cookie(NS, "c"), learned=True) == []
 
 
 def test_ovn_interface_is_a_patch_pair_and_leaves_br_ovn_when_deleted(ovs: OvsSwitch, programmers) -> None:
@@ -210,7 +210,7 @@ def test_stale_things_of_ours_go_and_nothing_of_anyone_else_is_touched(ovs: OvsS
     sfc = programmers(NodeState((phys("p1"), phys("p2")), (ServiceChain(NS, "c", (Switch(("p1", "p2")),)),)))
     assert ports_of(ovs, "br-sfc") == {"p1", "p2", "theirs"}
     flows = ovs.flows("br-sfc")
-    assert cookie_flows(ovs, "br-sfc", stale_cookie) == []
+    assert cookie_flows(ovs, "br-sfc", stale_cookie, learned=True) == []
     assert "cookie=0x1234, priority=5,in_port=2 actions=drop" in flows
     assert "priority=1 actions=drop" in flows
     assert "dpf-sfc-chain-" + f"{stale_cookie:016x}" not in ovs.vsctl("get", "bridge", "br-sfc", "external_ids").stdout

@@ -58,7 +58,7 @@ def test_uplink_and_service_pod_talk_only_while_the_chain_exists(ovs: OvsSwitch,
     assert sfc.statuses()[f"ServiceChain/{NS}/fabric-to-fw"].ready
 
     sfc.update(NodeState((uplink(), fw), ())).result(10)
-    assert cookie_flows(ovs, "br-sfc", chain_cookie(NS, "fabric-to-fw")) == []
+    assert cookie_flows(ovs, "br-sfc", chain_cookie(NS, "fabric-to-fw"), learned=True) == []
     assert not fabric.ping(service.ip, wait=0.5)
 
 
@@ -90,9 +90,9 @@ def test_three_port_switch_floods_then_learns(ovs: OvsSwitch, netns: NetnsBed, p
 
     assert a.ping(b.ip)  # ARP is flooded to b and c; the replies teach the switch both MACs
     learned_to_a = f"priority=30,in_port={ofport['p2']},dl_dst={a.mac} actions=output:{ofport['p1']}"
-    wait_until(lambda: any(learned_to_a in f for f in cookie_flows(ovs, "br-sfc", cookie)), 5,
+    wait_until(lambda: any(learned_to_a in f for f in cookie_flows(ovs, "br-sfc", cookie, learned=True)), 5,
                "a learned flow b→a (priority 30)")
-    learned = [f for f in cookie_flows(ovs, "br-sfc", cookie) if learned_to_a in f]
+    learned = [f for f in cookie_flows(ovs, "br-sfc", cookie, learned=True) if learned_to_a in f]
     assert "idle_timeout=10" in learned[0]
 
     key = next(k for k in counters(ovs, "br-sfc") if learned_to_a in k)

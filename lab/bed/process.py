@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+logger = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -101,10 +103,13 @@ class Child:
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.alive():
+            started = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
+                logger.info("%s stopped in %.1f s", self.name, time.monotonic() - started)
             except subprocess.TimeoutExpired:
+                logger.warning("%s ignored SIGTERM for %.0f s; killing it", self.name, timeout)
                 self.proc.kill()
                 self.proc.wait(5)
         _live.pop(self.proc.pid, None)

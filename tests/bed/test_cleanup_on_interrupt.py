@@ -38,10 +38,13 @@ def start_holding_run(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     marker = tmp_path / "holding"
     test_file = tmp_path / "test_hold.py"
     test_file.write_text(HOLDING_TEST.format(marker=str(marker)))
+    log = (tmp_path / "inner.log").open("wb")
     inner = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider",
-         "--basetemp", str(tmp_path / "inner"), "--rootdir", str(tmp_path), "-c", os.devnull, str(test_file)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider", "-s",
+         "--log-cli-level=INFO", "--basetemp", str(tmp_path / "inner"), "--rootdir", str(tmp_path),
+         "-c", os.devnull, str(test_file)],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     wait_until(lambda: marker.exists() or inner.poll() is not None, 120, "the nested run to hold its fixtures")
     assert inner.poll() is None, "the nested run ended before holding its fixtures"
     return inner, tmp_path / "inner"
@@ -56,7 +59,12 @@ def test_ctrl_c_tears_down_every_fixture(tmp_path: Path) -> None:
     inner, basetemp = start_holding_run(tmp_path)
     assert leftovers(basetemp), "the nested run's daemons should be visible while it holds"
     inner.send_signal(signal.SIGINT)
-    inner.wait(60)
+    try:
+        inner.wait(60)
+    except subprocess.TimeoutExpired:
+        inner.kill()
+        inner.wait()
+        pytest.fail("the interrupted run did not end within 60 s:\n" + (tmp_path / "inner.log").read_text()[-6000:])
     assert leftovers(basetemp) == []
     assert bed_namespaces("t", inner.pid) == []
 

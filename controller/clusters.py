@@ -22,19 +22,21 @@ log = logging.getLogger(__name__)
 class Cluster:
     def __init__(self, name: str, rest: Rest, settings: KubeSettings,
                  on_failure: Callable[[str, BaseException | None], None], config_hash: str = "",
-                 namespace: str | None = None) -> None:
+                 namespace: str | None = None, label_selectors: dict[Kind, str] | None = None) -> None:
         self.name = name
         self.namespace = namespace
         self.rest = rest
         self.settings = settings
         self.config_hash = config_hash
         self._informers: dict[Kind, Informer] = {}
+        self._label_selectors = label_selectors or {}
         self._tasks = TaskGroup(f"cluster/{name}", on_failure)
 
     def informer(self, kind: Kind) -> Informer:
         found = self._informers.get(kind)
         if found is None:
-            found = self._informers[kind] = Informer(self.rest, kind, self.settings, namespace=self.namespace)
+            found = self._informers[kind] = Informer(self.rest, kind, self.settings, namespace=self.namespace,
+                                                     label_selector=self._label_selectors.get(kind))
             self._tasks.start(f"informer/{kind}", found.run())
         return found
 
@@ -45,11 +47,13 @@ class Cluster:
         return all(i.synced.is_set() for i in self._informers.values())
 
     async def close(self, report_deletions: bool = True) -> None:
-        await self._tasks.stop()
-        if report_deletions:
-            for informer in self._informers.values():
-                informer.forget_all()
-        await self.rest.close()
+        try:
+            await self._tasks.stop()
+            if report_deletions:
+                for informer in self._informers.values():
+                    informer.forget_all()
+        finally:
+            await self.rest.close()  # even when cancelled half-way: an open client leaks its sockets
 
 
 class ClusterSet:
@@ -59,18 +63,28 @@ class ClusterSet:
         self.settings = settings
         self.dpu: dict[str, Cluster] = {}
         self.dpu_kinds: list[Kind] = []
+        self.dpu_label_selectors: dict[Kind, str] = {}
         self._on_dpu_added: list[Callable[[Cluster], None]] = []
         self._on_failure = on_failure
 
-    def need_dpu_kind(self, kind: Kind) -> None:
-        if kind not in self.dpu_kinds:
-            self.dpu_kinds.append(kind)
+    def need_dpu_kind(self, kind: Kind, label_selector: str | None = None) -> None:
+        """Watch `kind` in every DPU cluster; with `label_selector`, only the objects it selects (so a
+        controller that needs a few labelled Pods does not cache every Pod of a big cluster)."""
+        if kind in self.dpu_kinds:
+            if self.dpu_label_selectors.get(kind) != label_selector:
+                raise ValueError(f"{kind.kind} is already watched with label selector "
+                                 f"{self.dpu_label_selectors.get(kind)!r}, not {label_selector!r}")
+            return
+        self.dpu_kinds.append(kind)
+        if label_selector:
+            self.dpu_label_selectors[kind] = label_selector
 
     def on_dpu_added(self, callback: Callable[[Cluster], None]) -> None:
         self._on_dpu_added.append(callback)
 
     def add_dpu(self, name: str, rest: Rest, config_hash: str) -> Cluster:
-        cluster = Cluster(name, rest, self.settings, self._on_failure, config_hash)
+        cluster = Cluster(name, rest, self.settings, self._on_failure, config_hash,
+                          label_selectors=self.dpu_label_selectors)
         for kind in self.dpu_kinds:
             cluster.informer(kind)
         self.dpu[name] = cluster
@@ -92,7 +106,9 @@ class ClusterSet:
         return [(c, c.informer(kind)) for c in self.dpu.values()]
 
     async def close(self) -> None:
-        for name in list(self.dpu):
-            cluster = self.dpu.pop(name)
-            await cluster.close(report_deletions=False)
-        await self.host.close(report_deletions=False)
+        try:
+            for name in list(self.dpu):
+                cluster = self.dpu.pop(name)
+                await cluster.close(report_deletions=False)
+        finally:
+            await self.host.close(report_deletions=False)

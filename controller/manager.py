@@ -121,16 +121,20 @@ class Controller:
 
     async def stop(self, release: bool = True) -> None:
         """Stop in order. release=False leaves the lease held, as a crash would (used by failover tests)."""
-        if self._elector is not None and release:
-            await self._elector.release()
-        await self._tasks.stop()
-        if self._leading:
-            await self._stopped_leading()
-        if self._server is not None:
-            await self._server.stop(grace=1.0)
-        if self._http is not None:
-            await self._http.stop()
-        await self.clusters.close()
+        try:
+            if self._elector is not None and release:
+                await self._elector.release()
+        finally:
+            try:
+                await self._tasks.stop()
+                if self._leading:
+                    await self._stopped_leading()
+                if self._server is not None:
+                    await self._server.stop(grace=1.0)
+                if self._http is not None:
+                    await self._http.stop()
+            finally:
+                await self.clusters.close()  # the API clients go whatever failed above
 
     def _task_failed(self, name: str, exc: BaseException | None) -> None:
         self.failure = f"task {name} {'crashed: ' + repr(exc) if exc else 'exited'}"

@@ -69,7 +69,11 @@ class DPUClusterReconciler(Reconciler):
             return None
         rest = await clients.from_kubeconfig_dict(document, f"dpu/{cluster_name}",
                                                   self.ctx.settings.kube.request_timeout)
-        await self.ctx.clusters.remove_dpu(cluster_name)
+        try:
+            await self.ctx.clusters.remove_dpu(cluster_name)
+        except BaseException:
+            await rest.close()  # cancelled (controller stopping) before the new client was handed over
+            raise
         self.ctx.clusters.add_dpu(cluster_name, rest, digest)
         return None
 

@@ -13,6 +13,7 @@ Key: (reconciler name, DPU cluster, namespace, name). Subclasses name the kinds 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Hashable, Iterable, Mapping
@@ -77,6 +78,15 @@ def selected_nodes(set_obj: Obj, nodes: Iterable[Obj]) -> list[str]:
     validate(selector, "spec.nodeSelector")
     return sorted(n["metadata"]["name"] for n in nodes
                   if not n["metadata"].get("deletionTimestamp") and matches(selector, n["metadata"].get("labels")))
+
+
+def no_nodes_selected(set_obj: Obj) -> tuple[str, str, str]:
+    """The Ready condition of a set whose selector matches no DPU node: waiting, not Ready (upstream says Ready,
+    which tells a user their chain is on the DPUs when it is on none)."""
+    selector = (set_obj.get("spec") or {}).get("nodeSelector")
+    shown = json.dumps(selector, sort_keys=True, separators=(",", ":")) if selector else "(none: every node)"
+    return ("False", cond.PENDING,
+            f"spec.nodeSelector {shown} selects no DPU node yet; a child is made for each matching node that joins")
 
 
 def child_body(kinds: SetKinds, set_obj: Obj, node: str, spec: Mapping[str, Any],
@@ -202,7 +212,7 @@ class NodeSetReconciler(Reconciler):
         set_obj = await objects.add_finalizer(cluster.rest, self.kinds.set_kind, set_obj, self.kinds.finalizer)
         reconciled, errors = await self._sync_children(cluster, set_obj)
         verdicts, applied = self._verdicts(cluster, set_obj)
-        ready = fold(verdicts, len(verdicts))
+        ready = fold(verdicts, len(verdicts)) if verdicts else no_nodes_selected(set_obj)
         at = objects.now()
         conditions = objects.build_conditions(set_obj, self.kinds.condition_types,
                                               [(self.kinds.reconciled, *reconciled), (self.kinds.ready, *ready)], at)

@@ -1,6 +1,6 @@
 """ServiceInterface (DPU cluster) → per-node NodeState snapshots of type dpf.v1.ServiceInterface, and agent
 NACKs → Warning Events on the rejected ServiceInterfaces. A `service` interface carries the pod on its node
-that serves it (DPU-cluster Pods are watched for that; `controller/cache/serviceinterfaces.py`).
+that serves it (DPU-cluster Pods with the service label are watched for that; `controller/cache/serviceinterfaces.py`).
 
 Keys: ("serviceinterface", node) recomputes a node's snapshot from every DPU cluster's cache;
 ("serviceinterface", node, "nack") records the node's latest NACK as Events. No snapshot is published
@@ -47,7 +47,8 @@ class ServiceInterfaceReconciler(PerNodeReconciler):
     resource_name = staticmethod(resource_name)
 
     def setup(self) -> None:
-        self.ctx.clusters.need_dpu_kind(POD)
+        # Only pods carrying the service label can serve an interface: watch those, not every Pod.
+        self.ctx.clusters.need_dpu_kind(POD, label_selector=SERVICE_LABEL)
         super().setup()
 
     def attach(self, cluster: Cluster) -> None:

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 from dpf.agent.runtime.handlers import RecordingHandler
+from dpf.controller.cache.serviceinterfaces import SERVICE_LABEL
 from dpf.controller.kube.rest import Kind, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.kinds import (
@@ -99,6 +100,40 @@ def test_children_follow_node_labels_and_a_bad_selector_is_named(kube: ControlPl
     run(scenario())
 
 
+def test_a_chain_on_no_dpu_is_not_ready_until_a_matching_node_joins(kube: ControlPlane, namespace: str) -> None:
+    group = uuid.uuid4().hex[:6]
+    a = f"dpu-a-{group}"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+        try:
+            await node(rest, a, group, hbn=False)
+            await rest.apply(DPU_SERVICE_CHAIN, manifests(namespace, group)["hbn-to-fabric"], "test")
+            found = await eventually(lambda: _message(condition(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric",
+                                                                "ServiceChainSetReady"), "selects no DPU node"),
+                                     "the chain to say it is on no DPU")
+            assert (found["status"], found["reason"]) == ("False", "Pending")
+            assert chains.HBN_LABEL in found["message"], "the message shows the selector"
+            ready = await condition(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric", "Ready")
+            assert ready["status"] == "False"
+
+            await rest.merge_patch(NODE, a, {"metadata": {"labels": {chains.HBN_LABEL: "true"}}})
+            await eventually(lambda: _status(rest, SERVICE_CHAIN_SET, namespace, "hbn-to-fabric", 1),
+                             "a child for the joined node")
+            found = await condition(rest, SERVICE_CHAIN_SET, namespace, "hbn-to-fabric", "ServiceChainsReady")
+            assert found["status"] == "False", "no agent has programmed it"
+            assert a in found["message"]
+            assert "selects no DPU node" not in found["message"]
+        finally:
+            await rest.delete(NODE, a)
+            await controller.stop()
+            await rest.close()
+
+    run(scenario())
+
+
 def test_a_service_interface_carries_its_pod_and_deleting_never_waits_for_a_gone_agent(
         kube: ControlPlane, namespace: str, tmp_path: Path) -> None:
     group = uuid.uuid4().hex[:6]
@@ -125,6 +160,18 @@ def test_a_service_interface_carries_its_pod_and_deleting_never_waits_for_a_gone
                 await rest.apply(Kind("", "v1", "serviceaccounts", "ServiceAccount") if obj["kind"] ==
                                  "ServiceAccount" else POD, obj, "test")
             await eventually(lambda: interfaces.desired[name].pod == f"{namespace}/hbn-0", "the pod on the interface")
+            bystander = {**chains.hbn_pod(namespace, "bystander", a)[1]}
+            bystander["metadata"] = {"name": "bystander", "namespace": namespace}
+            await rest.apply(POD, bystander, "test")
+            await rest.merge_patch(POD, "hbn-0", {"metadata": {"labels": {SERVICE_LABEL: None}}}, namespace)
+            await eventually(lambda: interfaces.desired[name].pod == "", "the pod to leave once unlabelled")
+            dpu = next(iter(controller.clusters.dpu.values()))
+            cached = dpu.informer(POD).list()
+            assert all(SERVICE_LABEL in (p["metadata"].get("labels") or {}) for p in cached), "only labelled pods"
+            assert not [p for p in cached if p["metadata"]["namespace"] == namespace]
+            await rest.merge_patch(POD, "hbn-0", {"metadata": {"labels": {SERVICE_LABEL: chains.HBN_SERVICE}}},
+                                   namespace)
+            await eventually(lambda: interfaces.desired[name].pod == f"{namespace}/hbn-0", "the pod back on it")
 
             chain = objs["hbn-to-fabric"]
             chain["spec"]["template"]["spec"]["template"]["spec"]["switches"].pop()  # p1 is not applied here

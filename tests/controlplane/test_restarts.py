@@ -54,9 +54,9 @@ def test_controller_restart_does_not_reapply_unchanged_state(kube: ControlPlane,
             await controller.start()
             await eventually(lambda: runtime.state.connects == 2 and runtime.connected.is_set(), "the agent reconnects")
             await eventually(lambda: controller.cache.ready.is_set(), "the new controller to serve")
-            status = controller.nodes.get(node)
-            assert status is not None
-            assert len(status.of(TYPE_URL).acked) == 3, "the new controller learns what the node holds from its Hello"
+            # The agent's subscription (with the versions it holds) follows the welcome, so this is a wait too.
+            await eventually(lambda: controller.nodes.get(node) and len(controller.nodes.get(node).of(TYPE_URL).acked)
+                             == 3, "the new controller to learn what the node holds from its subscription")
             await asyncio.sleep(0.5)  # a push, if one were wrongly made, lands well within this
             assert len(handler.calls) == applies, "unchanged state is not applied again"
             assert runtime.metrics.responses.labels(TYPE_URL)._value.get() == responses, "nothing was sent"

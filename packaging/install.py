@@ -28,6 +28,7 @@ VENV = REPO / ".venv"
 TOOLS_DIR = VENV / "tools"
 UPSTREAM = REPO / "packaging" / "upstream"
 CACHE = Path(os.environ.get("DPF_CACHE", Path.home() / ".cache" / "dpf"))
+STALE_DAYS = 14  # cache entries unused this long are removed
 MIN_GO = (1, 26)
 MIN_PYTHON = (3, 11)
 
@@ -160,12 +161,29 @@ def build_module(module: Path, out: Path) -> None:
     say(f"go: {module.name} built in {time.monotonic() - started:.0f}s -> {out}")
 
 
+def prune_stale(parent: Path, keep: set[Path], pattern: str = "*") -> None:
+    """Remove cache entries under `parent` matching `pattern` that nothing has used for STALE_DAYS.
+
+    Entries in use are touched on every hit, so only builds of pins that moved on age out; another
+    checkout on this machine still at an old pin within that window keeps its build.
+    """
+    if not parent.is_dir():
+        return
+    cutoff = time.time() - STALE_DAYS * 86400
+    for entry in parent.glob(pattern):
+        if entry.is_dir() and entry not in keep and entry.stat().st_mtime < cutoff:
+            size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+            shutil.rmtree(entry, ignore_errors=True)
+            say(f"cache: removed {entry} (unused for {STALE_DAYS}+ days, {size / 1e6:.0f} MB)")
+
+
 def ensure_go_components() -> None:
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
     for module in sorted(p for p in UPSTREAM.iterdir() if (p / "build.json").exists()):
         spec = json.loads((module / "build.json").read_text())
         out = module_cache_dir(module)
         if all((out / name).exists() for name in spec["binaries"]):
+            os.utime(out)  # in use: keeps prune_stale away
             say(f"go: {module.name}: {', '.join(spec['binaries'])} (cache hit)")
         else:
             found, version = go_version()
@@ -177,6 +195,7 @@ def ensure_go_components() -> None:
             staged.unlink(missing_ok=True)
             staged.symlink_to(out / name)
             staged.replace(TOOLS_DIR / name)  # atomic: a running test never sees the tool missing
+        prune_stale(out.parent, {out}, f"{module.name}-*")
 
 
 def main() -> int:
@@ -188,6 +207,7 @@ def main() -> int:
         ensure_debian_packages()
     ensure_venv()
     ensure_go_components()
+    prune_stale(CACHE / "cni-build", set())  # PyInstaller builds of the CNI shim (packaging/pyinstaller/build.py)
     say(f"done in {time.monotonic() - started:.1f}s")
     return 0
 

@@ -44,6 +44,7 @@ def ensure_binary() -> Path:
     out = cache_root() / build_key()
     exe = out / "dist" / NAME / NAME
     if exe.exists():
+        os.utime(out)  # in use: packaging/install.py prunes builds nothing has used for weeks
         return exe
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / ".lock", "w") as lock:

@@ -158,7 +158,7 @@ class Controller:
             self._lead_tasks.start(f"worker-{i}", self._worker(self.ctx.queue))
         self._lead_tasks.start("initial-sync", self._initial_sync(self.ctx.queue))
         if self._elector is not None:
-            self._lead_tasks.start("leader-event", self._record_leadership())
+            self._lead_tasks.start_once("leader-event", self._record_leadership())
 
     async def _record_leadership(self) -> None:
         """A Normal Event on the Lease: who leads now is the first question when agents reconnect."""
@@ -167,8 +167,6 @@ class Controller:
         if lease:
             await self.ctx.events.emit(self._elector.rest, lease, "Lease", NORMAL, "LeaderElected",
                                        f"{self.identity} became the leader; agents reconnect to it", action="Elect")
-        # Lead tasks live as long as the term (TaskGroup treats a return as a crash): idle until cancelled.
-        await asyncio.Event().wait()
 
     async def _stopped_leading(self) -> None:
         self._leading = False

@@ -1,4 +1,4 @@
-"""Named long-lived asyncio tasks started through one guarded helper.
+"""Named asyncio tasks started through one guarded helper: long-lived loops (`start`) and one-offs (`start_once`).
 
 A supervised task that crashes or returns unexpectedly is logged and reported to `on_failure`
 (the controller main ends the process so systemd/kubelet restarts it); tasks stop in reverse start
@@ -29,6 +29,19 @@ class TaskGroup:
         task.add_done_callback(self._done)
         self._tasks.append(task)
         return task
+
+    def start_once(self, name: str, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """A best-effort one-off (e.g. an Event at the start of a leader term): it may return, and its failure is
+        logged, never fatal; `stop()` still cancels it if it is running."""
+        task = asyncio.create_task(coro, name=f"{self.name}/{name}")
+        task.add_done_callback(self._once_done)
+        self._tasks.append(task)
+        return task
+
+    @staticmethod
+    def _once_done(task: asyncio.Task[Any]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("one-off task %s failed: %r", task.get_name(), exc)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():

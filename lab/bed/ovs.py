@@ -68,9 +68,16 @@ class OvsSwitch:
         self._start("ovs-vswitchd", [f"unix:{self.db_sock}"])
         wait_until(self._vswitchd_answers, 15, "ovs-vswitchd control socket",
                    while_alive=[self.children["ovs-vswitchd"]])
+        # It answers before it has built the bridges the database holds; OpenFlow to them fails until then.
+        wait_until(self._bridges_answer, 15, "ovs-vswitchd to open the bridges in its database",
+                   while_alive=[self.children["ovs-vswitchd"]])
 
     def _vswitchd_answers(self) -> bool:
         return self.appctl("ovs-vswitchd", "version", check=False).returncode == 0
+
+    def _bridges_answer(self) -> bool:
+        bridges = self.vsctl("list-br").stdout.split()
+        return all(self.ofctl("show", bridge, check=False).returncode == 0 for bridge in bridges)
 
     def stop_vswitchd(self) -> None:
         """Stop ovs-vswitchd the way a crash or upgrade would: its flows are gone afterwards."""

@@ -1,1 +1,1 @@
-"""dpf.lab: the local lab (control plane, controller, emulated hosts and DPUs) and its test bed."""
+"""dpf.lab: the local lab (control plane, controller, emulated DPUs) and its test bed."""

@@ -11,7 +11,7 @@ DEFAULT_WORKDIR = Path("/tmp/dpf-lab")
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "lab",
-        help="run the local lab: control plane, CRDs, emulated hosts and DPUs",
+        help="run the local lab: control plane, controller, emulated DPUs, chains and service pods",
         description=(
             "Start a local lab on this machine: etcd + kube-apiserver + kube-controller-manager on loopback "
             "with the dpf CRDs installed, the dpf controller (mTLS), and two emulated DPUs (a network namespace "

@@ -46,8 +46,7 @@ class OvsSwitch:
             if not db.exists():
                 subprocess.run([tool("ovsdb-tool"), "create", str(db), str(SCHEMA)], check=True,
                                capture_output=True)
-            self._start("ovsdb-server", [str(db), f"--remote=punix:{self.db_sock}",
-                                         "--remote=db:Open_vSwitch,Open_vSwitch,manager_options"])
+            self._start_ovsdb()
             wait_until(self.db_sock.exists, 10, "ovsdb-server socket", while_alive=self.children.values())
             self.vsctl("--no-wait", "init")
             self.start_vswitchd()
@@ -55,6 +54,10 @@ class OvsSwitch:
             self.stop()
             raise
         return self
+
+    def _start_ovsdb(self) -> Child:
+        return self._start("ovsdb-server", [str(self.rundir / "conf.db"), f"--remote=punix:{self.db_sock}",
+                                            "--remote=db:Open_vSwitch,Open_vSwitch,manager_options"])
 
     def _start(self, daemon: str, args: list[str]) -> Child:
         argv = [tool("ip"), "netns", "exec", self.netns, tool(daemon), *args,
@@ -84,6 +87,16 @@ class OvsSwitch:
         child = self.children.pop("ovs-vswitchd", None)
         if child:
             child.stop()
+
+    def restart_ovsdb(self) -> None:
+        """Restart ovsdb-server on the same database file (an upgrade or crash of the database alone):
+        clients lose their connection and must reconnect; ovs-vswitchd keeps its bridges and flows."""
+        child = self.children.pop("ovsdb-server", None)
+        if child:
+            child.stop()
+        self._start_ovsdb()
+        wait_until(lambda: self.vsctl("--no-wait", "show", check=False).returncode == 0, 10,
+                   "ovsdb-server answering again", while_alive=[self.children["ovsdb-server"]])
 
     def restart_vswitchd(self) -> None:
         self.stop_vswitchd()

@@ -133,3 +133,16 @@ def test_a_burst_beyond_the_bound_is_refused_fast_not_queued_forever(agent: Agen
         assert set(pool.map(lambda i: cni("DEL", i)[0], range(24))) == {0}
     assert owned_ports(agent.ovs) == {}
     assert agent.leases() == {}
+
+
+def test_adds_work_across_an_ovsdb_server_restart(agent: Agent, netns: NetnsBed, script_bin_dir) -> None:
+    shim = script_bin_dir / PLUGIN
+    first, second = netns.namespace("before"), netns.namespace("after")
+    assert call(shim, "ADD", netconf(agent.socket), "c1", first).rc == 0
+    agent.ovs.restart_ovsdb()  # the agent's OVSDB connection breaks under it
+    res = call(shim, "ADD", netconf(agent.socket), "c2", second)
+    assert res.rc == 0, res.doc
+    assert len(owned_ports(agent.ovs)) == 2
+    assert call(shim, "DEL", netconf(agent.socket), "c1", first).rc == 0
+    assert call(shim, "DEL", netconf(agent.socket), "c2", second).rc == 0
+    assert owned_ports(agent.ovs) == {}

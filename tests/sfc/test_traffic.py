@@ -147,3 +147,29 @@ def test_restarted_agent_reprograms_nothing_and_drops_no_packet(ovs: OvsSwitch, 
     # Same flows, counters not reset: nothing was re-added under the restarted agent.
     assert all(after.get(k, -1) >= v for k, v in base.items()), (base, after)
     assert a.ping(b.ip, count=3)
+
+
+def test_ovsdb_server_restart_drops_no_packet_and_changes_still_land(ovs: OvsSwitch, netns: NetnsBed,
+                                                                     programmers) -> None:
+    a = named_pod(netns, ovs, "a", "10.75.0.1/24", "p1")
+    b = named_pod(netns, ovs, "b", "10.75.0.2/24", "p2")
+    c = named_pod(netns, ovs, "c", "10.75.0.3/24", "p3")
+    ifaces = (uplink("p1"), uplink("p2"))
+    sfc = programmers(NodeState(ifaces, (ServiceChain(NS, "c", (Switch(("uplink-p1", "uplink-p2")),)),)))
+    pinger = Child("ping", ["ip", "netns", "exec", a.netns, "ping", "-n", "-i", "0.02", "-c", "150", b.ip],
+                   ovs.rundir / "ping.log")
+    try:
+        wait_until(lambda: " bytes from " in pinger.log_tail(2), 5, "ping running")
+        ovs.restart_ovsdb()  # every OVSDB client loses its connection; vswitchd keeps bridges and flows
+        pinger.proc.wait(30)
+    finally:
+        pinger.stop()
+    assert " 0% packet loss" in pinger.log_tail(5), pinger.log_tail(5)
+
+    # The agent reconnected on its own: a change that needs a new OVS port (p3) lands.
+    ifaces = (*ifaces, uplink("p3"))
+    report = sfc.update(NodeState(ifaces, (ServiceChain(NS, "c", (Switch(("uplink-p1", "uplink-p3")),)),))).result(10)
+    assert report.chains == (f"{NS}/c",)
+    assert "p3" in ovs.vsctl("list-ports", "br-sfc").stdout.split()
+    assert a.ping(c.ip)
+    assert not a.ping(b.ip, wait=0.5)

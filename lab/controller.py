@@ -38,6 +38,7 @@ class ControllerProcess:
 
     def start(self, log_level: str = "info", resync_period: float = 600.0) -> ControllerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)  # a restart waits for the new server's socket, not the old one's
         argv = [*DPF, "controller", "run", "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace,
                 "--watch-namespace", self.namespace, "--listen", self.endpoint, "--health-listen", "127.0.0.1:0",
                 "--no-leader-elect", "--resync-period", str(resync_period), "--log-level", log_level]

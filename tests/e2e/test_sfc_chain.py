@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 
 from dpf.agent.sfc.desired import chain_cookie
 from dpf.lab import chains
@@ -24,6 +25,20 @@ TIMEOUT = 30
 def cookie_flows(flows: list[str], cookie: int) -> list[str]:
     """The chain's own flows (those `learn` adds at run time carry an idle timeout and are left out)."""
     return [f for f in flows if f.startswith(f"cookie={cookie:#x},") and "idle_timeout=" not in f.split(" actions=")[0]]
+
+
+def ping_while(netns: str, ip: str, action: Callable[[], object], seconds: int = 5) -> str:
+    """ping's summary for a 20/s stream from `netns` to `ip` that runs while `action` happens."""
+    pinger = subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-n", "-q", "-i", "0.05", "-w", str(seconds),
+                               ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        action()
+        out, _ = pinger.communicate(timeout=seconds + 10)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+            pinger.wait()
+    return out
 
 
 def plug_hbn(bed: Bed, dpu: str) -> dict[str, Pod]:
@@ -91,19 +106,14 @@ def test_hbn_chain_from_cr_to_packets_and_back(bed: Bed, tmp_path) -> None:
     assert (scs["status"]["numberApplied"], scs["status"]["numberReady"]) == (1, 1)
     print(f"\nchain Ready {ready_after:.2f}s after dpu-a's agent started")
 
-    # Restarting the agent does not touch the data plane: not one ping of a 20/s stream is lost.
-    pinger = subprocess.Popen(["ip", "netns", "exec", fabric["fa0"].netns, "ping", "-n", "-q", "-i", "0.05", "-w", "5",
-                               hbn["p0"].ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        bed.dpus[a].stop_agent()
-        bed.start_agent(a)
-        out, _ = pinger.communicate(timeout=15)
-    finally:
-        if pinger.poll() is None:
-            pinger.kill()
-            pinger.wait()
-    assert " 0% packet loss" in out, out
-    assert len(cookie_flows(bed.dpus[a].flows(), cookie)) == 4
+    # Restarting the agent, or the controller, does not touch the data plane: not one ping of a 20/s stream is
+    # lost, and the chain stays programmed and Ready.
+    for restart in (lambda: (bed.dpus[a].stop_agent(), bed.start_agent(a)),
+                    lambda: (bed.controller.stop(), bed.controller.start())):
+        out = ping_while(fabric["fa0"].netns, hbn["p0"].ip, restart)
+        assert " 0% packet loss" in out, out
+        assert len(cookie_flows(bed.dpus[a].flows(), cookie)) == 4
+        wait_until(lambda: reader.is_ready("dpuservicechains", ns, "hbn-to-fabric"), TIMEOUT, "the chain Ready")
 
     # Delete: the DPUServiceChain goes last, after the per-node chains and the set, and by then the
     # flows are gone: traffic stops.

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from dpf.controller.settings import (
+    BFBSettings,
     ControllerSettings,
     HTTPSettings,
     IPAMSettings,
@@ -77,6 +78,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="seconds between full level-triggered resyncs")
     run.add_argument("--ipam-release-grace", type=float, default=IPAMSettings.release_grace,
                      help="seconds a DPU node that left a DPUServiceIPAM keeps its block reserved")
+    run.add_argument("--bfb-dir", type=Path, default=BFBSettings.directory,
+                     help="directory BFB files are downloaded into (the BFB volume; must exist)")
     run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     run.add_argument("--log-format", default="text", choices=("text", "json"), help="log line format")
     run.set_defaults(run=_run)
@@ -109,6 +112,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         server=ServerSettings(listen=args.listen),
         http=HTTPSettings(listen=args.health_listen),
         ipam=IPAMSettings(release_grace=args.ipam_release_grace),
+        bfb=BFBSettings(directory=args.bfb_dir),
         resync_period=args.resync_period,
     )
 

@@ -175,6 +175,8 @@ class Controller:
         self.stream_server.close_all(
             f"controller {self.identity} is no longer the leader; reconnect to another replica")
         await self._lead_tasks.stop()
+        for reconciler in self.reconcilers:
+            await reconciler.close()
 
     async def _initial_sync(self, queue: WorkQueue) -> None:
         deadline = time.monotonic() + INITIAL_SYNC_TIMEOUT

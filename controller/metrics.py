@@ -33,3 +33,9 @@ class Metrics:
                                         registry=r)
         self.is_leader = Gauge("dpf_controller_is_leader", "1 while this replica holds the leader lease",
                                registry=r)
+        self.bfb_download_bytes = Counter("dpf_controller_bfb_download_bytes_total",
+                                          "Bytes of BFB files received over HTTP", registry=r)
+        self.bfb_downloads = Counter("dpf_controller_bfb_downloads_total", "Finished BFB downloads",
+                                     ["result"], registry=r)  # result: success | failure
+        self.bfb_downloads_active = Gauge("dpf_controller_bfb_downloads_active",
+                                          "BFB downloads running or waiting for a slot", registry=r)

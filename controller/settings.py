@@ -106,6 +106,25 @@ class IPAMSettings:
 
 
 @dataclass(frozen=True)
+class BFBSettings:
+    """BFB downloads into the BFB directory (upstream: the shared PVC mounted at /bfb in the controller and
+    in every DMS pod)."""
+
+    directory: Path = Path("/bfb")
+    """Where BFB files are cached as <spec.fileName>; must exist (the controller does not create it)."""
+    stall_timeout: float = 60.0
+    """A download that receives no bytes for this long (or cannot connect within it) fails, seconds."""
+    retry_base: float = 10.0
+    """First retry delay after a failed download, seconds; doubles per consecutive failure ..."""
+    retry_max: float = 600.0
+    """... up to this bound."""
+    max_concurrent: int = 2
+    """Downloads running at once; more BFBs wait (phase Downloading) for a slot."""
+    recheck_period: float = 60.0
+    """A Ready BFB's file is checked this often, seconds; a vanished file is downloaded again."""
+
+
+@dataclass(frozen=True)
 class ControllerSettings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -114,5 +133,6 @@ class ControllerSettings:
     server: ServerSettings = field(default_factory=ServerSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     ipam: IPAMSettings = field(default_factory=IPAMSettings)
+    bfb: BFBSettings = field(default_factory=BFBSettings)
     resync_period: float = 600.0
     """Every object is reconciled again at least this often, seconds (level-triggered safety net)."""

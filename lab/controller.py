@@ -26,6 +26,8 @@ class ControllerProcess:
     namespace: str
     """Namespace of the controller's Lease and CA Secret, and of the host objects it watches."""
     workdir: Path
+    bfb_dir: Path | None = None
+    """The controller's BFB directory (`--bfb-dir`); None keeps the controller's default."""
     child: Child | None = None
 
     @property
@@ -41,7 +43,8 @@ class ControllerProcess:
         self.socket.unlink(missing_ok=True)  # a restart waits for the new server's socket, not the old one's
         argv = [*DPF, "controller", "run", "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace,
                 "--watch-namespace", self.namespace, "--listen", self.endpoint, "--health-listen", "127.0.0.1:0",
-                "--no-leader-elect", "--resync-period", str(resync_period), "--log-level", log_level]
+                "--no-leader-elect", "--resync-period", str(resync_period), "--log-level", log_level,
+                *(["--bfb-dir", str(self.bfb_dir)] if self.bfb_dir else [])]
         self.child = Child("dpf-controller", argv, self.workdir / "controller.log")
         wait_until(self.socket.exists, 30, "the controller's NodeState socket", while_alive=[self.child])
         return self

@@ -2,7 +2,8 @@
 
 The host cluster's control plane with the dpf CRDs, then the service-chaining scenario (`sfc_demo.py`):
 the dpf controller, two emulated DPUs with their agents, upstream's hbn_only interfaces and chain, and
-traffic through it, and service pods attached through Multus with addresses from a DPUServiceIPAM pool.
+traffic through it, and service pods attached through Multus with addresses from a DPUServiceIPAM pool;
+then upstream's BFB object, downloaded by the controller from a stand-in file server (`bfb_demo.py`).
 Each step prints what it does; Ctrl-C or SIGTERM stops everything in reverse order
 and leaves nothing behind. A second lab on the same workdir is refused.
 """
@@ -22,7 +23,8 @@ from types import FrameType
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import ProcessFailed
 from dpf.lab.bed.tools import ToolMissing, tool
-from dpf.lab.sfc_demo import DemoError, SfcDemo
+from dpf.lab.bfb_demo import BfbDemo
+from dpf.lab.sfc_demo import NAMESPACE, DemoError, SfcDemo
 
 
 class LabError(Exception):
@@ -40,6 +42,7 @@ class Lab:
         self._stop = threading.Event()
         self.host: ControlPlane | None = None
         self.demo: SfcDemo | None = None
+        self.bfb: BfbDemo | None = None
         self._pid = os.getpid()
 
     def __enter__(self) -> Lab:
@@ -88,8 +91,10 @@ class Lab:
         try:
             self._start_control_plane()
             assert self.host is not None
-            self.demo = SfcDemo(self.host, self.workdir, self._stack, say)
+            self.bfb = BfbDemo(self.host, self.workdir, NAMESPACE, self._stack, say)
+            self.demo = SfcDemo(self.host, self.workdir, self._stack, say, bfb_dir=self.bfb.prepare())
             self.demo.start()
+            self.bfb.start()
         except (ToolMissing, ProcessFailed, TimeoutError, DemoError, RuntimeError) as exc:
             raise LabError(str(exc)) from exc
         self._print_usage()
@@ -113,6 +118,7 @@ class Lab:
             f"  {tool('kubectl')} get crd\n"
             f"  {tool('kubectl')} api-resources --api-group=provisioning.dpu.nvidia.com\n"
             f"\n{self.demo.usage() if self.demo else ''}\n"
+            f"\n{self.bfb.usage() if self.bfb else ''}\n"
             "\nPress Ctrl-C to stop the lab.\n",
             flush=True,
         )

@@ -39,13 +39,13 @@ class DemoError(RuntimeError):
 
 class SfcDemo:
     def __init__(self, host: ControlPlane, workdir: Path, stack: contextlib.ExitStack,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], bfb_dir: Path | None = None) -> None:
         self.host = host
         self.workdir = workdir
         self.stack = stack
         self.say = say
         self.reader = chains.Reader(host.client)
-        self.controller = ControllerProcess(host.kubeconfig, NAMESPACE, workdir / "controller")
+        self.controller = ControllerProcess(host.kubeconfig, NAMESPACE, workdir / "controller", bfb_dir)
         self.bed = NetnsBed(owner="lab")
         self.dpus: list[EmulatedDpu] = []
         self.hbn: dict[str, dict[str, Pod]] = {}

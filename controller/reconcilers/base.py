@@ -59,6 +59,9 @@ class Reconciler:
     async def reconcile(self, key: tuple) -> float | None:
         raise NotImplementedError
 
+    async def close(self) -> None:
+        """Stop work started outside reconcile (e.g. downloads): leadership ended or the controller is stopping."""
+
     # Stream callbacks for the types in `type_urls` (sync: enqueue only).
     def on_connect(self, node: str, role: str) -> None: ...
     def on_disconnect(self, node: str) -> None: ...
@@ -85,6 +88,7 @@ def dpu_clusters_synced(clusters: ClusterSet) -> bool:
 
 def default_reconcilers() -> list[type[Reconciler]]:
     """The registry: every reconciler the controller runs, in setup order."""
+    from dpf.controller.reconcilers.bfb import BFBReconciler
     from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
     from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
     from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
@@ -97,4 +101,4 @@ def default_reconcilers() -> list[type[Reconciler]]:
 
     return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetReconciler,
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
-            DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler]
+            DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler]

@@ -25,6 +25,7 @@ from dpf.controller.kube.rest import SECRET, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.kinds import DPU_CLUSTER, SERVICE_INTERFACE, SERVICE_INTERFACE_SET
 from dpf.controller.settings import (
+    BFBSettings,
     ControllerSettings,
     HTTPSettings,
     KubeSettings,
@@ -38,6 +39,7 @@ from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import sfc_pb2
 
 TIMEOUT = 30.0
+NO_BFB_DIR = Path("/nonexistent/dpf-test-bfb")
 
 
 def run(coro: Awaitable[Any], timeout: float = 90.0) -> Any:
@@ -81,6 +83,8 @@ def controller_settings(kubeconfig: Path, namespace: str, port: int | None = Non
         tls=TLSSettings(),
         server=ServerSettings(listen=f"127.0.0.1:{port or free_port()}", hello_timeout=5.0),
         http=HTTPSettings(listen="127.0.0.1:0"),
+        # No BFB volume: a BFB some test creates fails visibly instead of downloading from its example URL.
+        bfb=BFBSettings(directory=NO_BFB_DIR),
     )
 
 

@@ -97,6 +97,12 @@ def test_lab_starts_serves_kubectl_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -
             capture_output=True, text=True, env={**os.environ, "KUBECONFIG": kubeconfig}, check=True).stdout)
         assert any(n.get("interface") == "net1" and n.get("ips") == [str(addresses[0])] for n in status), status
 
+        # Upstream's BFB object: downloaded by the controller from the lab's stand-in server into its BFB dir.
+        cached = (r"BFB bf-bundle: phases (Initializing -> )?(Downloading -> )?Ready in [\d.]+s; 64 MiB cached "
+                  r"as \S+/bfb/dpf-operator-system-bf-bundle\.bfb \(sha256 matches the served file\)")
+        assert re.search(cached, text), text
+        assert (workdir / "bfb" / "dpf-operator-system-bf-bundle.bfb").stat().st_size == 64 * 2**20
+
         second = subprocess.run([*DPF, "lab", "--workdir", str(workdir), "--for", "0"], capture_output=True,
                                 text=True, timeout=60)
         assert second.returncode == 1

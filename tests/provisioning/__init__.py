@@ -1,0 +1,1 @@
+"""Provisioning tests: BFB downloads, DPUSet plans and the provisioning reconcilers."""

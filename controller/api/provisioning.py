@@ -231,6 +231,11 @@ class DPUSetSpec(Model):
 class DPUSetStatus(Model):
     dpu_statistics: dict[str, int] | None = None
     """Number of DPUs per phase."""
+    conditions: Conditions | None = None
+    """Ready, DPUsReconciled (every selected node has its DPU, none outdated) and DPUsReady (all Ready);
+    not upstream: it says why a node got no DPU and how a rolling update is going."""
+    observed_generation: int | None = None
+    """The metadata.generation the conditions describe."""
 
 
 class DPUSet(Resource):
@@ -239,7 +244,12 @@ class DPUSet(Resource):
     GROUP: ClassVar[str] = GROUP
     KIND: ClassVar[str] = "DPUSet"
     PLURAL: ClassVar[str] = "dpusets"
+    COLUMNS: ClassVar[tuple[Column, ...]] = (
+        Column("Ready", ".status.conditions[?(@.type=='Ready')].status"),
+        Column("Phase", ".status.conditions[?(@.type=='Ready')].reason"),
+    )
     FINALIZERS: ClassVar[tuple[str, ...]] = ("provisioning.dpu.nvidia.com/dpuset-protection",)
+    CONDITION_TYPES: ClassVar[tuple[str, ...]] = ("Ready", "DPUsReconciled", "DPUsReady")
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = {"helm.sh/resource-policy": "keep"}
 
     spec: DPUSetSpec = Field(default_factory=DPUSetSpec)

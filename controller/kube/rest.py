@@ -205,9 +205,12 @@ class Rest:
         meta = body["metadata"]
         return await self._call("PUT", kind.path(meta.get("namespace"), meta["name"], subresource), body=body)
 
-    async def delete(self, kind: Kind, name: str, namespace: str | None = None) -> None:
+    async def delete(self, kind: Kind, name: str, namespace: str | None = None, *, uid: str | None = None) -> None:
+        """Delete by name (absent is fine). With `uid`, only that incarnation: if the name now holds another
+        object, the apiserver answers 409 Conflict (KubeError.conflict) and nothing is deleted."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}} if uid else None
         try:
-            await self._call("DELETE", kind.path(namespace, name))
+            await self._call("DELETE", kind.path(namespace, name), body=body)
         except KubeError as exc:
             if not exc.not_found:
                 raise

@@ -93,6 +93,7 @@ def default_reconcilers() -> list[type[Reconciler]]:
     from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
     from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
     from dpf.controller.reconcilers.dpuserviceipam import DPUServiceIPAMReconciler
+    from dpf.controller.reconcilers.dpuset import DPUSetReconciler
     from dpf.controller.reconcilers.inuse_protection import InUseProtectionReconciler
     from dpf.controller.reconcilers.servicechain import ServiceChainReconciler
     from dpf.controller.reconcilers.servicechainset import ServiceChainSetReconciler
@@ -101,4 +102,5 @@ def default_reconcilers() -> list[type[Reconciler]]:
 
     return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetReconciler,
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
-            DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler]
+            DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
+            DPUSetReconciler]

@@ -106,8 +106,7 @@ class Lab:
         self.host.start()
         say(f"kube-apiserver {self.host.version()} ready at {self.host.server} "
             f"in {self.host.startup_seconds:.1f}s")
-        crds = self.host.install_crds()
-        say(f"installed {len(crds)} CustomResourceDefinitions (dpf API groups)")
+        say(f"installed {len(self.host.crds)} CustomResourceDefinitions (dpf API groups)")
 
     def _print_usage(self) -> None:
         assert self.host is not None

@@ -35,14 +35,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     with ControlPlane(tmp_path_factory.mktemp("kube-host"), name="host") as cluster:
-        cluster.install_crds()
         yield cluster
 
 
 @pytest.fixture(scope="session")
 def dpu_kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     with ControlPlane(tmp_path_factory.mktemp("kube-dpu"), name="dpu") as cluster:
-        cluster.install_crds()
         yield cluster
 
 

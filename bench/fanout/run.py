@@ -181,7 +181,6 @@ async def bench(n: int, procs: int, rounds: int, singles: int, skip_watch: bool)
     work = Path(tempfile.mkdtemp(prefix=f"dpf-fanout-{n}-"))
     results = []
     with ControlPlane(work / "kube", name="fanout") as cp:
-        cp.install_crds()
         rest = await clients.from_kubeconfig_file(cp.kubeconfig, "bench", pool_size=64)
         try:
             await rest.create(Kind("", "v1", "namespaces", "Namespace", namespaced=False),

@@ -55,7 +55,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--namespace", default=KubeSettings.namespace,
                      help="namespace of the controller's Lease and CA Secret")
     run.add_argument("--watch-namespace", default=None,
-                     help="watch DPUClusters only in this namespace (default: all namespaces)")
+                     help="watch the host cluster's DPF objects (every kind, DPUClusters included) only in this "
+                          "namespace (default: all namespaces)")
     run.add_argument("--listen", default=ServerSettings.listen, help="NodeState gRPC address host:port")
     run.add_argument("--health-listen", default=HTTPSettings.listen,
                      help="address of /healthz, /readyz and /metrics")

@@ -360,7 +360,8 @@ DPU_NEEDED = [
 
 
 @pytest.mark.parametrize(("identity", "never", "needed"), [(CONTROLLER_SA, NEVER, NEEDED),
-                                                          (DPU_CLUSTER_SA, DPU_NEVER, DPU_NEEDED)])
+                                                          (DPU_CLUSTER_SA, DPU_NEVER, DPU_NEEDED)],
+                         ids=[CONTROLLER_SA, DPU_CLUSTER_SA])
 def test_identity_cannot_do_what_the_controller_does_not_need(installed: ControlPlane, identity: str,
                                                               never: list[tuple[str, ...]],
                                                               needed: list[tuple[str, ...]]) -> None:

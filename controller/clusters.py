@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Cluster:
     def __init__(self, name: str, rest: Rest, settings: KubeSettings,
                  on_failure: Callable[[str, BaseException | None], None], config_hash: str = "",
-                 namespace: str | None = None, label_selectors: dict[Kind, str] | None = None) -> None:
+                 namespace: str | None = None, label_selectors: dict[Kind, str | None] | None = None) -> None:
         self.name = name
         self.namespace = namespace
         self.rest = rest
@@ -62,29 +62,23 @@ class ClusterSet:
         self.host = host
         self.settings = settings
         self.dpu: dict[str, Cluster] = {}
-        self.dpu_kinds: list[Kind] = []
-        self.dpu_label_selectors: dict[Kind, str] = {}
+        self.dpu_kinds: dict[Kind, str | None] = {}  # kind -> label selector of its watch (None: all objects)
         self._on_dpu_added: list[Callable[[Cluster], None]] = []
         self._on_failure = on_failure
 
     def need_dpu_kind(self, kind: Kind, label_selector: str | None = None) -> None:
         """Watch `kind` in every DPU cluster; with `label_selector`, only the objects it selects (so a
         controller that needs a few labelled Pods does not cache every Pod of a big cluster)."""
-        if kind in self.dpu_kinds:
-            if self.dpu_label_selectors.get(kind) != label_selector:
-                raise ValueError(f"{kind.kind} is already watched with label selector "
-                                 f"{self.dpu_label_selectors.get(kind)!r}, not {label_selector!r}")
-            return
-        self.dpu_kinds.append(kind)
-        if label_selector:
-            self.dpu_label_selectors[kind] = label_selector
+        if self.dpu_kinds.setdefault(kind, label_selector) != label_selector:
+            raise ValueError(f"{kind.kind} is already watched with label selector {self.dpu_kinds[kind]!r}, "
+                             f"not {label_selector!r}")
 
     def on_dpu_added(self, callback: Callable[[Cluster], None]) -> None:
         self._on_dpu_added.append(callback)
 
     def add_dpu(self, name: str, rest: Rest, config_hash: str) -> Cluster:
         cluster = Cluster(name, rest, self.settings, self._on_failure, config_hash,
-                          label_selectors=self.dpu_label_selectors)
+                          label_selectors=self.dpu_kinds)
         for kind in self.dpu_kinds:
             cluster.informer(kind)
         self.dpu[name] = cluster

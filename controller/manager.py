@@ -121,20 +121,20 @@ class Controller:
 
     async def stop(self, release: bool = True) -> None:
         """Stop in order. release=False leaves the lease held, as a crash would (used by failover tests)."""
-        try:
+        async with contextlib.AsyncExitStack() as stack:  # each later step runs even if an earlier one fails
+            stack.push_async_callback(self.clusters.close)  # last: the API clients go whatever failed before
+            stack.push_async_callback(self._stop_serving)
             if self._elector is not None and release:
                 await self._elector.release()
-        finally:
-            try:
-                await self._tasks.stop()
-                if self._leading:
-                    await self._stopped_leading()
-                if self._server is not None:
-                    await self._server.stop(grace=1.0)
-                if self._http is not None:
-                    await self._http.stop()
-            finally:
-                await self.clusters.close()  # the API clients go whatever failed above
+
+    async def _stop_serving(self) -> None:
+        await self._tasks.stop()
+        if self._leading:
+            await self._stopped_leading()
+        if self._server is not None:
+            await self._server.stop(grace=1.0)
+        if self._http is not None:
+            await self._http.stop()
 
     def _task_failed(self, name: str, exc: BaseException | None) -> None:
         self.failure = f"task {name} {'crashed: ' + repr(exc) if exc else 'exited'}"

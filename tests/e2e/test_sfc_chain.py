@@ -29,8 +29,9 @@ def cookie_flows(flows: list[str], cookie: int) -> list[str]:
 
 def ping_while(netns: str, ip: str, action: Callable[[], object], seconds: int = 5) -> str:
     """ping's summary for a 20/s stream from `netns` to `ip` that runs while `action` happens."""
-    pinger = subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-n", "-q", "-i", "0.05", "-w", str(seconds),
-                               ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A count, not a deadline (-w): ping stops at a deadline without waiting for the last reply, and counts it lost.
+    pinger = subprocess.Popen(["ip", "netns", "exec", netns, "ping", "-n", "-q", "-i", "0.05", "-c", str(seconds * 20),
+                               "-W", "1", ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         action()
         out, _ = pinger.communicate(timeout=seconds + 10)

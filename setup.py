@@ -16,6 +16,7 @@ ROOTS = {
     "dpf.cni": "cni",
     "dpf.proto": "proto",
     "dpf.lab": "lab",
+    "dpf.shared": "shared",
 }
 
 

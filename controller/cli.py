@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -21,22 +20,7 @@ from dpf.controller.settings import (
     ServerSettings,
     TLSSettings,
 )
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname.lower(),
-                 "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def setup_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+from dpf.shared.logs import add_logging_flags, setup_logging
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -81,8 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="seconds a DPU node that left a DPUServiceIPAM keeps its block reserved")
     run.add_argument("--bfb-dir", type=Path, default=BFBSettings.directory,
                      help="directory BFB files are downloaded into (the BFB volume; must exist)")
-    run.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    run.add_argument("--log-format", default="text", choices=("text", "json"), help="log line format")
+    add_logging_flags(run)
     run.set_defaults(run=_run)
 
     issue = sub.add_parser("issue-node-cert", help="write ca.crt, tls.crt and tls.key for one node's agent",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dpf.controller.kube.informer import Informer
 from dpf.controller.kube.rest import Kind, Rest
 from dpf.controller.settings import KubeSettings
-from dpf.controller.tasks import TaskGroup
+from dpf.shared.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 

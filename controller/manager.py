@@ -34,10 +34,10 @@ from dpf.controller.reconcilers.base import Context, Reconciler, default_reconci
 from dpf.controller.server.node_status import Nack, NodeRegistry
 from dpf.controller.server.stream_server import NodeStateServer
 from dpf.controller.settings import ControllerSettings
-from dpf.controller.tasks import TaskGroup
-from dpf.health import HealthServer
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import nodestate_pb2_grpc as pb_grpc
+from dpf.shared.health import HealthServer
+from dpf.shared.tasks import TaskGroup
 
 log = logging.getLogger(__name__)
 

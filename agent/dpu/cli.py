@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dpf.agent.runtime.cli import _setup_logging, add_connection_flags, settings_from
+from dpf.agent.runtime.cli import add_connection_flags, settings_from
+from dpf.shared.logs import setup_logging
 
 if TYPE_CHECKING:
     from dpf.agent.dpu.main import DpuAgentSettings
@@ -65,7 +66,7 @@ def settings(args: argparse.Namespace) -> DpuAgentSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format)
     try:
         config = settings(args)
     except ValueError as exc:

@@ -1,20 +1,21 @@
 """Crash-safe persistence of the node's IP leases: one JSON file, replaced atomically, checksummed.
 
 Written by `dpf.agent.ipam.service` after every change and before an IP is handed out, so a crash
-at any instant leaves either the old or the new file, never a torn one (temp file + fsync + rename +
-directory fsync). On load the checksum is verified; a file that fails it raises `StoreCorrupt`
-rather than being trusted, because a silently wrong lease table hands out duplicate IPs.
+at any instant leaves either the old or the new file, never a torn one (`dpf.shared.atomic`).
+On load the checksum is verified; a file that fails it raises `StoreCorrupt` rather than being
+trusted, because a silently wrong lease table hands out duplicate IPs.
 Never interprets the leases: that is the service's job.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from dpf.shared import atomic
 
 FORMAT = 1
 
@@ -61,29 +62,11 @@ class LeaseFile:
 
     def quarantine(self) -> Path:
         """Move a corrupt file aside (kept for inspection) so the agent can start from recovery."""
-        target = self.path.with_name(f"{self.path.name}.corrupt-{os.getpid()}")
-        os.replace(self.path, target)
-        return target
+        return atomic.quarantine(self.path, f"corrupt-{os.getpid()}")
 
     def save(self, data: dict[str, Any]) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        payload = encode(data)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(payload)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic.write_atomic(self.path, encode(data))
 
     def remove_temp(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            (self.path.parent / f".{self.path.name}.tmp").unlink()
+        atomic.remove_temp(self.path)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dpf.agent.runtime.settings import AgentSettings, TLSFiles
+from dpf.shared.logs import add_logging_flags, setup_logging
 
 if TYPE_CHECKING:
     from dpf.agent.runtime.runtime import AgentRuntime
@@ -36,8 +37,7 @@ def add_connection_flags(parser: argparse.ArgumentParser, required: bool) -> Non
     parser.add_argument("--server-name", default="", help="expected name in the controller's certificate")
     parser.add_argument("--insecure", action="store_true", help="plain-text gRPC, no certificate (LAB ONLY)")
     parser.add_argument("--http-listen", default="", help="host:port for /healthz, /readyz, /metrics")
-    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
-    parser.add_argument("--log-format", default="text", choices=("text", "json"))
+    add_logging_flags(parser)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -74,19 +74,6 @@ def _handlers(args: argparse.Namespace) -> list:
     return handlers
 
 
-def _setup_logging(level: str, fmt: str) -> None:
-    import json
-
-    class JsonFormatter(logging.Formatter):
-        def format(self, record: logging.LogRecord) -> str:
-            return json.dumps({"ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
-                               "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()})
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-
 
 def _run(args: argparse.Namespace) -> int:
     from dpf.agent.runtime.runtime import AgentRuntime
@@ -96,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
                if not value]
     if missing:
         args.agent_parser.error(f"the following arguments are required: {', '.join(missing)}")
-    _setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level, args.log_format)
     try:
         settings = settings_from(args)
         handlers = _handlers(args)

@@ -24,7 +24,7 @@ from dpf.agent.runtime.metrics import AgentMetrics
 from dpf.agent.runtime.session import Session, StatusBuffer
 from dpf.agent.runtime.settings import AgentSettings
 from dpf.agent.runtime.store import StateStore
-from dpf.health import HealthServer
+from dpf.shared.health import HealthServer
 
 log = logging.getLogger(__name__)
 

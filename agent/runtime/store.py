@@ -1,8 +1,8 @@
 """The last applied state per resource type, on disk: what an agent restarted without a controller
 re-asserts, and the versions it presents when it re-subscribes.
 
-One JSON file per type (payloads base64), written atomically: temp file, fsync, rename, fsync of the
-directory. A corrupt file is moved aside and treated as empty (the controller then sends full state).
+One JSON file per type (payloads base64), written atomically (`dpf.shared.atomic`). A corrupt file is
+moved aside and treated as empty (the controller then sends full state).
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import base64
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import any_pb2
 
 from dpf.proto import versioning
+from dpf.shared.atomic import quarantine, write_atomic
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -66,9 +66,8 @@ class StateStore:
         except FileNotFoundError:
             return TypeState(type_url)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            aside = path.with_suffix(".corrupt")
+            aside = quarantine(path, "corrupt")
             log.error("state file %s unusable (%s); moved to %s, starting from nothing", path, exc, aside)
-            path.replace(aside)
             return TypeState(type_url)
 
     def save(self, state: TypeState) -> None:
@@ -79,14 +78,4 @@ class StateStore:
                                  "value": base64.b64encode(r.body.value).decode()}
                           for name, r in sorted(state.resources.items())},
         }
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(document, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(path, json.dumps(document, separators=(",", ":")).encode())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dpf.controller.tasks import TaskGroup
+from dpf.shared.tasks import TaskGroup
 
 
 def test_loop_exit_is_fatal_and_one_off_failure_is_not(caplog) -> None:

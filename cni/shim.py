@@ -46,7 +46,8 @@ class _Ctx:
         return float(name.replace("Infinity", "inf"))
 
 
-_scan = _json.make_scanner(_Ctx)
+# A class with the decoder's attributes stands in for a JSONDecoder: importing json costs start-up time.
+_scan = _json.make_scanner(_Ctx)  # type: ignore[arg-type]
 
 
 def loads(text: str) -> object:

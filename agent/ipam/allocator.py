@@ -36,7 +36,12 @@ class UnknownPool(AllocationError):
 
 def usable(block: PoolBlock, ip: IP) -> bool:
     """In the node's range, not excluded, not the gateway."""
-    return block.first <= ip <= block.last and not block.excluded(ip) and ip != block.gateway_ip
+    return within(block, ip) and not block.excluded(ip) and ip != block.gateway_ip
+
+
+def within(block: PoolBlock, ip: IP) -> bool:
+    """In the node's range [first, last] (same address family; addresses of two families never compare)."""
+    return ip.version == block.first.version and int(block.first) <= int(ip) <= int(block.last)
 
 
 def capacity(block: PoolBlock) -> int:
@@ -74,7 +79,7 @@ def claim(block: PoolBlock, taken: Container[str], requested: str) -> IP:
         raise AddressUnavailable(f"requested IP {ip} is outside pool {block.pool!r} ({block.network})")
     if str(ip) in taken:
         raise AddressUnavailable(f"requested IP {ip} of pool {block.pool!r} is already leased")
-    if not block.first <= ip <= block.last:
+    if not within(block, ip):
         raise AddressUnavailable(f"requested IP {ip} is outside this node's block of pool {block.pool!r} "
                                  f"({block.first}-{block.last})")
     if block.excluded(ip) or ip == block.gateway_ip:

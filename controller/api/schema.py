@@ -136,7 +136,7 @@ def _apply_metadata(node: dict[str, Any], metadata: typing.Iterable[Any]) -> Non
 
 def _length_key(node: dict[str, Any], bound: str) -> str:
     kind = node.get("type")
-    suffix = {"string": "Length", "array": "Items", "object": "Properties"}.get(kind)
+    suffix = {"string": "Length", "array": "Items", "object": "Properties"}.get(kind) if isinstance(kind, str) else None
     if suffix is None:
         raise SchemaError(f"a length bound needs a string, array or map, not {kind}")
     return f"{bound}{suffix}"

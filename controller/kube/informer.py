@@ -9,6 +9,7 @@ while the watch was broken are reported as deletions.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -60,10 +61,11 @@ class Informer:
     def list(self) -> list[Obj]:
         return list(self._store.values())
 
-    def by_index(self, index: str, value: str) -> list[Obj]:
+    # `list` is a method of this class, so the builtin is spelled out in annotations after it.
+    def by_index(self, index: str, value: str) -> builtins.list[Obj]:
         return [self._store[k] for k in sorted(self._indexes[index].get(value, ()))]
 
-    def index_values(self, index: str) -> list[str]:
+    def index_values(self, index: str) -> builtins.list[str]:
         return sorted(v for v, keys in self._indexes[index].items() if keys)
 
     # ---- registration ------------------------------------------------------------------------------------
@@ -117,13 +119,13 @@ class Informer:
             self._index(key, old, None)
             self._emit("DELETED", old, None)
         for key, obj in fresh.items():
-            old = self._store.get(key)
+            previous = self._store.get(key)
             self._store[key] = obj
-            self._index(key, old, obj)
-            if old is None:
+            self._index(key, previous, obj)
+            if previous is None:
                 self._emit("ADDED", None, obj)
-            elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
-                self._emit("MODIFIED", old, obj)
+            elif previous["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                self._emit("MODIFIED", previous, obj)
         self.resource_version = listing["metadata"]["resourceVersion"]
         self.synced.set()
         if self._on_list:

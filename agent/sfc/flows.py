@@ -13,19 +13,26 @@ and go one of two ways, with the same atomic result:
 Dumps stay with `ovs-ofctl dump-flows` (only resyncs and repairs of hand-made drift need them).
 `FlowMonitor` keeps one `ovs-ofctl monitor … watch:` child connected to the bridge. Its connection
 drops exactly when ovs-vswitchd goes away (and with it every flow), and it reports flows deleted or
-modified by anyone, so both kinds of drift are noticed at once instead of on a timer.
+modified by anyone, so both kinds of drift are noticed at once instead of on a timer. The child dies
+with the agent (PR_SET_PDEATHSIG), and a starting monitor ends the ones a killed agent left behind.
 
 Never decides what to program: the flow mods come from `desired.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import logging
 import os
 import re
+import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from dpf.agent.sfc.flowspec import FlowMod
 from dpf.agent.sfc.ofconn import BundleRefused, OpenFlowConnection, OpenFlowError, OpenFlowTimeout
@@ -138,6 +145,66 @@ def parse_dump(text: str) -> list[ObservedFlow]:
     return flows
 
 
+def monitor_argv(settings: SfcSettings) -> list[str]:
+    """The agent's `ovs-ofctl monitor` command line; the socket path in it names the bridge and the run dir."""
+    return [settings.ofctl, "-O", settings.openflow_version, "--no-names", "monitor", settings.of_target(),
+            "watch:!initial,!add"]
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with(parent: int) -> None:
+    """In the forked child before exec: get SIGTERM when the thread that forked us ends (with the agent, when it is
+    killed), and give up if the agent is already gone. SIGTERM, not SIGKILL: ovs-ofctl then removes its control
+    socket from the OVS run dir."""
+    if _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM) != 0 or os.getppid() != parent:
+        os._exit(1)
+
+
+def leftover_monitors(argv: list[str]) -> list[int]:
+    """Pids of processes running exactly `argv` that are not our children: monitors of an earlier agent on the same
+    bridge and run dir (the socket path in `argv` names both) that outlived it."""
+    wanted = "\0".join(argv).encode() + b"\0"
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "cmdline").read_bytes() != wanted:
+                continue
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        state, ppid = stat[stat.rindex(")") + 2:].split()[:2]
+        if state != "Z" and int(ppid) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+def reap(pids: list[int], grace: float = 2.0) -> None:
+    """SIGTERM `pids`, then SIGKILL whichever still runs after `grace` seconds."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pids and time.monotonic() < deadline:
+        pids = [pid for pid in pids if _running(pid)]
+        time.sleep(0.02)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 class FlowMonitor:
     """A supervised `ovs-ofctl monitor <bridge> watch:!initial,!add` child on its own thread.
 
@@ -158,6 +225,10 @@ class FlowMonitor:
         self.connections = 0
 
     def start(self) -> None:
+        if leftovers := leftover_monitors(monitor_argv(self.settings)):
+            log.warning("ending %d `ovs-ofctl monitor` process(es) of %s left by an earlier agent: pid %s",
+                        len(leftovers), self.settings.of_target(), ", ".join(map(str, leftovers)))
+            reap(leftovers)
         self._thread.start()
 
     def stop(self) -> None:
@@ -169,14 +240,17 @@ class FlowMonitor:
         self._thread.join(5)
 
     def _run(self) -> None:
-        argv = [self.settings.ofctl, "-O", self.settings.openflow_version, "--no-names", "monitor",
-                self.settings.of_target(), "watch:!initial,!add"]
+        # This thread forks the child and outlives it (the child is ended in `finally` before the thread leaves),
+        # so the child's parent-death signal fires only when the agent itself dies.
+        argv = monitor_argv(self.settings)
+        die_with_agent = functools.partial(_die_with, os.getpid())
         while not self._stopping.is_set():
             with self._lock:
                 if self._stopping.is_set():
                     return
                 self._child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                               stdin=subprocess.DEVNULL, env=_env(self.settings))
+                                               stdin=subprocess.DEVNULL, env=_env(self.settings),
+                                               preexec_fn=die_with_agent)
             child = self._child
             try:
                 self._read(child)

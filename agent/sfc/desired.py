@@ -247,12 +247,14 @@ def switch_flows(cookie: int, ofports: list[int]) -> list[Flow]:
     """Upstream's learning switch over `ofports`: flood to the others, learn the way back."""
     if len(ofports) < 2:
         return []
+    # Each port's learn and output are built once and shared by the flows of the other ports.
+    learn = {q: LearnReturnPath(TABLE, LEARN_IDLE_TIMEOUT, LEARNED_PRIORITY, cookie, q) for q in ofports}
+    output = {q: Output(q) for q in ofports}
     flows = []
     for port in ofports:
         others = [q for q in ofports if q != port]
-        learns = tuple(LearnReturnPath(TABLE, LEARN_IDLE_TIMEOUT, LEARNED_PRIORITY, cookie, q) for q in others)
-        flows.append(Flow(cookie, BASE_PRIORITY, Match(in_port=port), learns + tuple(Output(q) for q in others),
-                          TABLE))
+        actions = tuple([learn[q] for q in others] + [output[q] for q in others])
+        flows.append(Flow(cookie, BASE_PRIORITY, Match(in_port=port), actions, TABLE))
     return flows
 
 

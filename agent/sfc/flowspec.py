@@ -58,25 +58,24 @@ class UnsupportedFlow(TypeError):
     """A flow value outside what both renderings write the same way; raised when the value is built."""
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UnsupportedFlow(message)
+# Checks are on every flow the planner builds (10,000 in a full resync): exact `type() is int` (bool is not a
+# number here) and messages built only on failure.
 
 
 def _check_int(value: object, bits: int, what: str) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits,
-           f"{what} must be an integer of {bits} bits, not {value!r}")
+    if type(value) is not int or not 0 <= value < 1 << bits:
+        raise UnsupportedFlow(f"{what} must be an integer of {bits} bits, not {value!r}")
 
 
 def _check_port(port: object, what: str = "port") -> None:
     """Only 1…0xfeff mean the same to ovs-ofctl (OpenFlow 1.0 numbering, reserved from 0xff00) and on the wire."""
-    _check(isinstance(port, int) and not isinstance(port, bool) and 0 < port < _OF10_PORT_MAX,
-           f"{what} must be a plain OpenFlow port number (1…{_OF10_PORT_MAX - 1}), not {port!r}")
+    if type(port) is not int or not 0 < port < _OF10_PORT_MAX:
+        raise UnsupportedFlow(f"{what} must be a plain OpenFlow port number (1…{_OF10_PORT_MAX - 1}), not {port!r}")
 
 
 def _check_table(table: object, what: str = "table") -> None:
-    _check(isinstance(table, int) and not isinstance(table, bool) and 0 <= table <= _MAX_TABLE,
-           f"{what} must be 0…{_MAX_TABLE}, not {table!r}")
+    if type(table) is not int or not 0 <= table <= _MAX_TABLE:
+        raise UnsupportedFlow(f"{what} must be 0…{_MAX_TABLE}, not {table!r}")
 
 
 def _pad8(data: bytes) -> bytes:
@@ -90,14 +89,15 @@ def _hex(value: int) -> str:
 # -- match ------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reg:
     """An Open vSwitch register (reg0…reg15, 32 bits each)."""
 
     index: int
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.index, int) and 0 <= self.index < 16, f"register index must be 0…15, not {self.index!r}")
+        if not (isinstance(self.index, int) and 0 <= self.index < 16):
+            raise UnsupportedFlow(f"register index must be 0…15, not {self.index!r}")
 
     @property
     def name(self) -> str:
@@ -112,7 +112,7 @@ class Reg:
         return _NXM_REG0 + (self.index << 9)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Metadata:
     """The 64-bit pipeline metadata field (OVN keeps the logical datapath in it)."""
 
@@ -127,11 +127,12 @@ Field = Reg | Metadata
 def _mac(text: str) -> bytes:
     parts = text.split(":") if isinstance(text, str) else []
     ok = len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts)
-    _check(ok, f"MAC must be six lower-case hex pairs separated by ':', not {text!r}")
+    if not ok:
+        raise UnsupportedFlow(f"MAC must be six lower-case hex pairs separated by ':', not {text!r}")
     return bytes.fromhex("".join(parts))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     """Exact-match fields; None (or no register) means wildcarded."""
 
@@ -140,13 +141,21 @@ class Match:
     eth_dst: str | None = None  # aa:bb:cc:dd:ee:ff
     metadata: int | None = None
     regs: tuple[tuple[int, int], ...] = ()  # (register index, value), at most one per register
+    _text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.eth_type is None and self.eth_dst is None and self.metadata is None and not self.regs:
+            # SFC's one shape, 10,000 of them in a full resync: in_port alone (or nothing).
+            if self.in_port is None:
+                object.__setattr__(self, "_text", "")
+                return
+            _check_port(self.in_port, "in_port")
+            object.__setattr__(self, "_text", f"in_port={self.in_port}")
+            return
         if self.in_port is not None:
             _check_port(self.in_port, "in_port")
-        if self.eth_type is not None:
-            _check(self.eth_type in _ETH_TYPES, f"eth_type must be one of {sorted(map(hex, _ETH_TYPES))}, "
-                                                f"not {self.eth_type!r}")
+        if self.eth_type is not None and self.eth_type not in _ETH_TYPES:
+            raise UnsupportedFlow(f"eth_type must be one of {sorted(map(hex, _ETH_TYPES))}, not {self.eth_type!r}")
         if self.eth_dst is not None:
             _mac(self.eth_dst)
         if self.metadata is not None:
@@ -155,9 +164,14 @@ class Match:
             Reg(index)
             _check_int(value, 32, f"reg{index}")
         indexes = [index for index, _ in self.regs]
-        _check(indexes == sorted(set(indexes)), f"registers must be listed once each, in order: {indexes}")
+        if indexes != sorted(set(indexes)):
+            raise UnsupportedFlow(f"registers must be listed once each, in order: {indexes}")
+        object.__setattr__(self, "_text", self._render())
 
     def to_ofctl(self) -> str:
+        return self._text
+
+    def _render(self) -> str:
         """In dump-flows order: protocol shorthand, registers, metadata, in_port, dl_dst."""
         parts = []
         if self.eth_type is not None:
@@ -190,21 +204,23 @@ class Match:
 # -- actions ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Output:
     port: int
+    _text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_port(self.port, "output port")
+        object.__setattr__(self, "_text", f"output:{self.port}")
 
     def to_ofctl(self) -> str:
-        return f"output:{self.port}"
+        return self._text
 
     def to_wire(self) -> bytes:
         return struct.pack("!HHIH6x", _OFPAT_OUTPUT, 16, self.port, 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SetField:
     """Load a constant into a register or the metadata field (the whole field)."""
 
@@ -212,7 +228,8 @@ class SetField:
     value: int
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.field, Reg | Metadata), f"set_field writes a Reg or Metadata, not {self.field!r}")
+        if not isinstance(self.field, Reg | Metadata):
+            raise UnsupportedFlow(f"set_field writes a Reg or Metadata, not {self.field!r}")
         _check_int(self.value, self.field.bits, self.field.name)
 
     def to_ofctl(self) -> str:
@@ -224,7 +241,7 @@ class SetField:
         return _pad8(struct.pack("!HH", _OFPAT_SET_FIELD, (4 + len(oxm) + 7) // 8 * 8) + oxm)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resubmit:
     """Run the packet through `table` (as if it came in on `in_port`, default its own) and come back."""
 
@@ -245,7 +262,7 @@ class Resubmit:
                            self.table)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ct:
     """Send the packet through the connection tracker in `zone`; `commit` records the connection, `table`
     continues the pipeline there with the ct_* fields filled (the flow must match ip or ipv6)."""
@@ -256,7 +273,8 @@ class Ct:
 
     def __post_init__(self) -> None:
         _check_int(self.zone, 16, "ct zone")
-        _check(isinstance(self.commit, bool), f"ct commit must be a bool, not {self.commit!r}")
+        if not isinstance(self.commit, bool):
+            raise UnsupportedFlow(f"ct commit must be a bool, not {self.commit!r}")
         if self.table is not None:
             _check_table(self.table, "ct table")
 
@@ -273,7 +291,7 @@ class Ct:
                         0, self.zone, _CT_NO_RECIRC if self.table is None else self.table, 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LearnReturnPath:
     """Upstream's learn: remember that this packet's source MAC lives behind the port it came in on.
 
@@ -286,18 +304,24 @@ class LearnReturnPath:
     priority: int
     cookie: int
     from_port: int
+    _text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_table(self.table, "learn table")
-        _check_int(self.idle_timeout, 16, "learn idle_timeout")
-        _check_int(self.priority, 16, "learn priority")
-        _check_int(self.cookie, 64, "learn cookie")
-        _check_port(self.from_port, "learn in_port")
+        table, idle, priority, cookie, port = self.table, self.idle_timeout, self.priority, self.cookie, self.from_port
+        if not (type(table) is int and 0 <= table <= _MAX_TABLE and type(idle) is int and 0 <= idle <= 0xFFFF
+                and type(priority) is int and 0 <= priority <= 0xFFFF and type(cookie) is int
+                and 0 <= cookie <= ALL_COOKIE_BITS and type(port) is int and 0 < port < _OF10_PORT_MAX):
+            _check_table(table, "learn table")  # one of these raises, naming the value
+            _check_int(idle, 16, "learn idle_timeout")
+            _check_int(priority, 16, "learn priority")
+            _check_int(cookie, 64, "learn cookie")
+            _check_port(port, "learn in_port")
+        object.__setattr__(self, "_text", f"learn(table={table},idle_timeout={idle},priority={priority},"
+                                          f"cookie={cookie:#x},in_port={port},NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],"
+                                          "output:NXM_OF_IN_PORT[])")
 
     def to_ofctl(self) -> str:
-        return (f"learn(table={self.table},idle_timeout={self.idle_timeout},priority={self.priority},"
-                f"cookie={_hex(self.cookie)},in_port={self.from_port},NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],"
-                "output:NXM_OF_IN_PORT[])")
+        return self._text
 
     def to_wire(self) -> bytes:
         specs = (struct.pack("!HH", _SPEC_IMMEDIATE | _SPEC_MATCH | 16, self.from_port)  # in_port=<n>
@@ -317,7 +341,7 @@ _ACTIONS = (Output, SetField, Resubmit, Ct, LearnReturnPath)
 # -- flows and flow mods ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     """One flow: apply `actions` in order, then continue at `goto_table` if set. No actions and no goto is a drop."""
 
@@ -327,48 +351,66 @@ class Flow:
     actions: tuple[Action, ...] = ()
     table: int = 0
     goto_table: int | None = None
+    # Rendered once, when built: a resync compares every flow's key and actions with a dump, then sends it.
+    key: tuple[int, int, str] = field(init=False, repr=False, compare=False)
+    """What identifies the flow on the switch: table, priority and match text, as the dump parser reports them."""
+    _actions_text: str = field(init=False, repr=False, compare=False)
+    _text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_int(self.cookie, 64, "cookie")
-        _check_int(self.priority, 16, "priority")
-        _check_table(self.table)
-        _check(isinstance(self.match, Match), f"match must be a Match, not {self.match!r}")
-        _check(isinstance(self.actions, tuple) and all(isinstance(a, _ACTIONS) for a in self.actions),
-               f"actions must be a tuple of {', '.join(a.__name__ for a in _ACTIONS)}, not {self.actions!r}")
+        cookie, priority, table = self.cookie, self.priority, self.table
+        if not (type(cookie) is int and 0 <= cookie <= ALL_COOKIE_BITS and type(priority) is int
+                and 0 <= priority <= 0xFFFF and type(table) is int and 0 <= table <= _MAX_TABLE):
+            _check_int(cookie, 64, "cookie")  # one of these raises, naming the value
+            _check_int(priority, 16, "priority")
+            _check_table(table)
+        if not isinstance(self.match, Match):
+            raise UnsupportedFlow(f"match must be a Match, not {self.match!r}")
+        if type(self.actions) is not tuple:
+            raise UnsupportedFlow(f"actions must be a tuple, not {self.actions!r}")
+        with_ct = False
+        for action in self.actions:
+            if not isinstance(action, _ACTIONS):
+                raise UnsupportedFlow(f"an action is one of {', '.join(a.__name__ for a in _ACTIONS)}, not {action!r}")
+            with_ct = with_ct or type(action) is Ct
+        if with_ct and self.match.eth_type not in (0x0800, 0x86DD):
+            raise UnsupportedFlow("a flow with ct must match ip or ipv6 (eth_type)")
         if self.goto_table is not None:
             _check_table(self.goto_table, "goto_table")
-            _check(self.goto_table > self.table, f"goto_table must go forward (table {self.table} → "
-                                                 f"{self.goto_table}); use Resubmit to go back")
-        if any(isinstance(a, Ct) for a in self.actions):
-            _check(self.match.eth_type in (0x0800, 0x86DD), "a flow with ct must match ip or ipv6 (eth_type)")
-
-    @property
-    def key(self) -> tuple[int, int, str]:
-        """What identifies the flow on the switch, as the dump parser reports it."""
-        return (self.table, self.priority, self.match.to_ofctl())
-
-    def match_text(self) -> str:
-        return self.match.to_ofctl()
+            if self.goto_table <= self.table:
+                raise UnsupportedFlow(f"goto_table must go forward (table {self.table} → {self.goto_table}); "
+                                      "use Resubmit to go back")
+        self._render()
 
     def actions_text(self) -> str:
-        parts = [a.to_ofctl() for a in self.actions]
-        if self.goto_table is not None:
-            parts.append(f"goto_table:{self.goto_table}")
-        return ",".join(parts) or "drop"
+        return self._actions_text
 
     def to_ofctl(self) -> str:
         """The flow exactly as `ovs-ofctl --no-stats --no-names dump-flows` prints it, so dumps compare by string."""
+        return self._text
+
+    def _render(self) -> None:
+        match = self.match._text
+        actions = ",".join([a.to_ofctl() for a in self.actions]) or ("" if self.goto_table is not None else "drop")
+        if self.goto_table is not None:
+            actions += f"{',' if actions else ''}goto_table:{self.goto_table}"
         # dump-flows leaves out a zero cookie, table 0 and the default priority, separates the first two with
         # ", " and joins the priority to the match with ",".
-        head = ", ".join(([f"cookie={_hex(self.cookie)}"] if self.cookie else [])
-                         + ([f"table={self.table}"] if self.table else []))
-        rule = ",".join(([f"priority={self.priority}"] if self.priority != OFP_DEFAULT_PRIORITY else [])
-                        + ([match] if (match := self.match.to_ofctl()) else []))
-        if rule:
-            head = f"{head}, {rule}" if head else rule
-        elif head:
-            head += ","
-        return f"{head} actions={self.actions_text()}".lstrip()
+        if self.cookie and not self.table and self.priority != OFP_DEFAULT_PRIORITY and match:
+            text = f"cookie={self.cookie:#x}, priority={self.priority},{match} actions={actions}"  # SFC's flows
+        else:
+            head = ", ".join(([f"cookie={self.cookie:#x}"] if self.cookie else [])
+                             + ([f"table={self.table}"] if self.table else []))
+            rule = ",".join(([f"priority={self.priority}"] if self.priority != OFP_DEFAULT_PRIORITY else [])
+                            + ([match] if match else []))
+            if rule:
+                head = f"{head}, {rule}" if head else rule
+            elif head:
+                head += ","
+            text = f"{head} actions={actions}".lstrip()
+        object.__setattr__(self, "key", (self.table, self.priority, match))
+        object.__setattr__(self, "_actions_text", actions)
+        object.__setattr__(self, "_text", text)
 
     def instructions_wire(self) -> bytes:
         out = b""
@@ -387,14 +429,15 @@ def _flow_mod(command: int, cookie: int, cookie_mask: int, table: int, priority:
     return HEADER.pack(VERSION, OFPT_FLOW_MOD, HEADER.size + len(body), 0) + body  # xid 0: bundle_add sets it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AddFlow:
     """Add `flow`, replacing a flow of the same table, priority and match."""
 
     flow: Flow
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.flow, Flow), f"AddFlow takes a Flow, not {self.flow!r}")
+        if not isinstance(self.flow, Flow):
+            raise UnsupportedFlow(f"AddFlow takes a Flow, not {self.flow!r}")
 
     def to_ofctl(self) -> str:
         return f"add {self.flow.to_ofctl()}"
@@ -404,7 +447,7 @@ class AddFlow:
         return _flow_mod(OFPFC_ADD, f.cookie, 0, f.table, f.priority, OFPP_ANY, f.match, f.instructions_wire())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteFlows:
     """Delete every flow with exactly `cookie` whose match includes `match` and, if set, that outputs to
     `out_port`; in `table`, or in all tables when None."""
@@ -416,7 +459,8 @@ class DeleteFlows:
 
     def __post_init__(self) -> None:
         _check_int(self.cookie, 64, "cookie")
-        _check(isinstance(self.match, Match), f"match must be a Match, not {self.match!r}")
+        if not isinstance(self.match, Match):
+            raise UnsupportedFlow(f"match must be a Match, not {self.match!r}")
         if self.table is not None:
             _check_table(self.table)
         if self.out_port is not None:
@@ -436,7 +480,7 @@ class DeleteFlows:
                          OFP_DEFAULT_PRIORITY, OFPP_ANY if self.out_port is None else self.out_port, self.match)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeleteFlow:
     """Delete the one flow with exactly this cookie, table, priority and match."""
 
@@ -449,7 +493,8 @@ class DeleteFlow:
         _check_int(self.cookie, 64, "cookie")
         _check_table(self.table)
         _check_int(self.priority, 16, "priority")
-        _check(isinstance(self.match, Match), f"match must be a Match, not {self.match!r}")
+        if not isinstance(self.match, Match):
+            raise UnsupportedFlow(f"match must be a Match, not {self.match!r}")
 
     @classmethod
     def of(cls, flow: Flow) -> DeleteFlow:

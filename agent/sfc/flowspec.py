@@ -96,7 +96,7 @@ class Reg:
     index: int
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.index, int) and 0 <= self.index < 16):
+        if type(self.index) is not int or not 0 <= self.index < 16:
             raise UnsupportedFlow(f"register index must be 0…15, not {self.index!r}")
 
     @property
@@ -146,11 +146,10 @@ class Match:
     def __post_init__(self) -> None:
         if self.eth_type is None and self.eth_dst is None and self.metadata is None and not self.regs:
             # SFC's one shape, 10,000 of them in a full resync: in_port alone (or nothing).
-            if self.in_port is None:
-                object.__setattr__(self, "_text", "")
-                return
-            _check_port(self.in_port, "in_port")
-            object.__setattr__(self, "_text", f"in_port={self.in_port}")
+            port = self.in_port
+            if port is not None and (type(port) is not int or not 0 < port < _OF10_PORT_MAX):
+                _check_port(port, "in_port")
+            object.__setattr__(self, "_text", "" if port is None else f"in_port={port}")
             return
         if self.in_port is not None:
             _check_port(self.in_port, "in_port")
@@ -210,7 +209,8 @@ class Output:
     _text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_port(self.port, "output port")
+        if type(self.port) is not int or not 0 < self.port < _OF10_PORT_MAX:
+            _check_port(self.port, "output port")
         object.__setattr__(self, "_text", f"output:{self.port}")
 
     def to_ofctl(self) -> str:

@@ -19,11 +19,11 @@ lacks (or a port another chain already uses) is rejected whole, so no partial ch
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from dpf.agent.sfc.flowspec import AddFlow, DeleteFlow, DeleteFlows, Flow, FlowMod, LearnReturnPath, Match, Output
 from dpf.agent.sfc.model import InterfaceType, ServiceChain, ServiceInterface
 from dpf.agent.sfc.settings import SfcSettings
 from dpf.agent.sfc.view import ObservedFlow, ObservedPort, SwitchView
@@ -243,36 +243,18 @@ def _resolve_service(si: ServiceInterface, view: SwitchView, settings: SfcSettin
 # -- flows -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, order=True)
-class DesiredFlow:
-    cookie: int
-    priority: int
-    match: str
-    actions: str
-    table: int = TABLE
-
-    @property
-    def key(self) -> tuple[int, int, str]:
-        return (self.table, self.priority, self.match)
-
-    def text(self) -> str:
-        """The flow exactly as `ovs-ofctl --no-stats --no-names dump-flows` prints it, so dumps compare by string."""
-        table = f" table={self.table}," if self.table else ""
-        return f"cookie={self.cookie:#x},{table} priority={self.priority},{self.match} actions={self.actions}"
-
-
-def switch_flows(cookie: int, ofports: list[int]) -> list[DesiredFlow]:
+def switch_flows(cookie: int, ofports: list[int]) -> list[Flow]:
     """Upstream's learning switch over `ofports`: flood to the others, learn the way back."""
     if len(ofports) < 2:
         return []
+    # Each port's learn and output are built once and shared by the flows of the other ports.
+    learn = {q: LearnReturnPath(TABLE, LEARN_IDLE_TIMEOUT, LEARNED_PRIORITY, cookie, q) for q in ofports}
+    output = {q: Output(q) for q in ofports}
     flows = []
     for port in ofports:
         others = [q for q in ofports if q != port]
-        learns = ",".join(
-            f"learn(table={TABLE},idle_timeout={LEARN_IDLE_TIMEOUT},priority={LEARNED_PRIORITY},cookie={cookie:#x},"
-            f"in_port={q},NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],output:NXM_OF_IN_PORT[])" for q in others)
-        outputs = ",".join(f"output:{q}" for q in others)
-        flows.append(DesiredFlow(cookie, BASE_PRIORITY, f"in_port={port}", f"{learns},{outputs}"))
+        actions = tuple([learn[q] for q in others] + [output[q] for q in others])
+        flows.append(Flow(cookie, BASE_PRIORITY, Match(in_port=port), actions, TABLE))
     return flows
 
 
@@ -288,7 +270,7 @@ class ChainPlan:
     cookie: int
     state: ChainState
     message: str = ""
-    flows: tuple[DesiredFlow, ...] = ()
+    flows: tuple[Flow, ...] = ()
     ofports: frozenset[int] = field(default_factory=frozenset)
 
 
@@ -338,21 +320,18 @@ def plan_chain(chain: ServiceChain, known: Collection[str], resolutions: Mapping
     waiting = [f"{key}: {resolutions[key].reason}" for key in keys if resolutions[key].ofport is None]
     if waiting:
         return ChainPlan(chain.key, cookie, ChainState.PENDING, "waiting for " + "; ".join(waiting))
-    flows: list[DesiredFlow] = []
+    resolved = {key: ofport for key in keys if (ofport := resolutions[key].ofport) is not None}  # all of them
+    flows: list[Flow] = []
     for switch in chain.switches:
-        flows += switch_flows(cookie, [resolutions[f"{chain.namespace}/{p}"].ofport for p in switch.ports])
-    ofports = frozenset(resolutions[k].ofport for k in keys)
+        flows += switch_flows(cookie, [resolved[f"{chain.namespace}/{p}"] for p in switch.ports])
+    ofports = frozenset(resolved.values())
     return ChainPlan(chain.key, cookie, ChainState.PROGRAMMED, "", tuple(flows), ofports)
 
 
-# -- flow diffs (bundle lines for `ovs-ofctl --bundle add-flows`) --------------------------------------
+# -- flow diffs (one bundle's flow mods) ----------------------------------------------------------------
 
 
-def _mask(cookie: int) -> str:
-    return f"cookie={cookie:#x}/-1"
-
-
-def chain_mods(cookie: int, old: ChainPlan | None, new: ChainPlan | None) -> list[str]:
+def chain_mods(cookie: int, old: ChainPlan | None, new: ChainPlan | None) -> list[FlowMod]:
     """Flow mods taking one chain from what we installed (`old`) to `new`, touching nothing else.
 
     Unchanged flows are not re-sent (their counters and learned entries survive). A port that left
@@ -360,56 +339,86 @@ def chain_mods(cookie: int, old: ChainPlan | None, new: ChainPlan | None) -> lis
     """
     old_flows = {f.key: f for f in (old.flows if old else ())}
     new_flows = {f.key: f for f in (new.flows if new else ())}
-    if not new_flows:
-        return [f"delete {_mask(cookie)}"] if old_flows or old is None else []
-    lines = []
+    if new is None or not new_flows:
+        return [DeleteFlows(cookie)] if old_flows or old is None else []
+    mods: list[FlowMod] = []
     gone = (old.ofports if old else frozenset()) - new.ofports
     for port in sorted(gone):
-        lines.append(f"delete table={TABLE},{_mask(cookie)},in_port={port}")
-        lines.append(f"delete table={TABLE},{_mask(cookie)},out_port={port}")
-    for key, flow in old_flows.items():
-        if key not in new_flows:
-            lines.append(f"delete_strict table={flow.table},{_mask(cookie)},priority={flow.priority},{flow.match}")
-    lines += [f"add {flow.text()}" for key, flow in new_flows.items() if old_flows.get(key) != flow]
-    return lines
+        mods.append(DeleteFlows(cookie, TABLE, Match(in_port=port)))
+        mods.append(DeleteFlows(cookie, TABLE, out_port=port))
+    mods += [DeleteFlow.of(flow) for key, flow in old_flows.items() if key not in new_flows]
+    mods += [AddFlow(flow) for key, flow in new_flows.items() if old_flows.get(key) != flow]
+    return mods
 
 
 def resync_mods(plans: Mapping[int, ChainPlan], observed: Iterable[ObservedFlow],
-                owned: Iterable[int]) -> list[str]:
+                owned: Iterable[int]) -> list[FlowMod]:
     """Flow mods taking the switch from a dump to exactly our plans, for cookies we own only.
 
     `owned` = cookies recorded on the bridge (chains we programmed before, maybe in an earlier run)
     plus the planned ones. Flows with any other cookie are somebody else's and are never touched.
     Learned flows survive unless they reference a port that is no longer in their chain.
+
+    A dumped flow is never turned back into a flow mod: what must go is removed by the chain's cookie
+    plus a port no longer in the chain (in_port=P, out_port=P, all tables), which catches every learned
+    flow through that port. A flow of ours that no such port explains (made by hand) gets the chain
+    rebuilt: everything with its cookie deleted and its flows added, in the same atomic bundle.
     """
     owned = set(owned) | set(plans)
     by_cookie: dict[int, list[ObservedFlow]] = {}
     for flow in observed:
         if flow.cookie in owned:
             by_cookie.setdefault(flow.cookie, []).append(flow)
-    lines = []
+    mods: list[FlowMod] = []
     for cookie in sorted(owned):
         have = by_cookie.get(cookie, [])
         plan = plans.get(cookie)
         if plan is None or not plan.flows:
             if have:
-                lines.append(f"delete {_mask(cookie)}")
+                mods.append(DeleteFlows(cookie))
             continue
         want = {f.key: f for f in plan.flows}
         base = {(f.table, f.priority, f.match): f for f in have if not f.learned}
-        for key, flow in base.items():
-            if key not in want:
-                lines.append(f"delete_strict table={flow.table},{_mask(cookie)},priority={flow.priority},{flow.match}")
-        lines += [f"add {flow.text()}" for key, flow in want.items()
-                  if key not in base or base[key].actions != flow.actions]
-        for flow in have:
-            if flow.learned and not _ports_of(flow) <= plan.ofports:
-                lines.append(f"delete_strict table={flow.table},{_mask(cookie)},priority={flow.priority},{flow.match}")
-    return lines
+        stale = [f for key, f in base.items() if key not in want]
+        stale += [f for f in have if f.learned and not _ports_of(f) <= plan.ofports]
+        gone = set().union(*(_ports_of(f) for f in stale)) - plan.ofports
+        if not all(_caught(f, gone) for f in stale):
+            mods.append(DeleteFlows(cookie))
+            mods += [AddFlow(flow) for flow in plan.flows]
+            continue
+        for port in sorted(gone):
+            mods.append(DeleteFlows(cookie, match=Match(in_port=port)))
+            mods.append(DeleteFlows(cookie, out_port=port))
+        mods += [AddFlow(flow) for key, flow in want.items()
+                 if key not in base or base[key].actions != flow.actions_text()]
+    return mods
 
 
-_PORT_REF = re.compile(r"(?:in_port=|output:)(\d+)")
+# Port references in a dump line, read by splitting on commas. Only dumps are read this way: the flows we
+# send are built as values.
+
+
+def _in_port(flow: ObservedFlow) -> int | None:
+    for part in flow.match.split(","):
+        key, _, value = part.partition("=")
+        if key == "in_port" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _outputs(flow: ObservedFlow) -> set[int]:
+    ports = (part.removeprefix("output:").rstrip(")") for part in flow.actions.split(","))
+    return {int(p) for p in ports if p.isdigit()}
 
 
 def _ports_of(flow: ObservedFlow) -> frozenset[int]:
-    return frozenset(int(p) for p in _PORT_REF.findall(f"{flow.match} {flow.actions}"))
+    """Ports the flow matches on, outputs to or names in a learn spec."""
+    learned_from = {int(p.removeprefix("in_port=")) for p in flow.actions.split(",")
+                    if p.startswith("in_port=") and p.removeprefix("in_port=").isdigit()}
+    in_port = _in_port(flow)
+    return frozenset(_outputs(flow) | learned_from | ({in_port} if in_port is not None else set()))
+
+
+def _caught(flow: ObservedFlow, ports: set[int]) -> bool:
+    """Whether deleting by in_port and out_port for `ports` removes `flow`."""
+    return _in_port(flow) in ports or bool(_outputs(flow) & ports)

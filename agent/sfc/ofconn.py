@@ -2,13 +2,14 @@
 
 Used by `flows.py` alone (the SFC agent's OpenFlow door) for the bundles of incremental updates: an
 `ovs-ofctl --bundle` process costs about 15 ms per bundle against a busy vswitchd, a bundle on an
-open socket about 0.5 ms. Input is the flow-mod lines `desired.py` renders for ovs-ofctl, so both
-transports take the same text and logs show what operators see; `ofwire.py` encodes them.
+open socket about 0.5 ms. Input is the typed flow mods `desired.py` builds (`flowspec.py`): each is sent
+as its `to_wire()` bytes, framed by `ofwire.py`, and named in errors by its `to_ofctl()` text, which is
+what operators see in `ovs-ofctl dump-flows`.
 
 Atomicity: Open vSwitch validates bundled messages as they are added and simply leaves a rejected one
 out of the bundle, so a pipelined open/add/commit would commit the rest. Like ovs-ofctl we send open
 + adds + barrier, and commit only when the barrier came back without an error; otherwise the bundle
-is discarded and the switch's errors are raised, naming the refused lines.
+is discarded and the switch's errors are raised, naming the refused flow mods.
 
 Owned by one thread (the programmer's worker); every wait is bounded by `timeout`. A connection that
 died while idle (ovs-vswitchd restarted, or it dropped us after unanswered echo probes) is noticed
@@ -29,11 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpf.agent.sfc import ofwire
-from dpf.agent.sfc.ofwire import HEADER, Unsupported
+from dpf.agent.sfc.flowspec import FlowMod
+from dpf.agent.sfc.ofwire import HEADER
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BundleRefused", "OpenFlowConnection", "OpenFlowError", "OpenFlowTimeout", "Unsupported"]
+__all__ = ["BundleRefused", "OpenFlowConnection", "OpenFlowError", "OpenFlowTimeout"]
 
 
 class OpenFlowError(RuntimeError):
@@ -81,23 +83,22 @@ class OpenFlowConnection:
         self._sock = None
         self._inbuf.clear()
 
-    def bundle(self, lines: Iterable[str]) -> int:
-        """Apply the lines as one atomic bundle and return how many were sent.
+    def bundle(self, flow_mods: Iterable[FlowMod]) -> int:
+        """Apply the flow mods as one atomic bundle and return how many were sent.
 
-        Raises Unsupported (before anything is sent) for a line `ofwire` does not encode,
-        BundleRefused with the switch's error names when it rejects the bundle, OpenFlowTimeout when it
-        does not answer within `timeout`, and OpenFlowError when it cannot be reached.
+        Raises BundleRefused with the switch's error names when it rejects the bundle, OpenFlowTimeout
+        when it does not answer within `timeout`, and OpenFlowError when it cannot be reached.
         """
-        lines = list(lines)
-        if not lines:
+        flow_mods = list(flow_mods)
+        if not flow_mods:
             return 0
-        mods = [ofwire.flow_mod(line) for line in lines]
+        mods = [mod.to_wire() for mod in flow_mods]
         deadline = time.monotonic() + self.timeout
         for attempt in (1, 2):
             try:
                 self._ensure(deadline)
-                self._bundle(lines, mods, deadline)
-                return len(lines)
+                self._bundle(flow_mods, mods, deadline)
+                return len(mods)
             except _Retry as exc:
                 self.close()
                 if attempt == 2:
@@ -111,17 +112,17 @@ class OpenFlowConnection:
 
     # -- one bundle ---------------------------------------------------------------------------------
 
-    def _bundle(self, lines: list[str], mods: list[bytes], deadline: float) -> None:
+    def _bundle(self, flow_mods: list[FlowMod], mods: list[bytes], deadline: float) -> None:
         bundle_id = next(self._bundle_ids) & 0xFFFFFFFF
-        what: dict[int, str] = {}  # xid → what it carried, to name refused lines in errors
+        what: dict[int, FlowMod | str] = {}  # xid → what it carried, to name refused flow mods in errors
         out = bytearray()
         xid = self._xid()
         out += ofwire.bundle_control(xid, bundle_id, ofwire.BUNDLE_OPEN)
         what[xid] = "bundle open"
-        for line, mod in zip(lines, mods, strict=True):
+        for flow_mod, mod in zip(flow_mods, mods, strict=True):
             xid = self._xid()
             out += ofwire.bundle_add(xid, bundle_id, mod)
-            what[xid] = line
+            what[xid] = flow_mod
         barrier = self._xid()
         out += ofwire.barrier(barrier)
         try:
@@ -129,7 +130,7 @@ class OpenFlowConnection:
             replies = self._await(barrier, deadline)
             if replies.errors:
                 self._discard(bundle_id, deadline)
-                raise BundleRefused(self._refused(replies.errors, what, len(lines)))
+                raise BundleRefused(self._refused(replies.errors, what, len(mods)))
             commit = self._xid()
             what[commit] = "bundle commit"
             self._send(ofwire.bundle_control(commit, bundle_id, ofwire.BUNDLE_COMMIT), deadline)
@@ -141,15 +142,19 @@ class OpenFlowConnection:
             raise OpenFlowError(f"{self._name()}: lost after the commit was sent, whether it applied is unknown "
                                 f"({exc})") from None
         if replies.errors:
-            raise BundleRefused(self._refused(replies.errors, what, len(lines)))
+            raise BundleRefused(self._refused(replies.errors, what, len(mods)))
 
     def _discard(self, bundle_id: int, deadline: float) -> None:
         xid = self._xid()
         self._send(ofwire.bundle_control(xid, bundle_id, ofwire.BUNDLE_DISCARD), deadline)
         self._await(xid, deadline)  # an error here (the bundle never opened) changes nothing
 
-    def _refused(self, errors: dict[int, list[str]], what: dict[int, str], count: int) -> str:
-        parts = [f"{', '.join(names)} for {what.get(xid, f'xid {xid:#x}')!r}" for xid, names in sorted(errors.items())]
+    def _refused(self, errors: dict[int, list[str]], what: dict[int, FlowMod | str], count: int) -> str:
+        def name(xid: int) -> str:
+            carried = what.get(xid, f"xid {xid:#x}")
+            return carried if isinstance(carried, str) else carried.to_ofctl()
+
+        parts = [f"{', '.join(names)} for {name(xid)!r}" for xid, names in sorted(errors.items())]
         return (f"{self._name()}: the switch refused the bundle of {count} flow mods, nothing was applied: "
                 + "; ".join(parts))
 

@@ -45,6 +45,7 @@ from dpf.agent.sfc.desired import (
     self_consistent,
 )
 from dpf.agent.sfc.flows import FlowMonitor, Ofctl, OfctlError
+from dpf.agent.sfc.flowspec import FlowMod
 from dpf.agent.sfc.model import NodeState, ServiceChain
 from dpf.agent.sfc.ovsdb import NotRealized, Ovsdb, OvsdbError
 from dpf.agent.sfc.settings import SfcSettings
@@ -274,7 +275,7 @@ class SfcProgrammer:
         clock.mark("ports")
         plans = self._plan_all(view, force=False)
         clock.mark("plan")
-        lines: list[str] = []
+        lines: list[FlowMod] = []
         changed = []
         for key in sorted(set(plans) | set(s.plans)):
             old, new = s.plans.get(key), plans.get(key)
@@ -391,7 +392,7 @@ class SfcProgrammer:
                     s.claims[key] = owner
         return replan
 
-    def _install(self, lines: list[str], plans: Mapping[str, ChainPlan], recorded: set[int]) -> None:
+    def _install(self, lines: list[FlowMod], plans: Mapping[str, ChainPlan], recorded: set[int]) -> None:
         """Record new cookies, send one bundle, then drop records of chains that have no flows any more."""
         s, bridge = self._state, self.settings.bridge
         live = {plan.cookie: plan.key for plan in plans.values() if plan.flows}

@@ -6,7 +6,6 @@ import pytest
 
 from dpf.agent.sfc.desired import (
     ChainState,
-    DesiredFlow,
     Resolution,
     chain_cookie,
     chain_mods,
@@ -18,6 +17,7 @@ from dpf.agent.sfc.desired import (
     resync_mods,
 )
 from dpf.agent.sfc.flows import parse_dump
+from dpf.agent.sfc.flowspec import AddFlow, DeleteFlow, DeleteFlows, LearnReturnPath, Match, Output
 from dpf.agent.sfc.model import (
     InterfaceType,
     ModelError,
@@ -214,9 +214,9 @@ def test_hbn_only_chains_produce_exactly_upstreams_flows() -> None:
     fabric = plans[f"hbn-to-fabric-{hbn_only.NODE}"]
     host = plans[f"host-to-hbn-{hbn_only.NODE}"]
     assert fabric.cookie == 6272591130894795502
-    assert [f.text() for f in fabric.flows] == [learn_pair(fabric.cookie, 1, 11), learn_pair(fabric.cookie, 11, 1),
+    assert [f.to_ofctl() for f in fabric.flows] == [learn_pair(fabric.cookie, 1, 11), learn_pair(fabric.cookie, 11, 1),
                                                 learn_pair(fabric.cookie, 2, 12), learn_pair(fabric.cookie, 12, 2)]
-    assert [f.text() for f in host.flows] == [learn_pair(host.cookie, 3, 13), learn_pair(host.cookie, 13, 3),
+    assert [f.to_ofctl() for f in host.flows] == [learn_pair(host.cookie, 3, 13), learn_pair(host.cookie, 13, 3),
                                               learn_pair(host.cookie, 4, 14), learn_pair(host.cookie, 14, 4)]
 
 
@@ -226,11 +226,9 @@ def test_three_port_switch_learns_from_every_port_and_floods_to_the_others() -> 
     plan = plan_chain(chain, ifaces, {"ns/a": Resolution(1), "ns/b": Resolution(2), "ns/c": Resolution(3)},
                       port_claims([chain], ifaces))
     first = plan.flows[0]
-    assert first.match == "in_port=1"
-    assert first.actions.count("learn(") == 2
-    assert "in_port=2," in first.actions
-    assert "in_port=3," in first.actions
-    assert first.actions.endswith(",output:2,output:3")
+    assert first.match == Match(in_port=1)
+    assert first.actions == (LearnReturnPath(0, 10, 30, plan.cookie, 2), LearnReturnPath(0, 10, 30, plan.cookie, 3),
+                             Output(2), Output(3))
 
 
 def test_single_port_switch_has_no_flows() -> None:
@@ -269,46 +267,68 @@ def plan_for(ports: list[int], name: str = "c"):
 
 def test_removing_a_port_deletes_its_flows_and_everything_that_outputs_to_it() -> None:
     old, new = plan_for([1, 2, 3]), plan_for([1, 2])
-    lines = chain_mods(old.cookie, old, new)
-    cookie = f"cookie={old.cookie:#x}/-1"
-    assert lines[:2] == [f"delete table=0,{cookie},in_port=3", f"delete table=0,{cookie},out_port=3"]
-    assert f"delete_strict table=0,{cookie},priority=20,in_port=3" in lines
-    assert sorted(line for line in lines if line.startswith("add")) == sorted(f"add {f.text()}" for f in new.flows)
+    mods = chain_mods(old.cookie, old, new)
+    assert [m.to_ofctl() for m in mods[:2]] == [f"delete table=0,cookie={old.cookie:#x}/-1,in_port=3",
+                                                f"delete table=0,cookie={old.cookie:#x}/-1,out_port=3"]
+    assert DeleteFlow(old.cookie, 0, 20, Match(in_port=3)) in mods
+    assert [m for m in mods if isinstance(m, AddFlow)] == [AddFlow(f) for f in new.flows]
 
 
 def test_unchanged_chain_sends_nothing_and_a_deleted_chain_one_cookie_delete() -> None:
     plan = plan_for([1, 2])
     assert chain_mods(plan.cookie, plan, plan) == []
-    assert chain_mods(plan.cookie, plan, None) == [f"delete cookie={plan.cookie:#x}/-1"]
+    assert chain_mods(plan.cookie, plan, None) == [DeleteFlows(plan.cookie)]
+    assert DeleteFlows(plan.cookie).to_ofctl() == f"delete cookie={plan.cookie:#x}/-1"
 
 
 def test_resync_keeps_foreign_and_learned_flows_and_removes_only_what_we_own() -> None:
     plan = plan_for([1, 2])
     stale = plan_for([5, 6], name="gone")
-    observed = [ObservedFlow(plan.cookie, 0, 20, f.match, f.actions) for f in plan.flows]
+    observed = [ObservedFlow(plan.cookie, 0, 20, f.match.to_ofctl(), f.actions_text()) for f in plan.flows]
     observed += [
         ObservedFlow(plan.cookie, 0, 30, "in_port=2,dl_dst=aa:bb:cc:dd:ee:01", "output:1", idle_timeout=10),
         ObservedFlow(plan.cookie, 0, 30, "in_port=7,dl_dst=aa:bb:cc:dd:ee:02", "output:1", idle_timeout=10),
         ObservedFlow(stale.cookie, 0, 20, "in_port=5", "output:6"),
         ObservedFlow(0x1234, 0, 5, "in_port=1", "drop"),  # somebody else's
     ]
-    lines = resync_mods({plan.cookie: plan}, observed, owned={stale.cookie})
-    assert sorted(lines) == sorted([
+    mods = resync_mods({plan.cookie: plan}, observed, owned={stale.cookie})
+    assert sorted(m.to_ofctl() for m in mods) == sorted([
         f"delete cookie={stale.cookie:#x}/-1",  # a chain of ours that is gone
-        # learned through a port (7) that is not in the chain any more
-        f"delete_strict table=0,cookie={plan.cookie:#x}/-1,priority=30,in_port=7,dl_dst=aa:bb:cc:dd:ee:02",
+        # learned through a port (7) that is not in the chain any more: everything of the chain through it goes
+        f"delete cookie={plan.cookie:#x}/-1,in_port=7",
+        f"delete cookie={plan.cookie:#x}/-1,out_port=7",
     ])
+
+
+def test_resync_rebuilds_a_chain_with_a_flow_of_its_cookie_that_no_port_change_explains() -> None:
+    plan = plan_for([1, 2])
+    observed = [ObservedFlow(plan.cookie, 0, 20, f.match.to_ofctl(), f.actions_text()) for f in plan.flows]
+    observed.append(ObservedFlow(plan.cookie, 0, 20, "ip,in_port=1", "output:2"))  # made by hand with our cookie
+    mods = resync_mods({plan.cookie: plan}, observed, owned=())
+    assert mods == [DeleteFlows(plan.cookie), *(AddFlow(f) for f in plan.flows)]
+
+
+def test_resync_repairs_modified_actions_and_adds_missing_flows_only() -> None:
+    plan = plan_for([1, 2])
+    first, second = plan.flows
+    observed = [ObservedFlow(plan.cookie, 0, 20, first.match.to_ofctl(), "drop")]  # modified by hand; second gone
+    assert resync_mods({plan.cookie: plan}, observed, owned=()) == [AddFlow(first), AddFlow(second)]
 
 
 def test_flow_text_round_trips_through_the_dump_parser() -> None:
     plan = plan_for([4, 9, 12])
-    dump = "OFPST_FLOW reply (OF1.3) (xid=0x2):\n" + "\n".join(f" {f.text()}" for f in plan.flows)
+    dump = "OFPST_FLOW reply (OF1.3) (xid=0x2):\n" + "\n".join(f" {f.to_ofctl()}" for f in plan.flows)
     dump += "\n cookie=0x1, table=3, idle_timeout=10, priority=30,in_port=1,dl_dst=aa:bb:cc:dd:ee:ff actions=output:2"
     dump += "\n cookie=0x2, table=3, ip actions=drop"
+    dump += "\n cookie=0x3, table=3, actions=drop"  # default priority, no match
+    dump += "\n actions=NORMAL"  # and no cookie, table 0
     flows = parse_dump(dump)
-    assert [DesiredFlow(f.cookie, f.priority, f.match, f.actions, f.table) for f in flows[:3]] == list(plan.flows)
+    assert [(f.cookie, f.table, f.priority, f.match, f.actions) for f in flows[:3]] == \
+        [(f.cookie, f.table, f.priority, f.match.to_ofctl(), f.actions_text()) for f in plan.flows]
     assert flows[3] == ObservedFlow(1, 3, 30, "in_port=1,dl_dst=aa:bb:cc:dd:ee:ff", "output:2", idle_timeout=10)
     assert flows[4] == ObservedFlow(2, 3, 32768, "ip", "drop")
+    assert flows[5] == ObservedFlow(3, 3, 32768, "", "drop")
+    assert flows[6] == ObservedFlow(0, 0, 32768, "", "NORMAL")
 
 
 def test_a_chain_invalid_on_its_own_does_not_lock_ports_away_from_a_valid_one() -> None:

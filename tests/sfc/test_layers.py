@@ -1,6 +1,6 @@
 """Inside agent/sfc: one door to OVSDB (`ovsdb.py` alone imports `ovs`), one to OpenFlow (`flows.py` alone
 runs ovs-ofctl, and the OpenFlow connection it uses, `ofconn.py`, alone opens sockets), and `desired.py` and
-the wire encoder `ofwire.py` stay pure (no I/O modules at all)."""
+the flow types `flowspec.py` and the wire framing `ofwire.py` stay pure (no I/O modules at all)."""
 
 from __future__ import annotations
 
@@ -44,5 +44,5 @@ def test_only_ovsdb_imports_ovs_and_only_flows_runs_processes() -> None:
 
 
 def test_planning_and_model_do_no_io() -> None:
-    for name in ("desired.py", "model.py", "view.py", "settings.py", "ofwire.py"):
+    for name in ("desired.py", "model.py", "view.py", "settings.py", "flowspec.py", "ofwire.py"):
         assert imported(SFC / name) & IO_MODULES == set(), name

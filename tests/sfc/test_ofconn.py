@@ -19,6 +19,7 @@ from dpf.agent.sfc.desired import (
     resync_mods,
 )
 from dpf.agent.sfc.flows import Ofctl, OfctlError
+from dpf.agent.sfc.flowspec import AddFlow, DeleteFlow, DeleteFlows, Flow, FlowMod, Match, Output
 from dpf.agent.sfc.model import InterfaceType, NodeState, Physical, ServiceChain, ServiceInterface, Switch
 from dpf.agent.sfc.ofconn import OpenFlowConnection, OpenFlowError
 from dpf.lab.bed.netns import NetnsBed
@@ -29,7 +30,10 @@ from tests.sfc.conftest import base_flows, needs_root, sfc_settings
 
 pytestmark = needs_root
 
-FLOW = "add cookie=0x77, priority=20,in_port={} actions=output:{}"
+
+
+def flow(in_port: int, out_port: int, cookie: int = 0x77, table: int = 0) -> AddFlow:
+    return AddFlow(Flow(cookie, 20, Match(in_port=in_port), (Output(out_port),), table))
 
 
 def hbn_plans(ofports: dict[str, int]) -> dict[int, ChainPlan]:
@@ -53,16 +57,16 @@ def is_learned(flow: str) -> bool:
 
 
 def test_the_connection_installs_exactly_what_ovs_ofctl_installs(ovs: OvsSwitch) -> None:
-    """Every line shape desired.py renders, applied to two bridges, one per transport: identical dump-flows."""
+    """Every flow mod desired.py builds, applied to two bridges, one per transport: identical dump-flows."""
     for bridge in ("br-a", "br-b"):
         ovs.add_bridge(bridge)
     by_ofctl = Ofctl(sfc_settings(ovs, bridge="br-a"))
     by_conn = Ofctl(sfc_settings(ovs, bridge="br-b"))
 
-    def apply(lines: list[str]) -> list[str]:
-        assert lines
-        by_ofctl.ofctl_bundle(lines)
-        assert by_conn.connection.bundle(lines) == len(lines)
+    def apply(mods: list[FlowMod]) -> list[str]:
+        assert mods
+        by_ofctl.ofctl_bundle(mods)
+        assert by_conn.connection.bundle(mods) == len(mods)
         flows = sorted(ovs.flows("br-a"))
         assert sorted(ovs.flows("br-b")) == flows
         return flows
@@ -80,9 +84,9 @@ def test_the_connection_installs_exactly_what_ovs_ofctl_installs(ovs: OvsSwitch)
 
         # 2. A host PF representor gets a new OpenFlow port: delete by in_port and out_port, strict deletes, adds.
         moved = hbn_plans({**ports, "host-pf1-rep": 9})
-        lines = chain_mods(host, plans[host], moved[host])
-        assert {line.split()[0] for line in lines} == {"delete", "delete_strict", "add"}
-        flows = apply(lines)
+        mods = chain_mods(host, plans[host], moved[host])
+        assert {type(mod) for mod in mods} == {DeleteFlows, DeleteFlow, AddFlow}
+        flows = apply(mods)
         assert any("in_port=9 " in f for f in flows)
         assert not any("in_port=4 " in f for f in flows)
 
@@ -94,11 +98,12 @@ def test_the_connection_installs_exactly_what_ovs_ofctl_installs(ovs: OvsSwitch)
         assert len(learned) == 2
         assert sorted(ovs.flows("br-a")) == sorted(ovs.flows("br-b"))
 
-        # 4. The uplink p0 moves too: the resync path deletes the learned flows through it (strict, by MAC).
-        lines = resync_mods({fabric: hbn_plans({**ports, "p0": 11, "host-pf1-rep": 9})[fabric]},
-                            by_conn.dump(fabric), {fabric})
-        assert sum("delete_strict" in line and ",dl_dst=" in line for line in lines) == 2
-        flows = apply(lines)
+        # 4. The uplink p0 moves too: the resync path deletes the flows through it, learned ones included, by port.
+        mods = resync_mods({fabric: hbn_plans({**ports, "p0": 11, "host-pf1-rep": 9})[fabric]},
+                           by_conn.dump(fabric), {fabric})
+        assert DeleteFlows(fabric, match=Match(in_port=1)) in mods
+        assert DeleteFlows(fabric, out_port=1) in mods
+        flows = apply(mods)
         assert not [f for f in flows if is_learned(f)]
 
         # 5. A chain deleted: one delete by cookie across all tables.
@@ -113,22 +118,21 @@ def test_a_bundle_with_an_invalid_flow_is_refused_whole_with_the_switchs_error(o
     ovs.add_bridge("br-sfc")
     ofctl = Ofctl(sfc_settings(ovs))
     try:
-        ofctl.bundle([FLOW.format(1, 2)])
+        ofctl.bundle([flow(1, 2)])
         before = ovs.flows("br-sfc")
-        bad = "add cookie=0x78, table=254, priority=20,in_port=5 actions=output:6"  # table 254 is the switch's own
-        lines = ["delete cookie=0x77/-1", "add cookie=0x78, priority=20,in_port=3 actions=output:4", bad,
-                 "add cookie=0x78, priority=20,in_port=7 actions=output:8"]
+        bad = flow(5, 6, cookie=0x78, table=254)  # table 254 is the switch's own
+        mods = [DeleteFlows(0x77), flow(3, 4, cookie=0x78), bad, flow(7, 8, cookie=0x78)]
         with pytest.raises(OfctlError) as refused:
-            ofctl.bundle(lines)
+            ofctl.bundle(mods)
         assert "OFPBRC_EPERM" in str(refused.value)
-        assert bad in str(refused.value)
+        assert bad.to_ofctl() in str(refused.value)
         assert "nothing was applied" in str(refused.value)
         assert ovs.flows("br-sfc") == before  # not the delete before it, not the adds around it
         # ovs-ofctl refuses the same bundle with the same error name.
         with pytest.raises(OfctlError, match="OFPBRC_EPERM"):
-            ofctl.ofctl_bundle(lines)
+            ofctl.ofctl_bundle(mods)
         # The connection is still good after a refusal.
-        ofctl.bundle(lines[:2])
+        ofctl.bundle(mods[:2])
         assert ovs.flows("br-sfc") == ["cookie=0x78, priority=20,in_port=3 actions=output:4"]
         assert (ofctl.connection.connections, ofctl.bundles) == (1, {"openflow": 2, "ovs-ofctl": 0})
     finally:
@@ -139,20 +143,20 @@ def test_the_connection_follows_vswitchd_restarts_and_says_when_it_is_gone(ovs: 
     ovs.add_bridge("br-sfc")
     ofctl = Ofctl(sfc_settings(ovs))
     try:
-        ofctl.bundle([FLOW.format(1, 2)])
+        ofctl.bundle([flow(1, 2)])
         ovs.restart_vswitchd()  # our idle connection dies with it, and so do the flows
         wait_until(lambda: ovs.ofctl("dump-flows", "br-sfc", check=False).returncode == 0, 10, "br-sfc back")
-        ofctl.bundle([FLOW.format(3, 4)])
+        ofctl.bundle([flow(3, 4)])
         assert ovs.flows("br-sfc") == ["cookie=0x77, priority=20,in_port=3 actions=output:4"]
         assert (ofctl.connection.connections, ofctl.bundles["openflow"]) == (2, 2)
 
         ovs.stop_vswitchd()
         started = time.monotonic()
         with pytest.raises(OpenFlowError, match=r"cannot connect to unix:.*br-sfc\.mgmt"):
-            ofctl.connection.bundle([FLOW.format(5, 6)])
+            ofctl.connection.bundle([flow(5, 6)])
         assert time.monotonic() - started < 1
         with pytest.raises(OfctlError):  # ovs-ofctl, the fallback, cannot reach it either
-            ofctl.bundle([FLOW.format(5, 6)])
+            ofctl.bundle([flow(5, 6)])
     finally:
         ofctl.close()
 
@@ -162,17 +166,17 @@ def test_a_hung_switch_times_out_within_the_bound_and_nothing_is_applied(ovs: Ov
     ofctl = Ofctl(sfc_settings(ovs, openflow_timeout=0.5))
     vswitchd = ovs.children["ovs-vswitchd"].pid
     try:
-        ofctl.bundle([FLOW.format(1, 2)])
+        ofctl.bundle([flow(1, 2)])
         os.kill(vswitchd, signal.SIGSTOP)
         started = time.monotonic()
         with pytest.raises(OfctlError, match=r"no answer within 0\.5s"):
-            ofctl.bundle([FLOW.format(3, 4)])
+            ofctl.bundle([flow(3, 4)])
         assert time.monotonic() - started < 1.5
     finally:
         os.kill(vswitchd, signal.SIGCONT)
     try:
         # The timed-out bundle was never committed; closing the connection made the switch discard it.
-        ofctl.bundle([FLOW.format(5, 6)])
+        ofctl.bundle([flow(5, 6)])
         assert sorted(ovs.flows("br-sfc")) == ["cookie=0x77, priority=20,in_port=1 actions=output:2",
                                                "cookie=0x77, priority=20,in_port=5 actions=output:6"]
         assert ofctl.connection.connections == 2
@@ -185,18 +189,7 @@ def test_a_bridge_without_openflow13_is_named_in_the_error(ovs: OvsSwitch) -> No
     ovs.vsctl("set", "bridge", "br-sfc", "protocols=OpenFlow10")
     connection = OpenFlowConnection(ovs.rundir / "br-sfc.mgmt", 5)
     with pytest.raises(OpenFlowError, match=r"does not allow OpenFlow 1\.3.*protocols"):
-        connection.bundle([FLOW.format(1, 2)])
-
-
-def test_a_line_the_connection_does_not_encode_goes_through_ovs_ofctl(ovs: OvsSwitch) -> None:
-    ovs.add_bridge("br-sfc")
-    ofctl = Ofctl(sfc_settings(ovs))
-    try:
-        ofctl.bundle([FLOW.format(1, 2), "add cookie=0x79, priority=5,ip,nw_dst=10.0.0.1 actions=drop"])
-        assert ofctl.bundles == {"openflow": 0, "ovs-ofctl": 1}
-        assert "cookie=0x79, priority=5,ip,nw_dst=10.0.0.1 actions=drop" in ovs.flows("br-sfc")
-    finally:
-        ofctl.close()
+        connection.bundle([flow(1, 2)])
 
 
 def test_big_resyncs_go_through_ovs_ofctl_and_updates_over_the_connection(ovs: OvsSwitch, netns: NetnsBed,
@@ -214,17 +207,17 @@ def test_big_resyncs_go_through_ovs_ofctl_and_updates_over_the_connection(ovs: O
     assert report.flow_mods == 2
     assert sfc.ofctl.bundles == {"openflow": 2, "ovs-ofctl": 0}
 
-    sfc.ofctl.bundle(["delete cookie=0x0/0"])  # not a shape we encode: everything goes (through ovs-ofctl)
+    ovs.ofctl("del-flows", "br-sfc")  # by hand: everything goes
     # Either the agent's flow monitor repairs this first or the explicit resync does (the other then finds
     # nothing to do): exactly one repair of 4 mods, over the connection's limit of 3, so through ovs-ofctl.
     sfc.resync("flows gone").result(10)
     wait_until(lambda: len(base_flows(ovs, "br-sfc")) == 4, 5, "the deleted flows repaired")
-    assert sfc.ofctl.bundles == {"openflow": 2, "ovs-ofctl": 2}
+    assert sfc.ofctl.bundles == {"openflow": 2, "ovs-ofctl": 1}
     assert sfc.resync("compare").result(10).flow_mods == 0
     flows = base_flows(ovs, "br-sfc")
 
     report = sfc.update(NodeState(ifaces, (a,))).result(10)
     assert report.flow_mods == 1  # b deleted by cookie
-    assert sfc.ofctl.bundles == {"openflow": 3, "ovs-ofctl": 2}
+    assert sfc.ofctl.bundles == {"openflow": 3, "ovs-ofctl": 1}
     assert base_flows(ovs, "br-sfc") == [f for f in flows if f"cookie={chain_cookie('sfc', 'b'):#x}," not in f]
     assert sfc.resync("compare").result(10).flow_mods == 0

@@ -53,8 +53,8 @@ def dpu_agent(ovs: OvsSwitch, tmp_path: Path) -> Iterator[Child]:
 
 def test_the_dpu_agent_talks_to_ovsdb_over_one_connection(dpu_agent: Child, ovs: OvsSwitch, netns: NetnsBed,
                                                           script_bin_dir: Path, tmp_path: Path) -> None:
-    owner = ovs.vsctl("--if-exists", "get", "Bridge", "br-sfc", "external_ids:dpf-owner").stdout.strip()
-    assert owner == '"dpf-sfc"', "the programmer did not create br-sfc"
+    owner = ovs.vsctl("--if-exists", "get", "Bridge", "br-sfc", "external_ids:dpf-owner").stdout.strip().strip('"')
+    assert owner == "dpf-sfc", "the programmer did not create br-sfc"
     conf = {"cniVersion": "1.0.0", "name": "sfc", "type": PLUGIN, "bridge": "br-sfc",
             "agentSocket": str(tmp_path / "run" / "cni.sock"),
             "ipam": {"type": "static", "addresses": [{"address": "10.79.0.5/24"}]}}

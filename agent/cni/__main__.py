@@ -49,7 +49,7 @@ def load_ipam(settings: CniSettings, pools: Path | None) -> IpamService:
 
 async def serve(settings: CniSettings, pools: Path | None) -> None:
     ipam = load_ipam(settings, pools)
-    ports = OvsPorts(settings.ovsdb, timeout=settings.ovs_timeout)
+    ports = OvsPorts.standalone(settings.ovsdb, timeout=settings.ovs_timeout)
     await ports.start()
     server = CniServer(settings, Attacher(ports, ipam))
     stop = asyncio.Event()

@@ -1,31 +1,35 @@
-"""OVS ports of CNI attachments: add and delete them in batched OVSDB transactions.
+"""OVS ports of CNI attachments: add and delete them in batched transactions on the agent's OVSDB client.
 
-Used by `dpf.agent.cni.attach`. Requests that arrive while a transaction is in flight are merged
-into the next one (one OVSDB transaction and one vswitchd reconfiguration for a burst of pods,
-anchors pattern 4), and `add` returns only when vswitchd has realized the port with a live ofport
-(pattern 7: `next_cfg` is bumped in the transaction and `cur_cfg` must catch up). Every row carries
-our owner marker so stale-port cleanup elsewhere can tell CNI ports from its own. A port of the
-same name is replaced in the same transaction, so ADD is idempotent. Never touches flows or links.
+Used by `dpf.agent.cni.attach`. Every transaction goes through the IDL thread of `dpf.agent.sfc.ovsdb`,
+the process's one OVSDB connection (shared with the SFC programmer in the DPU agent, owned by us when
+the CNI server runs alone: `OvsPorts.standalone`). Requests that arrive while a transaction is in
+flight are merged into the next one (one OVSDB transaction and one vswitchd reconfiguration for a
+burst of pods), and `add` returns only when vswitchd has realized the port with a live ofport (the
+transaction bumps `next_cfg`; the client resolves it when the IDL sees `cur_cfg` catch up). Each
+transaction is built from the replica and `verify`s what it decided on (the bridges' port sets), so a
+concurrent writer makes it rebuild (TRY_AGAIN) instead of acting on a stale read. Every row carries
+our owner marker so stale-port cleanup elsewhere can tell CNI ports from its own. A port of the same
+name is replaced in the same transaction, so ADD is idempotent. Reads (`owned`, `bridges`,
+`datapath`) come from the client's published view, without a round trip. Never touches flows or links.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from dpf.agent.cni.errors import SwitchError
-from dpf.agent.cni.ovsdb_rpc import OvsdbRpc, from_map, from_set, ovs_map
+from dpf.agent.sfc.ovsdb import Builder, Ovsdb, OvsdbError, OvsdbSettings, verify
+from dpf.agent.sfc.view import SwitchView
 
 log = logging.getLogger(__name__)
 
 OWNER_KEY = "dpf-owner"
 OWNER = "dpf-cni"
 MAX_BATCH = 64
-BRIDGE_CACHE_SECONDS = 2.0
-REALIZE_POLL = 0.002
 
 
 @dataclass(frozen=True)
@@ -54,27 +58,25 @@ class _Op:
     done: asyncio.Future = field(repr=False)
 
 
-@dataclass
-class _Bridges:
-    uuids: dict[str, str]
-    datapaths: dict[str, str]
-    read_at: float
-
-
-def _eq(column: str, value: object) -> list:
-    return [column, "==", value]
-
-
 class OvsPorts:
-    def __init__(self, db: str, timeout: float = 10.0) -> None:
-        self.db = db
-        self.timeout = timeout
-        self._rpc = OvsdbRpc(db, timeout)
+    def __init__(self, ovsdb: Ovsdb) -> None:
+        self.ovsdb = ovsdb
         self._queue: asyncio.Queue[_Op] = asyncio.Queue()
+        self._held: _Op | None = None  # the op that ended the last batch: its port was already in it
         self._worker: asyncio.Task | None = None
-        self._bridges: _Bridges | None = None
+
+    @classmethod
+    def standalone(cls, remote: str, timeout: float = 10.0) -> OvsPorts:
+        """For a CNI server run on its own (tests, the benchmark, debugging): a client of its own."""
+        return cls(Ovsdb(OvsdbSettings(remote, connect_timeout=timeout, txn_timeout=timeout,
+                                       realize_timeout=timeout)))
 
     async def start(self) -> None:
+        """Join the client (connecting it if we are its first user); raises SwitchError if OVSDB is down."""
+        try:
+            await asyncio.to_thread(self.ovsdb.start)
+        except OvsdbError as exc:
+            raise SwitchError(str(exc), transient=True) from exc
         self._worker = asyncio.create_task(self._run(), name="cni-ovs-ports")
 
     async def stop(self) -> None:
@@ -82,7 +84,7 @@ class OvsPorts:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        await self._rpc.close()
+            await asyncio.to_thread(self.ovsdb.stop)
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -94,18 +96,28 @@ class OvsPorts:
         await self._submit(_Op("del", name, None, asyncio.get_running_loop().create_future()))
 
     async def owned(self) -> list[OwnedPort]:
-        where = [["external_ids", "includes", ovs_map({OWNER_KEY: OWNER})]]
-        result = await self._rpc.transact([{"op": "select", "table": "Interface", "where": where,
-                                            "columns": ["name", "ofport", "external_ids"]}])
-        return [OwnedPort(r["name"], _ofport(r.get("ofport")), from_map(r["external_ids"])) for r in result[0]["rows"]]
+        view = await self._view()
+        return [OwnedPort(p.name, p.ofport or -1, dict(p.iface_external_ids)) for p in view.ports.values()
+                if p.iface_external_ids.get(OWNER_KEY) == OWNER]
 
     async def bridges(self) -> dict[str, str]:
-        """Bridge name -> datapath_type ('' is the kernel datapath, 'netdev' the userspace one)."""
-        return dict((await self._read_bridges(fresh=True)).datapaths)
+        """Bridge name -> datapath_type ('' is the kernel datapath, 'netdev' the userspace one).
+
+        Answers at once (STATUS is a probe): SwitchError while the OVSDB connection is down."""
+        if not self.ovsdb.connected:
+            raise SwitchError(f"OVSDB at {self.ovsdb.settings.remote} is not reachable", transient=True)
+        return {name: b.datapath_type for name, b in self.ovsdb.view.bridges.items()}
 
     def datapath(self, bridge: str) -> str | None:
-        """The bridge's datapath_type as last seen (re-read at most every BRIDGE_CACHE_SECONDS)."""
-        return self._bridges.datapaths.get(bridge) if self._bridges else None
+        """The bridge's datapath_type as last seen."""
+        found = self.ovsdb.view.bridges.get(bridge)
+        return found.datapath_type if found else None
+
+    async def _view(self) -> SwitchView:
+        """The replica; after a lost connection, once it is back (bounded by the client's txn timeout)."""
+        if not self.ovsdb.connected:
+            await self._transact("wait for the OVSDB connection", lambda idl, txn: None, realize=False)
+        return self.ovsdb.view
 
     # -- batching -------------------------------------------------------------------------------
 
@@ -117,132 +129,114 @@ class OvsPorts:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            batch = [self._held or await self._queue.get()]
+            self._held = None
+            names = {batch[0].name}
             while not self._queue.empty() and len(batch) < MAX_BATCH:
-                batch.append(self._queue.get_nowait())
+                op = self._queue.get_nowait()
+                if op.name in names:  # a second change of one port goes into the next transaction, in order
+                    self._held = op
+                    break
+                names.add(op.name)
+                batch.append(op)
             try:
                 await self._apply(batch)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear about it; the loop goes on
                 for op in batch:
-                    if not op.done.done():
-                        op.done.set_exception(exc if isinstance(exc, SwitchError) else SwitchError(str(exc)))
-
-    async def _read_bridges(self, fresh: bool = False) -> _Bridges:
-        cached = self._bridges
-        if cached is not None and not fresh and time.monotonic() - cached.read_at < BRIDGE_CACHE_SECONDS:
-            return cached
-        result = await self._rpc.transact([{"op": "select", "table": "Bridge", "where": [],
-                                            "columns": ["_uuid", "name", "datapath_type"]}])
-        rows = result[0]["rows"]
-        self._bridges = _Bridges(uuids={r["name"]: r["_uuid"][1] for r in rows},
-                                 datapaths={r["name"]: r["datapath_type"] for r in rows}, read_at=time.monotonic())
-        return self._bridges
+                    _settle(op, error=exc if isinstance(exc, SwitchError) else SwitchError(str(exc)))
 
     async def _apply(self, batch: Sequence[_Op]) -> None:
-        adds = [op for op in batch if op.kind == "add"]
-        if adds:
-            bridges = await self._read_bridges()
-            if any(op.spec.bridge not in bridges.uuids for op in adds):
-                bridges = await self._read_bridges(fresh=True)  # created since we last looked?
-            for op in adds:
-                if op.spec.bridge not in bridges.uuids:
-                    op.done.set_exception(SwitchError(
-                        f"bridge {op.spec.bridge!r} (netconf field bridge) does not exist on this node",
-                        transient=True))
-            batch = [op for op in batch if not op.done.done()]
-            adds = [op for op in adds if not op.done.done()]
+        bridges = self.ovsdb.view.bridges
+        for op in batch:
+            if op.spec is not None and op.spec.bridge not in bridges:
+                _settle(op, error=SwitchError(_no_bridge(op.spec.bridge), transient=True))
+        batch = [op for op in batch if not op.done.done()]
         if not batch:
             return
+        adds = [op.spec for op in batch if op.spec is not None]
+        dels = [op.name for op in batch if op.spec is None]
         try:
-            target = await self._write(batch)
+            await self._transact(f"cni ports: +{len(adds)} -{len(dels)}", _builder(adds, dels), realize=bool(adds))
         except SwitchError:
             if len(batch) == 1:
                 raise
             for op in batch:  # attribute the failure to the request that caused it
                 await self._apply_one(op)
             return
-        if adds:
-            await self._realized(adds, target)
+        ports = self.ovsdb.view.ports  # already shows the transaction and vswitchd's answer to it
         for op in batch:
-            if op.kind == "del":
-                op.done.set_result(None)
+            if op.spec is None:
+                _settle(op, None)
+                continue
+            port = ports.get(op.name)
+            if port is not None and port.ofport and port.ofport > 0:
+                _settle(op, port.ofport)
+            else:
+                detail = port.error if port is not None and port.error else "no ofport assigned"
+                _settle(op, error=SwitchError(f"OVS could not attach {op.name}: {detail}"))
 
     async def _apply_one(self, op: _Op) -> None:
         try:
             await self._apply([op])
         except SwitchError as exc:
-            if not op.done.done():
-                op.done.set_exception(exc)
+            _settle(op, error=exc)
 
-    async def _write(self, batch: Sequence[_Op]) -> int | None:
-        """One transaction for the batch; returns the next_cfg vswitchd must reach (adds only)."""
-        names = list(dict.fromkeys(op.name for op in batch))
-        reads = [{"op": "select", "table": "Port", "where": [_eq("name", n)], "columns": ["_uuid"]} for n in names]
-        reads.append({"op": "select", "table": "Bridge", "where": [], "columns": ["_uuid", "ports"]})
-        found = await self._rpc.transact(reads)
-        existing = {n: r["rows"][0]["_uuid"][1] for n, r in zip(names, found, strict=False) if r["rows"]}
-        owner_bridge = {port[1]: row["_uuid"][1] for row in found[-1]["rows"]
-                        for port in from_set(row["ports"]) if isinstance(port, list)}
-        ops: list[dict] = []
-        for port_uuid in existing.values():  # replace or delete: unlink; OVSDB collects the rows
-            bridge = owner_bridge.get(port_uuid)
-            if bridge:
-                ops.append({"op": "mutate", "table": "Bridge", "where": [_eq("_uuid", ["uuid", bridge])],
-                            "mutations": [["ports", "delete", ["set", [["uuid", port_uuid]]]]]})
-        adds = [op for op in batch if op.kind == "add"]
-        for i, op in enumerate(adds):
-            ops += _insert_port(op.spec, i, self._bridges.uuids[op.spec.bridge])
-        if adds:
-            ops.append({"op": "mutate", "table": "Open_vSwitch", "where": [], "mutations": [["next_cfg", "+=", 1]]})
-            ops.append({"op": "select", "table": "Open_vSwitch", "where": [], "columns": ["next_cfg"]})
-        if not ops:
-            return None
-        results = await self._rpc.transact(ops)
-        return results[-1]["rows"][0]["next_cfg"] if adds else None
-
-    async def _realized(self, adds: Sequence[_Op], target: int | None) -> None:
-        """Wait until vswitchd applied the transaction (cur_cfg), then resolve each add with its ofport."""
-        deadline = time.monotonic() + self.timeout
-        while True:
-            res = await self._rpc.transact([{"op": "select", "table": "Open_vSwitch", "where": [],
-                                             "columns": ["cur_cfg"]}])
-            if target is None or res[0]["rows"][0]["cur_cfg"] >= target:
-                break
-            if time.monotonic() > deadline:
-                raise SwitchError(f"ovs-vswitchd did not apply the port change within {self.timeout:.0f}s "
-                                  "(is it running?)", transient=True)
-            await asyncio.sleep(REALIZE_POLL)
-        reads = [{"op": "select", "table": "Interface", "where": [_eq("name", op.name)], "columns": ["ofport", "error"]}
-                 for op in adds]
-        rows = await self._rpc.transact(reads)
-        for op, result in zip(adds, rows, strict=False):
-            row = result["rows"][0] if result["rows"] else {}
-            ofport = _ofport(row.get("ofport"))
-            if ofport > 0:
-                op.done.set_result(ofport)
-            else:
-                error = from_set(row.get("error"))
-                detail = error[0] if error and isinstance(error[0], str) else "no ofport assigned"
-                op.done.set_exception(SwitchError(f"OVS could not attach {op.name}: {detail}"))
+    async def _transact(self, what: str, build: Builder, realize: bool) -> None:
+        try:
+            await asyncio.wrap_future(self.ovsdb.submit(what, build, realize))
+        except OvsdbError as exc:
+            raise SwitchError(str(exc), transient=exc.transient) from exc
 
 
-def _ofport(value: object) -> int:
-    return value if isinstance(value, int) else -1
+def _no_bridge(bridge: str) -> str:
+    return f"bridge {bridge!r} (netconf field bridge) does not exist on this node"
 
 
-def _insert_port(spec: PortSpec, i: int, bridge_uuid: str) -> list[dict]:
-    iface: dict = {"name": spec.name, "external_ids": ovs_map((*spec.external_ids, (OWNER_KEY, OWNER)))}
-    if spec.iface_type:
-        iface["type"] = spec.iface_type
-    if spec.ofport_request:
-        iface["ofport_request"] = spec.ofport_request
-    port: dict = {"name": spec.name, "interfaces": ["named-uuid", f"iface{i}"],
-                  "external_ids": ovs_map({OWNER_KEY: OWNER})}
-    if spec.vlan is not None:
-        port["tag"] = spec.vlan
-    if spec.trunks:
-        port["trunks"] = ["set", list(spec.trunks)]
-    return [{"op": "insert", "table": "Interface", "row": iface, "uuid-name": f"iface{i}"},
-            {"op": "insert", "table": "Port", "row": port, "uuid-name": f"port{i}"},
-            {"op": "mutate", "table": "Bridge", "where": [_eq("_uuid", ["uuid", bridge_uuid])],
-             "mutations": [["ports", "insert", ["set", [["named-uuid", f"port{i}"]]]]]}]
+def _settle(op: _Op, result: int | None = None, error: BaseException | None = None) -> None:
+    if op.done.done():  # the caller gave up (cancelled); its rollback deletes the port
+        return
+    if error is None:
+        op.done.set_result(result)
+    else:
+        op.done.set_exception(error)
+
+
+def _builder(adds: Sequence[PortSpec], dels: Sequence[str]) -> Builder:
+    """One transaction for the batch, run on the IDL thread (again after TRY_AGAIN, on the fresh replica).
+
+    A port of a wanted name is unlinked from its bridge (OVSDB garbage-collects the Port and Interface
+    rows) and, for an add, inserted anew. The port sets we decided on are verified: if another writer
+    changed one since the replica was read, the commit returns TRY_AGAIN and this runs again."""
+    names = {spec.name for spec in adds} | set(dels)
+
+    def build(idl: Any, txn: Any) -> None:  # python-ovs Idl and Transaction (only ovsdb.py imports ovs)
+        bridges = {row.name: row for row in idl.tables["Bridge"].rows.values()}
+        home = {}
+        for bridge in bridges.values():
+            for port in bridge.ports:
+                if port.name in names:
+                    home[port.uuid] = bridge
+        for port_uuid, bridge in home.items():
+            verify(bridge, "ports")
+            bridge.delvalue("ports", port_uuid)
+        for spec in adds:
+            bridge = bridges.get(spec.bridge)
+            if bridge is None:
+                raise OvsdbError(_no_bridge(spec.bridge), transient=True)
+            verify(bridge, "ports")  # the name is not on it (or was unlinked above): decided on this read
+            iface = txn.insert(idl.tables["Interface"])
+            iface.name = spec.name
+            iface.external_ids = {**dict(spec.external_ids), OWNER_KEY: OWNER}
+            if spec.iface_type:
+                iface.type = spec.iface_type
+            if spec.ofport_request:
+                iface.ofport_request = spec.ofport_request
+            port = txn.insert(idl.tables["Port"])
+            port.name, port.interfaces, port.external_ids = spec.name, [iface], {OWNER_KEY: OWNER}
+            if spec.vlan is not None:
+                port.tag = spec.vlan
+            if spec.trunks:
+                port.trunks = list(spec.trunks)
+            bridge.addvalue("ports", port.uuid)
+
+    return build

@@ -13,7 +13,8 @@ class CniSettings:
     socket: Path = Path(wire.DEFAULT_SOCKET)
     """The shim's unix socket; its directory is recreated 0700 and the socket is 0600 (root only)."""
     ovsdb: str = "unix:/var/run/openvswitch/db.sock"
-    """OVSDB remote of the local switch."""
+    """OVSDB remote of the local switch, when the CNI server runs alone (in the DPU agent it shares the agent's
+    one OVSDB client)."""
     state_dir: Path = Path("/var/lib/dpf/cni")
     """Holds `leases.json`, the node's IP leases."""
     max_concurrent: int = 16
@@ -25,7 +26,7 @@ class CniSettings:
     read_timeout: float = 5.0
     """Seconds a client may take to send its request line."""
     ovs_timeout: float = 10.0
-    """Bound on one ovs-vsctl transaction, including vswitchd realizing it."""
+    """When run alone: bound on connecting to OVSDB, on one transaction committing, and on vswitchd realizing it."""
     resync_interval: float = 60.0
     """Seconds between full resyncs that reclaim attachments whose pod is gone."""
     drain_timeout: float = 10.0

@@ -2,7 +2,7 @@
 
 The contract, for the DPU agent process (`dpf agent dpu --cni-socket PATH`):
 
-    async def serve_cni(runtime: AgentRuntime, settings: CniSettings) -> None
+    async def serve_cni(runtime: AgentRuntime, settings: CniSettings, ovsdb: Ovsdb | None = None) -> None
 
 - Registers the dpf.v1.IPAMBlock handler (`dpf.agent.ipam.handler`) on `runtime` synchronously, before
   its first await, so `asyncio.gather(runtime.run(), serve_cni(runtime, settings))` (either order) works;
@@ -10,6 +10,9 @@ The contract, for the DPU agent process (`dpf agent dpu --cni-socket PATH`):
 - Re-applies the blocks the runtime stored from the last session, then reclaims attachments of gone pods,
   and only then opens the CNI socket: after an agent restart with the controller down, ADDs are served
   from the same pools at once (an ADD never sees "no pool" because the stream is not up yet).
+- Transacts through `ovsdb`, the process's OVSDB client (the DPU agent shares its one client with the
+  SFC programmer); without one it connects its own to `settings.ovsdb`. It joins the client on start
+  and leaves it on stop (the client's last user closes it).
 - Serves the socket (`settings.socket`, directory 0700, socket 0600) and runs the periodic resync until
   cancelled; cancellation stops accepting, lets in-flight requests finish (bounded by
   `settings.drain_timeout`) and removes the socket. Errors starting OVSDB or the socket propagate.
@@ -27,15 +30,16 @@ from dpf.agent.cni.settings import CniSettings
 from dpf.agent.ipam.handler import IpamBlockHandler
 from dpf.agent.ipam.service import open_service
 from dpf.agent.runtime.runtime import AgentRuntime
+from dpf.agent.sfc.ovsdb import Ovsdb
 
 log = logging.getLogger(__name__)
 
 
-async def serve_cni(runtime: AgentRuntime, settings: CniSettings) -> None:
+async def serve_cni(runtime: AgentRuntime, settings: CniSettings, ovsdb: Ovsdb | None = None) -> None:
     ipam = open_service(settings.state_dir / "leases.json")
     handler = IpamBlockHandler(ipam)
     applier = runtime.add_handler(handler)  # before any await: see the module docstring
-    ports = OvsPorts(settings.ovsdb, timeout=settings.ovs_timeout)
+    ports = OvsPorts(ovsdb) if ovsdb is not None else OvsPorts.standalone(settings.ovsdb, settings.ovs_timeout)
     await ports.start()
     server = CniServer(settings, Attacher(ports, ipam))
     try:

@@ -20,6 +20,7 @@ from dpf.agent.cni.settings import CniSettings
 from dpf.agent.dpu.sfc_handlers import ServiceChainHandler, ServiceInterfaceHandler, SfcState
 from dpf.agent.runtime.runtime import AgentRuntime
 from dpf.agent.runtime.settings import AgentSettings
+from dpf.agent.sfc.ovsdb import Ovsdb, OvsdbSettings
 from dpf.agent.sfc.programmer import SfcProgrammer
 from dpf.agent.sfc.settings import SfcSettings
 
@@ -52,7 +53,9 @@ class DpuAgent:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set (0) or a task ends on its own (1)."""
         initial = self.sfc.load_stored({t: a.state.resources for t, a in self.runtime.appliers.items()})
-        self.programmer = SfcProgrammer(self.settings.sfc, initial)
+        # One OVSDB connection for the process: the programmer and the CNI server share this client.
+        ovsdb = Ovsdb(OvsdbSettings.of_sfc(self.settings.sfc))
+        self.programmer = SfcProgrammer(self.settings.sfc, initial, ovsdb)
         self.sfc.programmer = self.programmer
         log.info("starting the SFC programmer on %s (%d interfaces, %d chains stored)", self.settings.sfc.bridge,
                  len(initial.interfaces), len(initial.chains))
@@ -63,7 +66,7 @@ class DpuAgent:
             if self.settings.cni is not None:
                 from dpf.agent.cni.wiring import serve_cni  # the CNI server pulls in pyroute2: only when asked
 
-                self._start("cni", serve_cni(self.runtime, self.settings.cni))
+                self._start("cni", serve_cni(self.runtime, self.settings.cni, ovsdb))
             self._start("runtime", self.runtime.run())
             self._start("status-poller", self.sfc.poll_statuses(self.settings.status_poll_interval))
             waiter = asyncio.ensure_future(stop.wait())

@@ -1,17 +1,24 @@
-"""The SFC agent's one OVSDB connection: the python-ovs IDL, the thread that owns it, port transactions.
+"""The agent's one OVSDB connection: the python-ovs IDL, the thread that owns it, port transactions.
 
-The only module that imports `ovs`. Callers (the programmer's worker thread) never touch the IDL:
-they call `ensure_bridge`, `apply_ports` or `set_bridge_ids`, each of which hands a transaction
-builder to the IDL thread and waits on a future with a deadline. One call is one transaction.
-After a port change we bump `next_cfg` and wait for ovs-vswitchd to report `cur_cfg >= next_cfg`:
-committed is not realised. Replica changes are published as an immutable `SwitchView` and announced
-through `on_event("update" | "reconnected")`, which must only enqueue (it runs on the IDL thread).
+The only module that imports `ovs`. One `Ovsdb` serves the whole agent process: the SFC programmer
+(blocking calls from its worker thread: `ensure_bridge`, `apply_ports`, `set_bridge_ids`) and the CNI
+server (`submit`, awaited through `asyncio.wrap_future`, see `dpf.agent.cni.ovs_ports`). Callers never
+touch the IDL: they hand a transaction builder to the IDL thread, which runs it on the replica, commits
+(TRY_AGAIN: the builder runs again on the refreshed replica, so what it read and `verify`d is re-read),
+and resolves a future with a deadline. One request is one transaction; transactions commit one at a
+time (one IDL, one transaction in flight), but a committed port change waiting for ovs-vswitchd does
+not hold up the next commit. After a port change we bump `next_cfg` and wait for ovs-vswitchd to report
+`cur_cfg >= next_cfg` (committed is not realised); that wait is woken by the IDL's own update of
+`cur_cfg`, never by polling. Replica changes are published as an immutable `SwitchView` (readable from
+any thread) and announced to subscribers through `"update" | "reconnected"` (the callbacks run on the
+IDL thread and must only enqueue). Each user pairs `start` with `stop`: the first start connects, the
+last stop disconnects.
 
 Why python-ovs rather than ovsdbapp: ovsdbapp wraps this same IDL in a command/threading layer made for
 Neutron (its own connection thread, command objects, pbr/fixtures/netaddr dependencies). We need
 exactly one IDL on one thread, one hand-built transaction per change set, map mutations that leave
 other writers' keys alone, and the raw `next_cfg`/`cur_cfg` handshake; python-ovs gives all of that
-directly, and measured 0.55 ms per transaction here (shared/notes/environment.md §2).
+directly, and measured 0.55 ms per transaction.
 """
 
 from __future__ import annotations
@@ -40,22 +47,49 @@ SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 COLUMNS = {
     "Open_vSwitch": ["bridges", "cur_cfg", "next_cfg"],
     "Bridge": ["name", "ports", "fail_mode", "datapath_type", "external_ids"],
-    "Port": ["name", "interfaces", "external_ids"],
-    "Interface": ["name", "type", "options", "external_ids", "ofport", "error"],
+    "Port": ["name", "interfaces", "external_ids", "tag", "trunks"],
+    "Interface": ["name", "type", "options", "external_ids", "ofport", "ofport_request", "error"],
 }
 _RETRIES = 5  # TRY_AGAIN (a concurrent writer or a reconnect) before a transaction is given up
 _TICK_MS = 100  # the loop's longest sleep: deadlines are checked at least this often
 
 
 class OvsdbError(RuntimeError):
-    """A transaction failed or timed out; the message names it and the server's error."""
+    """A transaction failed or timed out; the message names it and the server's error.
+
+    `transient`: the switch was unreachable, slow or busy (worth a retry), not a refusal of the change."""
+
+    def __init__(self, msg: str, transient: bool = False) -> None:
+        super().__init__(msg)
+        self.transient = transient
 
 
 class NotRealized(OvsdbError):
     """The transaction committed but ovs-vswitchd did not apply it in time (is it running?)."""
 
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg, transient=True)
+
+
+@dataclass(frozen=True)
+class OvsdbSettings:
+    remote: str
+    """OVSDB remote, e.g. `unix:/var/run/openvswitch/db.sock`."""
+    connect_timeout: float = 10.0
+    """Start-up bound for the first replica."""
+    txn_timeout: float = 10.0
+    """Bound for one transaction to commit (including waiting for a lost connection to come back)."""
+    realize_timeout: float = 10.0
+    """Bound for ovs-vswitchd to apply a committed port change (`cur_cfg` reaching our `next_cfg`)."""
+
+    @classmethod
+    def of_sfc(cls, settings: SfcSettings) -> OvsdbSettings:
+        return cls(remote=settings.remote, connect_timeout=settings.ovsdb_connect_timeout,
+                   txn_timeout=settings.ovsdb_txn_timeout, realize_timeout=settings.realize_timeout)
+
 
 Builder = Callable[[ovs.db.idl.Idl, ovs.db.idl.Transaction], None]
+"""Fills a transaction from the replica (on the IDL thread); may run again after TRY_AGAIN."""
 
 
 @dataclass
@@ -71,9 +105,10 @@ class _Request:
 
 
 class Ovsdb:
-    def __init__(self, settings: SfcSettings, on_event: Callable[[str], None], schema: Path = SCHEMA) -> None:
+    def __init__(self, settings: OvsdbSettings, on_event: Callable[[str], None] | None = None,
+                 schema: Path = SCHEMA) -> None:
         self.settings = settings
-        self._on_event = on_event
+        self._listeners: list[Callable[[str], None]] = [on_event] if on_event else []
         helper = ovs.db.idl.SchemaHelper(location=str(schema))
         for table, columns in COLUMNS.items():
             helper.register_columns(table, columns)
@@ -83,26 +118,46 @@ class Ovsdb:
         self._synced = threading.Event()
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
         self._queue: deque[_Request] = deque()
-        self._active: _Request | None = None
+        self._active: _Request | None = None  # built and committing (the IDL allows one at a time)
+        self._realizing: list[_Request] = []  # committed, waiting for ovs-vswitchd's cur_cfg
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._thread = threading.Thread(target=self._run, name="sfc-ovsdb", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="agent-ovsdb", daemon=True)
         self._published_seqno = 0
         self._session_seqno: int | None = None
         self._reconnected = False
+        self._connected = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
+    def subscribe(self, on_event: Callable[[str], None]) -> None:
+        """Also call `on_event("update" | "reconnected")` (on the IDL thread: it must only enqueue)."""
+        self._listeners.append(on_event)
+
     def start(self) -> None:
-        self._thread.start()
-        if not self._synced.wait(self.settings.ovsdb_connect_timeout):
+        """Join as a user; the first one connects. Returns once the first replica is in (or raises)."""
+        with self._lock:
+            if self._closed:
+                raise OvsdbError(f"OVSDB client of {self.settings.remote} was stopped", transient=True)
+            self._users += 1
+            if self._users == 1:
+                self._thread.start()
+        if not self._synced.wait(self.settings.connect_timeout):
             self.stop()
             raise OvsdbError(f"no OVSDB replica from {self.settings.remote} within "
-                             f"{self.settings.ovsdb_connect_timeout:.0f}s: is ovsdb-server running?")
+                             f"{self.settings.connect_timeout:.0f}s: is ovsdb-server running?", transient=True)
 
     def stop(self) -> None:
+        """Leave as a user; the last one disconnects and fails what is still pending."""
+        with self._lock:
+            self._users = max(0, self._users - 1)
+            if self._users or self._closed:
+                return
+            self._closed = True
         self._stopping.set()
         self._wake()
         if self._thread.is_alive():
@@ -112,16 +167,22 @@ class Ovsdb:
             with contextlib.suppress(OSError):
                 os.close(fd)
         with self._lock:
-            pending = [*self._queue, *([self._active] if self._active else [])]
+            pending = [*self._queue, *([self._active] if self._active else []), *self._realizing]
             self._queue.clear()
+            self._realizing.clear()
             self._active = None
         for request in pending:
             if not request.future.done():
-                request.future.set_exception(OvsdbError(f"{request.what}: OVSDB client stopped"))
+                request.future.set_exception(OvsdbError(f"{request.what}: OVSDB client stopped", transient=True))
 
     @property
     def view(self) -> SwitchView:
         return self._view
+
+    @property
+    def connected(self) -> bool:
+        """Connected and monitoring: `view` follows the database (when False it is the last state seen)."""
+        return self._connected
 
     # -- transactions (any thread) -----------------------------------------------------------------
 
@@ -130,6 +191,8 @@ class Ovsdb:
         created = []
 
         def build(idl: ovs.db.idl.Idl, txn: ovs.db.idl.Transaction) -> None:
+            created.clear()
+            verify(_root(idl), "bridges")  # "no such bridge" is a read: a concurrent create means TRY_AGAIN
             if any(row.name == name for row in idl.tables["Bridge"].rows.values()):
                 return
             iface = txn.insert(idl.tables["Interface"])
@@ -158,6 +221,7 @@ class Ovsdb:
                 # Ownership is re-checked against the replica the transaction is built on.
                 if row is None or row.external_ids.get(OWNER_KEY) != owner:
                     continue
+                verify(row, "external_ids")
                 if row.uuid in home:
                     home[row.uuid].delvalue("ports", row.uuid)
                 for iface in row.interfaces:
@@ -204,15 +268,23 @@ class Ovsdb:
         # Bridge external_ids are not read by ovs-vswitchd: nothing to wait for.
         self._call(f"bridge {bridge} external_ids: +{len(set_ids)} -{len(remove)}", build, realize=False)
 
-    def _call(self, what: str, build: Builder, realize: bool) -> None:
-        if self._stopping.is_set():
-            raise OvsdbError(f"{what}: OVSDB client stopped")
+    def submit(self, what: str, build: Builder, realize: bool) -> Future:
+        """Queue one transaction; the future resolves (None) once it committed and, with `realize`, once
+        ovs-vswitchd applied it, or fails with OvsdbError. `view` already shows the change when it resolves.
+        `build` should `verify` (this module's helper) the columns whose values it decided on."""
         request = _Request(what, build, realize)
-        timeout = self.settings.ovsdb_txn_timeout + (self.settings.realize_timeout if realize else 0)
+        request.future.set_running_or_notify_cancel()  # a caller giving up must not cancel it under us
         with self._lock:
+            if self._closed or self._stopping.is_set():
+                request.future.set_exception(OvsdbError(f"{what}: OVSDB client stopped", transient=True))
+                return request.future
             self._queue.append(request)
         self._wake()
-        request.future.result(timeout + 1)
+        return request.future
+
+    def _call(self, what: str, build: Builder, realize: bool) -> None:
+        timeout = self.settings.txn_timeout + (self.settings.realize_timeout if realize else 0)
+        self.submit(what, build, realize).result(timeout + 1)
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # pipe full (already woken) or closed (stopped)
@@ -229,31 +301,37 @@ class Ovsdb:
             try:
                 self._idl.run()
                 self._track_session()
-                self._step()
                 if self._idl.change_seqno != self._published_seqno:
                     self._publish()
+                self._check_realizing()
+                self._step()
                 poller = ovs.poller.Poller()
                 self._idl.wait(poller)
                 if self._active and self._active.txn:
                     self._active.txn.wait(poller)
+                elif self._connected and (self._active or self._queue):
+                    poller.immediate_wake()  # a request to (re)build now: do not sleep on it
                 poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
                 poller.timer_wait(_TICK_MS)
                 poller.block()
                 self._drain_wake()
             except Exception:  # the thread must survive; the request in flight gets the error
                 log.exception("OVSDB loop error")
-                self._fail(OvsdbError("internal error in the OVSDB loop (see log)"))
+                if self._active is not None:
+                    self._finish(self._active, OvsdbError("internal error in the OVSDB loop (see log)"))
                 time.sleep(0.1)
 
     def _track_session(self) -> None:
         # python-ovs exposes reconnects only through the session's seqno (it moves on connect and disconnect).
-        seqno = self._idl._session.get_seqno()
+        session = self._idl._session
+        seqno = session.get_seqno()
         if seqno != self._session_seqno:
-            if self._session_seqno is not None and self._idl._session.is_connected():
+            if self._session_seqno is not None and session.is_connected():
                 self._reconnected = True
                 self._replica.reset()  # the IDL reloads everything without per-row notices
                 log.warning("OVSDB connection to %s re-established", self.settings.remote)
             self._session_seqno = seqno
+        self._connected = session.is_connected() and self._idl.state == self._idl.IDL_S_MONITORING
 
     def _publish(self) -> None:
         self._published_seqno = self._idl.change_seqno
@@ -264,65 +342,80 @@ class Ovsdb:
             return
         kind = "reconnected" if self._reconnected else "update"
         self._reconnected = False
-        self._on_event(kind)
+        for listener in self._listeners:
+            listener(kind)
 
     def _step(self) -> None:
-        request = self._active
-        if request is None:
-            with self._lock:
-                if not self._queue:
+        """Move the committing request on; when it is done, start the next one in the queue."""
+        while True:
+            request = self._active
+            if request is None:
+                with self._lock:
+                    if not self._queue:
+                        return
+                    request = self._active = self._queue.popleft()
+                request.deadline = time.monotonic() + self.settings.txn_timeout
+            if request.txn is None:
+                if not self._connected or not self._synced.is_set():
+                    self._check_deadline(request, "not connected to OVSDB")
                     return
-                request = self._active = self._queue.popleft()
-            request.deadline = time.monotonic() + self.settings.ovsdb_txn_timeout
-        if request.target_cfg is not None:
-            self._check_realized(request)
-            return
-        if request.txn is None:
-            if not self._idl._session.is_connected() or not self._synced.is_set():
-                self._check_deadline(request, "not connected to OVSDB")
+                txn = ovs.db.idl.Transaction(self._idl)
+                txn.add_comment(f"dpf: {request.what}")
+                try:
+                    request.build(self._idl, txn)
+                except Exception as exc:  # noqa: BLE001 - a builder error fails only its own request
+                    txn.abort()
+                    self._finish(request, exc if isinstance(exc, OvsdbError) else OvsdbError(f"{request.what}: {exc}"))
+                    continue
+                if request.realize:
+                    _root(self._idl).increment("next_cfg")
+                request.txn = txn
+            status = request.txn.commit()
+            if status == ovs.db.idl.Transaction.INCOMPLETE:
+                self._check_deadline(request, "commit did not complete")
                 return
-            txn = ovs.db.idl.Transaction(self._idl)
-            txn.add_comment(f"dpf-sfc: {request.what}")
-            try:
-                request.build(self._idl, txn)
-            except Exception as exc:  # noqa: BLE001 - a builder error fails only its own request
-                txn.abort()
-                self._finish(exc if isinstance(exc, OvsdbError) else OvsdbError(f"{request.what}: {exc}"))
+            if status == ovs.db.idl.Transaction.SUCCESS and request.realize:
+                self._active = None
+                request.target_cfg = request.txn.get_increment_new_value()
+                request.deadline = time.monotonic() + self.settings.realize_timeout
+                self._realizing.append(request)
+                self._check_realizing()
+            elif status in (ovs.db.idl.Transaction.SUCCESS, ovs.db.idl.Transaction.UNCHANGED):
+                self._finish(request, None)
+            elif status == ovs.db.idl.Transaction.TRY_AGAIN and request.attempts < _RETRIES:
+                request.attempts += 1
+                request.txn = None  # built again from the replica, which has the other writer's change
                 return
-            if request.realize:
-                _root(self._idl).increment("next_cfg")
-            request.txn = txn
-        status = request.txn.commit()
-        if status == ovs.db.idl.Transaction.INCOMPLETE:
-            self._check_deadline(request, "commit did not complete")
-        elif status == ovs.db.idl.Transaction.SUCCESS and request.realize:
-            request.target_cfg = request.txn.get_increment_new_value()
-            request.deadline = time.monotonic() + self.settings.realize_timeout
-            self._check_realized(request)
-        elif status in (ovs.db.idl.Transaction.SUCCESS, ovs.db.idl.Transaction.UNCHANGED):
-            self._finish(None)
-        elif status == ovs.db.idl.Transaction.TRY_AGAIN and request.attempts < _RETRIES:
-            request.attempts += 1
-            request.txn = None
-        else:
-            error = request.txn.get_error() or ovs.db.idl.Transaction.status_to_string(status)
-            self._finish(OvsdbError(f"{request.what}: transaction failed: {error}"))
+            else:
+                error = request.txn.get_error() or ovs.db.idl.Transaction.status_to_string(status)
+                self._finish(request, OvsdbError(f"{request.what}: transaction failed: {error}",
+                                                 transient=status == ovs.db.idl.Transaction.TRY_AGAIN))
 
-    def _check_realized(self, request: _Request) -> None:
-        if _root(self._idl).cur_cfg >= request.target_cfg:
-            self._finish(None)
-        elif time.monotonic() > request.deadline:
-            self._finish(NotRealized(f"{request.what}: committed, but ovs-vswitchd has not applied it after "
-                                     f"{self.settings.realize_timeout:.0f}s (next_cfg {request.target_cfg}, "
-                                     f"cur_cfg {_root(self._idl).cur_cfg}); is ovs-vswitchd running?"))
+    def _check_realizing(self) -> None:
+        if not self._realizing or not self._idl.tables["Open_vSwitch"].rows:
+            return
+        cur_cfg = _root(self._idl).cur_cfg
+        now = time.monotonic()
+        for request in list(self._realizing):
+            if cur_cfg >= request.target_cfg:
+                self._finish(request, None)
+            elif now > request.deadline:
+                self._finish(request, NotRealized(
+                    f"{request.what}: committed, but ovs-vswitchd has not applied it after "
+                    f"{self.settings.realize_timeout:.0f}s (next_cfg {request.target_cfg}, cur_cfg {cur_cfg}); "
+                    "is ovs-vswitchd running?"))
 
     def _check_deadline(self, request: _Request, why: str) -> None:
         if time.monotonic() > request.deadline:
-            self._finish(OvsdbError(f"{request.what}: {why} within {self.settings.ovsdb_txn_timeout:.0f}s"))
+            self._finish(request, OvsdbError(f"{request.what}: {why} within {self.settings.txn_timeout:.0f}s",
+                                             transient=True))
 
-    def _finish(self, error: BaseException | None) -> None:
-        request, self._active = self._active, None
-        if request is None or request.future.done():
+    def _finish(self, request: _Request, error: BaseException | None) -> None:
+        if self._active is request:
+            self._active = None
+        with contextlib.suppress(ValueError):
+            self._realizing.remove(request)
+        if request.future.done():
             return
         if self._idl.change_seqno != self._published_seqno:
             self._publish()  # the caller reads `view` next: it must already show this transaction
@@ -330,10 +423,6 @@ class Ovsdb:
             request.future.set_result(None)
         else:
             request.future.set_exception(error)
-
-    def _fail(self, error: BaseException) -> None:
-        if self._active is not None:
-            self._finish(error)
 
 
 class _NotifyingIdl(ovs.db.idl.Idl):
@@ -344,6 +433,16 @@ class _NotifyingIdl(ovs.db.idl.Idl):
 
     def notify(self, event: str, row: ovs.db.idl.Row, updates: ovs.db.idl.Row | None = None) -> None:
         self._on_row(event, row, updates)
+
+
+def verify(row: ovs.db.idl.Row, *columns: str) -> None:
+    """Make the transaction in progress fail with TRY_AGAIN if `columns` of `row` changed since it was read.
+
+    python-ovs's `Row.verify` only records the prerequisite; it is sent only for rows the transaction
+    also changes, so the row is enrolled here too (an unchanged enrolled row sends nothing else)."""
+    for column in columns:
+        row.verify(column)
+    row._idl.txn._txn_rows[row.uuid] = row
 
 
 def _root(idl: ovs.db.idl.Idl) -> ovs.db.idl.Row:
@@ -410,10 +509,11 @@ class _Replica:
         ports, by_dpf_id = view.ports, view.by_dpf_id
         if self.dirty:
             ports, by_dpf_id = dict(view.ports) if not self.full else {}, dict(view.by_dpf_id) if not self.full else {}
-            for uuid in self.dirty:
+            for uuid in self.dirty:  # first unindex every changed row: a name may move to a new row (replace)
                 old_name = self.name_of.pop(uuid, None)
                 if old_name is not None and old_name in ports:
                     _unindex(by_dpf_id, ports.pop(old_name))
+            for uuid in self.dirty:
                 row = tables["Port"].rows.get(uuid)
                 if row is None:
                     continue

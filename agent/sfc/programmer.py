@@ -47,7 +47,7 @@ from dpf.agent.sfc.desired import (
 from dpf.agent.sfc.flows import FlowMonitor, Ofctl, OfctlError
 from dpf.agent.sfc.flowspec import FlowMod
 from dpf.agent.sfc.model import NodeState, ServiceChain
-from dpf.agent.sfc.ovsdb import NotRealized, Ovsdb, OvsdbError
+from dpf.agent.sfc.ovsdb import NotRealized, Ovsdb, OvsdbError, OvsdbSettings
 from dpf.agent.sfc.settings import SfcSettings
 from dpf.agent.sfc.view import SwitchView
 
@@ -118,9 +118,11 @@ class LoopState:
 
 
 class SfcProgrammer:
-    def __init__(self, settings: SfcSettings, state: NodeState | None = None) -> None:
+    def __init__(self, settings: SfcSettings, state: NodeState | None = None, ovsdb: Ovsdb | None = None) -> None:
         self.settings = settings
-        self.ovsdb = Ovsdb(settings, self._on_ovsdb)
+        # The agent's one OVSDB client when given (shared with the CNI server), else one of our own.
+        self.ovsdb = ovsdb if ovsdb is not None else Ovsdb(OvsdbSettings.of_sfc(settings))
+        self.ovsdb.subscribe(self._on_ovsdb)
         self.ofctl = Ofctl(settings)
         self.monitor = FlowMonitor(settings, self._on_switch_connected, self._on_flows_touched)
         self.ready = threading.Event()  # set after the first successful full resync

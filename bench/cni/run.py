@@ -12,6 +12,11 @@ round by round (concurrent), so a noisy neighbour slows all of them alike. Ours 
 onedir binary against the agent's CNI server with in-agent IPAM; ovs-cni (built on demand from
 packaging/upstream/ovs-cni) and bridge use host-local IPAM. Each plugin gets its own interface
 name in the shared pod namespaces. `--record` writes the table into bench/RESULTS.md (## cni).
+
+`--baseline PYTHON` adds an A/B row: our plugin against a second agent run by another checkout's Python
+(`/path/to/other/.venv/bin/python`, its `dpf` package), on its own bridge, taking turns with ours call by
+call, so a change to the agent is compared under the same load. `--ours-only` leaves out the other plugins
+(quicker repeated A/B runs).
 """
 
 from __future__ import annotations
@@ -106,6 +111,15 @@ def null_agent(path: Path) -> None:
     wait_until(path.exists, 10, "the null agent's socket")
 
 
+def start_agent(python: Path, sock: Path, switch: OvsSwitch, state: Path, pools: Path, log: Path) -> Child:
+    """The agent's CNI server run alone (`python -m dpf.agent.cni`), as the CNI tests run it."""
+    agent = Child(f"dpf-cni-agent-{sock.parent.name}", [str(python), "-m", "dpf.agent.cni", "--socket", str(sock),
+                                                        "--ovsdb", f"unix:{switch.db_sock}", "--state-dir",
+                                                        str(state), "--pools", str(pools)], log)
+    wait_until(sock.exists, 30, "agent socket", while_alive=[agent])
+    return agent
+
+
 def sequential(plugins: list[Plugin], pods: list[str]) -> None:
     """ADD every pod, then DEL every pod; the plugins take turns call by call, so load swings hit all alike."""
     for p in plugins:
@@ -190,6 +204,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md")
+    parser.add_argument("--baseline", type=Path, help="Python of another checkout: also run its agent (A/B row)")
+    parser.add_argument("--ours-only", action="store_true", help="only our plugin (and the baseline, shim floor)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/cni needs root (netns, OVS)")
@@ -199,10 +215,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="dpf-bench-cni-"))
     bed = NetnsBed(owner="b")
     switch = OvsSwitch(netns=bed.namespace("ovs"), rundir=work / "ovs")
-    agent: Child | None = None
+    agents: list[Child] = []
     try:
         switch.start()
-        for bridge in ("br-sfc", "br-ovscni"):
+        for bridge in ("br-sfc", "br-ovscni", "br-base"):
             switch.add_bridge(bridge)
         pods = [bed.namespace(f"p{i}") for i in range(args.samples)]
         enter_netns(switch.netns)
@@ -212,11 +228,15 @@ def main() -> int:
         pools = [{"pool": "bench", "subnet": "10.80.0.0/16", "start": "10.80.0.10", "end": "10.80.3.250",
                   "gateway": "10.80.0.1"}]
         (work / "pools.json").write_text(json.dumps(pools))
+        base_pools = [dict(pools[0], subnet="10.84.0.0/16", start="10.84.0.10", end="10.84.3.250", gateway="10.84.0.1")]
+        (work / "pools-base.json").write_text(json.dumps(base_pools))
         sock = work / "run" / "agent.sock"
-        agent = Child("dpf-cni-agent", [sys.executable, "-m", "dpf.agent.cni", "--socket", str(sock), "--ovsdb",
-                                        f"unix:{switch.db_sock}", "--state-dir", str(work / "state"),
-                                        "--pools", str(work / "pools.json")], work / "agent.log")
-        wait_until(sock.exists, 30, "agent socket", while_alive=[agent])
+        agents.append(start_agent(Path(sys.executable), sock, switch, work / "state", work / "pools.json",
+                                  work / "agent.log"))
+        base_sock = work / "run-base" / "agent.sock"
+        if args.baseline:
+            agents.append(start_agent(args.baseline, base_sock, switch, work / "state-base", work / "pools-base.json",
+                                      work / "agent-base.log"))
         plugins = [
             Plugin("ovs-cni v0.39.0", ovs_cni, {
                 "cniVersion": "1.0.0", "name": "ovscni", "type": "ovs", "bridge": "br-ovscni",
@@ -233,6 +253,10 @@ def main() -> int:
             Plugin("dpf-sfc-cni", bindir / "dpf-sfc-cni", {
                 "cniVersion": "1.0.0", "name": "sfc", "type": "dpf-sfc-cni", "bridge": "br-sfc",
                 "agentSocket": str(sock), "ipam": {"type": "dpf-ipam", "poolName": "bench"}}, f"{bindir}:/usr/lib/cni"),
+            *([Plugin(f"dpf-sfc-cni, baseline agent ({args.baseline})", bindir / "dpf-sfc-cni", {
+                "cniVersion": "1.0.0", "name": "sfcbase", "type": "dpf-sfc-cni", "bridge": "br-base",
+                "agentSocket": str(base_sock), "ipam": {"type": "dpf-ipam", "poolName": "bench"}},
+                f"{bindir}:/usr/lib/cni")] if args.baseline else []),
             Plugin("bridge + host-local (Debian 1.1.1)", Path("/usr/lib/cni/bridge"), {
                 "cniVersion": "1.0.0", "name": "br", "type": "bridge", "bridge": "cnibench0",
                 "ipam": host_local(work / "hl-br", "10.82.0.0/16")},
@@ -243,6 +267,8 @@ def main() -> int:
                 "agentSocket": str(work / "null" / "agent.sock"), "ipam": {"type": "dpf-ipam", "poolName": "x"}},
                 f"{bindir}:/usr/lib/cni"),
         ]
+        if args.ours_only:
+            plugins = [p for p in plugins if p.conf["type"] == "dpf-sfc-cni"]
         null_agent(work / "null" / "agent.sock")
         for i, p in enumerate(plugins):
             p.ifname = f"net{i + 1}"
@@ -257,7 +283,7 @@ def main() -> int:
             record(text, args, load)
         return 0
     finally:
-        if agent is not None:
+        for agent in reversed(agents):
             agent.stop()
         switch.stop()
         bed.cleanup()

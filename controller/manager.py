@@ -151,6 +151,7 @@ class Controller:
         return self._elector.holder if self._elector else ""
 
     async def _started_leading(self) -> None:
+        self.nodes.new_term()
         self._leading = True
         self.metrics.is_leader.set(1)
         self.ctx.queue = WorkQueue(self.settings.queue)  # keys of an earlier term may be stuck "processing"

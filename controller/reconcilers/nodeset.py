@@ -28,7 +28,7 @@ from dpf.controller.kube.informer import key_of
 from dpf.controller.kube.rest import Kind, KubeError, Obj
 from dpf.controller.kube.selectors import SelectorError, matches, validate
 from dpf.controller.reconcilers import objects
-from dpf.controller.reconcilers.agent_verdicts import ERROR, PENDING, READY, Verdict, fold, verdict
+from dpf.controller.reconcilers.agent_verdicts import Outcome, Verdict, fold, verdict
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
 from dpf.controller.reconcilers.kinds import NODE
 from dpf.controller.reconcilers.serviceinterface import NODE_INDEX, node_of
@@ -212,19 +212,43 @@ class NodeSetReconciler(Reconciler):
         set_obj = await objects.add_finalizer(cluster.rest, self.kinds.set_kind, set_obj, self.kinds.finalizer)
         reconciled, errors = await self._sync_children(cluster, set_obj)
         verdicts, applied = self._verdicts(cluster, set_obj)
-        ready = fold(verdicts, len(verdicts)) if verdicts else no_nodes_selected(set_obj)
-        at = objects.now()
-        conditions = objects.build_conditions(set_obj, self.kinds.condition_types,
-                                              [(self.kinds.reconciled, *reconciled), (self.kinds.ready, *ready)], at)
-        status = objects.status_body(set_obj, conditions, numberApplied=applied,
-                                     numberReady=sum(v.state == READY for v in verdicts))
+        held = self._hold(set_obj, verdicts)
+        marks = [(self.kinds.reconciled, *reconciled)]
+        number_ready = (set_obj.get("status") or {}).get("numberReady")
+        if not held:
+            marks.append((self.kinds.ready, *(fold(verdicts, len(verdicts)) if verdicts
+                                              else no_nodes_selected(set_obj))))
+            number_ready = sum(v.ready for v in verdicts)
+        conditions = objects.build_conditions(set_obj, self.kinds.condition_types, marks, objects.now())
+        status = objects.status_body(set_obj, conditions, numberApplied=applied, numberReady=number_ready)
         await objects.write_status(cluster.rest, self.kinds.set_kind, set_obj, status,
                                    self.ctx.settings.kube.field_manager)
         if errors:
             raise TemporaryError(f"{self.kinds.set_kind.kind} {namespace}/{name}: {'; '.join(errors)}")
-        if any(v.state == PENDING and "not published" in v.message for v in verdicts):
+        if held:
+            return held
+        if any(v.outcome is Outcome.UNPUBLISHED for v in verdicts):
             return UNPUBLISHED_RETRY
         return None
+
+    def _hold(self, set_obj: Obj, verdicts: list[Verdict]) -> float:
+        """Seconds to keep the readiness written before this controller's term (0: write it now).
+
+        After a controller restart or failover the agents reconnect within seconds, with their state unchanged;
+        judging them before they have spoken would flap Ready to False ("agent not connected") and back. The
+        old condition stands until every node of the set was heard from, or the grace has passed; a spec
+        change (new generation) is judged at once."""
+        grace = self.ctx.nodes.grace_left()
+        if not grace or not verdicts:
+            return 0.0
+        status = set_obj.get("status") or {}
+        if int(status.get("observedGeneration") or 0) != int(set_obj["metadata"].get("generation") or 0):
+            return 0.0
+        old = next((c for c in status.get("conditions") or () if c.get("type") == self.kinds.ready), None)
+        if old is None or old.get("status") == "Unknown":
+            return 0.0
+        unheard = any(v.node and not self.ctx.nodes.heard(v.node, self.kinds.type_url) for v in verdicts)
+        return grace if unheard else 0.0
 
     async def _sync_children(self, cluster: Cluster, set_obj: Obj) -> tuple[tuple[str, str, str], list[str]]:
         """Apply desired children, delete stale ones; the Reconciled condition and the API errors met."""
@@ -271,9 +295,9 @@ class NodeSetReconciler(Reconciler):
         for child in sorted(children, key=objects.name_of):
             name, node = objects.name_of(child), (child.get("spec") or {}).get("node") or ""
             if name in problems:
-                verdicts.append(Verdict(name, node, ERROR, f"{name}: {problems[name]}"))
+                verdicts.append(Verdict(name, node, Outcome.FAILED, f"{name}: {problems[name]}"))
             elif not node:
-                verdicts.append(Verdict(name, node, ERROR, f"{name} has no spec.node"))
+                verdicts.append(Verdict(name, node, Outcome.FAILED, f"{name} has no spec.node"))
             else:
                 verdicts.append(verdict(self.ctx.nodes, self.ctx.cache, node, self.kinds.type_url, name))
         return verdicts, len(children)

@@ -8,7 +8,8 @@ reported it READY, `agent_verdicts.py`; `numberReady` counts those), and deletio
 finalizer stays until its children are gone and the connected agents have ACKed a state without them
 (bounded by `deletion_ack_timeout`), so when the set disappears the data plane has let go.
 
-Key: (reconciler name, DPU cluster, namespace, name). Subclasses name the kinds and build the child spec.
+Key: `ClusterObjectKey` (the DPU cluster, namespace and name of a set). Subclasses name the kinds and build the
+child spec.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dpf.controller.kube.selectors import SelectorError, matches, validate
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.agent_verdicts import Outcome, Verdict, fold, verdict
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.keys import ClusterObjectKey
 from dpf.controller.reconcilers.kinds import NODE
 from dpf.controller.reconcilers.serviceinterface import NODE_INDEX, node_of
 from dpf.controller.server.node_status import Nack
@@ -138,8 +140,8 @@ class NodeSetReconciler(Reconciler):
             lambda _t, old, new: self._enqueue(cluster, new or old))  # type: ignore[arg-type]
         cluster.informer(NODE).add_handler(lambda t, old, new: self._on_node(cluster, t, old, new))
 
-    def _key(self, cluster: Cluster, namespace: str, name: str) -> tuple:
-        return (self.name, cluster.name, namespace, name)
+    def _key(self, cluster: Cluster, namespace: str, name: str) -> ClusterObjectKey:
+        return ClusterObjectKey(self.name, cluster.name, namespace, name)
 
     def _enqueue(self, cluster: Cluster, set_obj: Obj) -> None:
         self.ctx.queue.add(self._key(cluster, *key_of(set_obj)))
@@ -196,8 +198,9 @@ class NodeSetReconciler(Reconciler):
             self.enqueue_for_node(node)
 
     # ---- reconcile -------------------------------------------------------------------------------------
-    async def reconcile(self, key: tuple) -> float | None:
-        _, cluster_name, namespace, name = key
+    async def reconcile(self, key: Hashable) -> float | None:
+        assert isinstance(key, ClusterObjectKey), key
+        cluster_name, namespace, name = key.cluster, key.namespace, key.name
         cluster = self.ctx.clusters.dpu.get(cluster_name)
         if cluster is None:
             return None

@@ -2,10 +2,11 @@
 that name their node in `spec.node` (ServiceInterface, ServiceChain).
 
 What they share: a node index on the source kind's informers; keys `NodeSnapshotKey` to recompute a node's
-snapshot and `NodeNackKey` to record its latest NACK as Warning Events; no snapshot while any DPU
-cluster's caches are unsynced (a partial view would make agents delete ports or flows); an (empty)
-snapshot for every connected node. A subclass sets `source`, `type_url` (and `type_urls`), `resource_name`
-and implements `compute(node)`; it may watch more kinds by extending `attach` and calling `enqueue_nodes`.
+snapshot and `NodeNackKey` to record its latest NACK (or the objects it reported REJECTED) as Warning Events;
+no snapshot while any DPU cluster's caches are unsynced (a partial view would make agents delete ports or
+flows); an (empty) snapshot for every connected node. A subclass sets `source`, `type_url` (and `type_urls`),
+`resource_name` and implements `compute(node)`; it may watch more kinds by extending `attach` and calling
+`enqueue_nodes`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dpf.controller.kube.rest import Kind, Obj
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
 from dpf.controller.reconcilers.keys import NodeNackKey, NodeSnapshotKey
 from dpf.controller.server.node_status import Nack
+from dpf.proto.status import verdict_of
+from dpf.proto.v1 import nodestate_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +91,31 @@ class PerNodeReconciler(Reconciler):
         if type_url == self.type_url:
             self.ctx.queue.add(NodeNackKey(self.name, node))
 
+    def on_status(self, node: str, type_url: str, report: pb.StatusReport) -> None:
+        if type_url == self.type_url and any(verdict_of(o) == pb.VERDICT_REJECTED for o in report.objects):
+            self.ctx.queue.add(NodeNackKey(self.name, node))
+
     async def _record_nack(self, node: str) -> None:
+        """A Warning Event on each object the node refused: named by its last NACK, or reported REJECTED (one bad
+        object among good ones) at the version published now. Repeats are deduplicated by the recorder."""
         status = self.ctx.nodes.get(node)
-        nack = status.of(self.type_url).nack if status else None
-        if nack is None:
+        types = status.of(self.type_url) if status else None
+        if types is None:
+            return
+        published = self.ctx.cache.get(node, self.type_url).resources
+        refused: dict[str, str] = {}
+        if types.nack is not None:
+            refused = {n: types.nack.resource_errors.get(n) or types.nack.message for n in types.nack.implicated}
+        for name, observed in types.observed.items():
+            current = published.get(name)
+            if verdict_of(observed) == pb.VERDICT_REJECTED and current and current.version == observed.resource_version:
+                refused.setdefault(name, observed.message)
+        if not refused:
             return
         for cluster, informer in self.ctx.clusters.dpu_informers(self.source):
             for obj in informer.by_index(NODE_INDEX, node):
                 name = type(self).resource_name(obj)
-                if name in nack.implicated:
-                    why = nack.resource_errors.get(name) or nack.message
+                if name in refused:
                     await self.ctx.events.emit(cluster.rest, obj, self.kind, WARNING, REJECTED_REASON,
-                                               f"node {node} rejected {self.kind} {name}: {why}", action="Apply")
+                                               f"node {node} rejected {self.kind} {name}: {refused[name]}",
+                                               action="Apply")

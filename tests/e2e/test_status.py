@@ -71,7 +71,7 @@ def test_a_waiting_chain_is_pending_and_a_port_conflict_is_an_error_naming_port_
             bed, p, n, t, "Error", "port p1 exists on bridge br-other"), TIMEOUT, f"{name}'s conflict as an Error")
         assert "move or delete it by hand" in found["message"], found
         assert a in found["message"], "the message names the node"
-    assert bed.host_reader.is_ready("dpuserviceinterfaces", ns, "p0"), "p0 is untouched"
+    wait_until(lambda: bed.host_reader.is_ready("dpuserviceinterfaces", ns, "p0"), TIMEOUT, "p0, untouched, Ready")
 
     # Freed by hand: dpf plugs p1 again and the chain is back to waiting for its pod only.
     ovs.vsctl("del-port", "br-other", "p1")

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from kubernetes import watch
+from urllib3.exceptions import ProtocolError
 
 from dpf.lab import chains
 from dpf.lab.bed.process import wait_until
@@ -128,20 +129,23 @@ def test_a_controller_restart_does_not_flap_ready(bed: Bed) -> None:
                fabric_chain(ns, bed.group, "fabric", "p0", "p1")])
     wait_until(lambda: bed.host_reader.is_ready("dpuservicechains", ns, "fabric"), TIMEOUT, "the chain Ready")
     seen: list[tuple[float, str, str]] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
-    listing = bed.host_reader.custom.list_namespaced_custom_object(*SVC, ns, "dpuservicechains")
     watcher = watch.Watch()
 
     def observe() -> None:
-        for event in watcher.stream(bed.host_reader.custom.list_namespaced_custom_object, *SVC, ns,
-                                    "dpuservicechains", field_selector="metadata.name=fabric",
-                                    resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=60):
-            conditions = (event["object"].get("status") or {}).get("conditions") or ()
-            for c in conditions:
-                if c["type"] in ("Ready", "ServiceChainSetReady"):
-                    seen.append((time.monotonic(), c["type"], c["status"]))
-            if stop.is_set():
-                return
+        """Every write of the chain's status: the first event is the object as it is (ADDED), then each change."""
+        try:
+            for event in watcher.stream(bed.host_reader.custom.list_namespaced_custom_object, *SVC, ns,
+                                        "dpuservicechains", field_selector="metadata.name=fabric", timeout_seconds=60):
+                for c in (event["object"].get("status") or {}).get("conditions") or ():
+                    if c["type"] in ("Ready", "ServiceChainSetReady"):
+                        seen.append((time.monotonic(), c["type"], c["status"]))
+                if stop.is_set():
+                    return
+        except ProtocolError as exc:  # the connection closed under a stopped watch; before that it is a failure
+            if not stop.is_set():
+                failures.append(exc)
 
     thread = threading.Thread(target=observe, daemon=True)
     thread.start()
@@ -153,6 +157,8 @@ def test_a_controller_restart_does_not_flap_ready(bed: Bed) -> None:
     stop.set()
     watcher.stop()
     thread.join(5)
+    assert failures == [], failures
+    assert seen, "the watch saw the chain"
     assert bed.host_reader.is_ready("dpuservicechains", ns, "fabric")
     flaps = [(round(t - started, 2), type_) for t, type_, status in seen if status != "True"]
     assert flaps == [], f"Ready went False during the restart: {flaps}"

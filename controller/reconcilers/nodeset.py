@@ -238,9 +238,9 @@ class NodeSetReconciler(Reconciler):
         """Seconds to keep the readiness written before this controller's term (0: write it now).
 
         After a controller restart or failover the agents reconnect within seconds, with their state unchanged;
-        judging them before they have spoken would flap Ready to False ("agent not connected") and back. The
-        old condition stands until every node of the set was heard from, or the grace has passed; a spec
-        change (new generation) is judged at once."""
+        judging them before they have spoken would flap Ready to False ("agent not connected") and back. A Ready
+        condition over the same children stands until every node of the set was heard from, or the grace has
+        passed; a spec change (new generation) or a child more or less is judged at once."""
         grace = self.ctx.nodes.grace_left()
         if not grace or not verdicts:
             return 0.0
@@ -248,8 +248,8 @@ class NodeSetReconciler(Reconciler):
         if int(status.get("observedGeneration") or 0) != int(set_obj["metadata"].get("generation") or 0):
             return 0.0
         old = next((c for c in status.get("conditions") or () if c.get("type") == self.kinds.ready), None)
-        if old is None or old.get("status") == "Unknown":
-            return 0.0
+        if old is None or old.get("status") != "True" or status.get("numberReady") != len(verdicts):
+            return 0.0  # only a Ready set of the same children is kept: anything else is news to write at once
         unheard = any(v.node and not self.ctx.nodes.heard(v.node, self.kinds.type_url) for v in verdicts)
         return grace if unheard else 0.0
 

@@ -31,6 +31,7 @@ from dpf.controller.kube.rest import LEASE, KubeError, Rest
 from dpf.controller.kube.workqueue import WorkQueue
 from dpf.controller.metrics import Metrics
 from dpf.controller.reconcilers.base import Context, Reconciler, default_reconcilers
+from dpf.controller.reconcilers.keys import reconciler_of
 from dpf.controller.server.node_status import Nack, NodeRegistry
 from dpf.controller.server.stream_server import NodeStateServer
 from dpf.controller.settings import ControllerSettings
@@ -78,6 +79,7 @@ class Controller:
                            EventRecorder("dpf-controller", self.identity), self.metrics)
         self.reconcilers = [cls(self.ctx) for cls in self._reconciler_classes]
         self._by_name = {r.name: r for r in self.reconcilers}
+        self._routes: dict[str, list[Reconciler]] = {}  # type URL → the reconcilers its stream events concern
         for reconciler in self.reconcilers:
             reconciler.setup()
         self.stream_server = NodeStateServer(
@@ -151,6 +153,7 @@ class Controller:
         return self._elector.holder if self._elector else ""
 
     async def _started_leading(self) -> None:
+        self.nodes.new_term()
         self._leading = True
         self.metrics.is_leader.set(1)
         self.ctx.queue = WorkQueue(self.settings.queue)  # keys of an earlier term may be stuck "processing"
@@ -213,7 +216,8 @@ class Controller:
             key = await queue.get()
             self.metrics.queue_depth.set(len(queue))
             self.metrics.queue_waiting.set(queue.waiting)
-            reconciler = self._by_name.get(key[0]) if isinstance(key, tuple) else None
+            name = reconciler_of(key)
+            reconciler = self._by_name.get(name) if name else None
             started = time.monotonic()
             try:
                 if reconciler is None:
@@ -263,7 +267,9 @@ class Controller:
             return False, "leader: initial reconcile in progress"
         return True, "leader" if self._leading else "follower (caches warm)"
 
-    # ---- StreamObserver: fan stream events out to the reconcilers --------------------------------------
+    # ---- StreamObserver: route stream events to the reconcilers they concern ---------------------------
+    # Connects and disconnects concern every reconciler of a node; ACKs, NACKs and status reports only those
+    # whose `type_urls` name the type.
     def on_connect(self, node: str, role: str) -> None:
         for r in self.reconcilers:
             r.on_connect(node, role)
@@ -272,14 +278,20 @@ class Controller:
         for r in self.reconcilers:
             r.on_disconnect(node)
 
+    def _concerned(self, type_url: str) -> list[Reconciler]:
+        routes = self._routes.get(type_url)
+        if routes is None:
+            routes = self._routes[type_url] = [r for r in self.reconcilers if type_url in r.type_urls]
+        return routes
+
     def on_ack(self, node: str, type_url: str, snapshot: Snapshot) -> None:
-        for r in self.reconcilers:
+        for r in self._concerned(type_url):
             r.on_ack(node, type_url, snapshot)
 
     def on_nack(self, node: str, type_url: str, nack: Nack) -> None:
-        for r in self.reconcilers:
+        for r in self._concerned(type_url):
             r.on_nack(node, type_url, nack)
 
     def on_status(self, node: str, type_url: str, report: pb.StatusReport) -> None:
-        for r in self.reconcilers:
+        for r in self._concerned(type_url):
             r.on_status(node, type_url, report)

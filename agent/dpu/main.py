@@ -1,9 +1,10 @@
-"""The DPU agent process: the NodeState runtime with the SFC handlers, the SFC programmer, a status poller and
-(with a CNI socket) the CNI server, started and stopped in order.
+"""The DPU agent process: the NodeState runtime with the SFC handlers, the SFC programmer (which reports its
+verdicts through a callback after every pass) and (with a CNI socket) the CNI server, started and stopped
+in order.
 
 Start: seed the programmer from the state the runtime stored last time (an agent restart keeps every
 flow, even with the controller down) → start the programmer (first full resync of br-sfc) → run the
-runtime (re-assert, then stream) next to the CNI server and the status poller. Stop (SIGTERM/SIGINT, or
+runtime (re-assert, then stream) next to the CNI server. Stop (SIGTERM/SIGINT, or
 any of those tasks ending, which is a crash): cancel newest first, then stop the programmer. The data
 plane is left as it is: flows and ports survive an agent stop, as they must across an upgrade.
 """
@@ -33,8 +34,6 @@ class DpuAgentSettings:
     sfc: SfcSettings
     cni: CniSettings | None = None
     """None: no CNI server in this process."""
-    status_poll_interval: float = 0.2
-    """How often the programmer's statuses are checked for changes it made on its own, seconds."""
     apply_timeout: float = 30.0
     """Bound for one programmer pass triggered by a response, seconds (then: TransientError, retried)."""
     start_timeout: float = 30.0
@@ -44,7 +43,7 @@ class DpuAgentSettings:
 class DpuAgent:
     def __init__(self, settings: DpuAgentSettings) -> None:
         self.settings = settings
-        self.sfc = SfcState(settings.apply_timeout)
+        self.sfc = SfcState(settings.apply_timeout, frozenset({settings.sfc.bridge, settings.sfc.ovn_bridge}))
         self.runtime = AgentRuntime(settings.agent, [ServiceInterfaceHandler(self.sfc), ServiceChainHandler(self.sfc)])
         self.sfc.reporter_for = self.runtime.statuses.reporter
         self.programmer: SfcProgrammer | None = None
@@ -53,9 +52,10 @@ class DpuAgent:
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set (0) or a task ends on its own (1)."""
         initial = self.sfc.load_stored({t: a.state.resources for t, a in self.runtime.appliers.items()})
+        self.sfc.loop = asyncio.get_running_loop()
         # One OVSDB connection for the process: the programmer and the CNI server share this client.
         ovsdb = Ovsdb(OvsdbSettings.of_sfc(self.settings.sfc))
-        self.programmer = SfcProgrammer(self.settings.sfc, initial, ovsdb)
+        self.programmer = SfcProgrammer(self.settings.sfc, initial, ovsdb, self.sfc.on_statuses)
         self.sfc.programmer = self.programmer
         log.info("starting the SFC programmer on %s (%d interfaces, %d chains stored)", self.settings.sfc.bridge,
                  len(initial.interfaces), len(initial.chains))
@@ -68,7 +68,6 @@ class DpuAgent:
 
                 self._start("cni", serve_cni(self.runtime, self.settings.cni, ovsdb))
             self._start("runtime", self.runtime.run())
-            self._start("status-poller", self.sfc.poll_statuses(self.settings.status_poll_interval))
             waiter = asyncio.ensure_future(stop.wait())
             done, _ = await asyncio.wait({*self._tasks, waiter}, return_when=asyncio.FIRST_COMPLETED)
             waiter.cancel()

@@ -5,18 +5,17 @@ from the stored state (before the CNI socket opens) and for every controller upd
 applied whole or not at all: any unusable block (not a valid range, a pool name given twice, or a
 range that overlaps another pool's on this node: two pools would hand out the same address) raises
 `Rejected`, which NACKs the update and keeps the blocks applied before; each offending block is also
-reported FAILED with the reason, every applied block READY. Leases outside the new blocks stay until
+reported REJECTED with the reason, every applied block PROGRAMMED. Leases outside the new blocks stay until
 their pods go (`IpamService.set_blocks`). Never touches links, OVS or the lease file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from dpf.agent.ipam.model import BlockError, PoolBlock, Route
 from dpf.agent.ipam.service import IpamService
-from dpf.agent.runtime.handlers import Handler, Rejected, Reporter
+from dpf.agent.runtime.handlers import Desired, Handler, Rejected, Reporter
 from dpf.proto.v1 import ipam_pb2
 from dpf.proto.v1 import nodestate_pb2 as pb
 
@@ -76,19 +75,19 @@ class IpamBlockHandler(Handler):
     def __init__(self, ipam: IpamService) -> None:
         self.ipam = ipam
 
-    async def apply(self, desired: Mapping[str, Any], changed: set[str], removed: set[str],
-                    reporter: Reporter) -> None:
-        blocks, errors = check_blocks(desired, changed)
+    async def apply(self, desired: Desired, changed: set[str], removed: set[str], reporter: Reporter) -> None:
+        messages = {name: message for name, (_version, message) in desired.items()}
+        blocks, errors = check_blocks(messages, changed)
         if errors:
             for name, why in sorted(errors.items()):
-                reporter.report(name, pb.OBJECT_STATE_FAILED, why)
+                reporter.report(name, desired[name][0], pb.VERDICT_REJECTED, why)
             raise Rejected(f"{len(errors)} IP pool block(s) cannot be used on this node: "
                            + "; ".join(f"{n}: {w}" for n, w in sorted(errors.items())), errors)
         self.ipam.set_blocks(blocks)
-        by_pool = {m.pool: n for n, m in desired.items()}
+        by_pool = {m.pool: n for n, m in messages.items()}
         for pool, block in sorted(blocks.items()):
             name = by_pool[pool]
             if name in changed:
-                reporter.report(name, pb.OBJECT_STATE_READY, observed={
+                reporter.report(name, desired[name][0], pb.VERDICT_PROGRAMMED, observed={
                     "pool": pool, "range": f"{block.first}-{block.last}", "subnet": str(block.network),
                     "gateway": str(block.gateway_ip or "")})

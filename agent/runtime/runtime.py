@@ -60,7 +60,7 @@ class AgentRuntime:
         self.store = StateStore(settings.state_dir)
         self.appliers = {h.type_url: TypeApplier(h, self.store, self.metrics, settings.apply_retry_base,
                                                  settings.apply_retry_max) for h in handlers}
-        self.statuses = StatusBuffer(self.appliers)
+        self.statuses = StatusBuffer()
         self.state = RuntimeState()
         self.session: Session | None = None
         self.connected = asyncio.Event()

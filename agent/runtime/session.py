@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import grpc
 
 from dpf.agent.runtime.applier import Desync, TypeApplier
 from dpf.agent.runtime.metrics import AgentMetrics
 from dpf.agent.runtime.settings import AgentSettings
+from dpf.proto.status import object_status
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import nodestate_pb2_grpc as pb_grpc
 
@@ -26,37 +27,38 @@ STATUS_FLUSH_SECONDS = 0.05
 
 
 class StatusBuffer:
-    """Collects object statuses per type; flushed as StatusReports (the latest per object wins)."""
+    """Collects object statuses per type; flushed as StatusReports (the latest per object wins). Keeps the
+    latest of every live object too, re-announced as a full report on each new stream."""
 
-    def __init__(self, appliers: Mapping[str, TypeApplier]) -> None:
-        self._appliers = appliers
+    def __init__(self) -> None:
         self.pending: dict[str, dict[str, pb.ObjectStatus]] = {}
+        self.latest: dict[str, dict[str, pb.ObjectStatus]] = {}
         self.wake = asyncio.Event()
 
     def reporter(self, type_url: str) -> TypeReporter:
         return TypeReporter(self, type_url)
 
     def add(self, type_url: str, status: pb.ObjectStatus) -> None:
-        applier = self._appliers.get(type_url)
-        if applier is not None:
-            applier.observed[status.name] = status
+        self.latest.setdefault(type_url, {})[status.name] = status
         self.pending.setdefault(type_url, {})[status.name] = status
         self.wake.set()
 
+    def forget(self, type_url: str, names: Iterable[str]) -> None:
+        """Objects no longer in the desired set: their statuses are not re-announced."""
+        latest = self.latest.get(type_url, {})
+        for name in names:
+            latest.pop(name, None)
+
 
 class TypeReporter:
+    """A handler's `Reporter` for one type."""
+
     def __init__(self, buffer: StatusBuffer, type_url: str) -> None:
         self._buffer, self._type_url = buffer, type_url
 
-    def report(self, name: str, state: pb.ObjectState, message: str = "", observed: Mapping[str, str] | None = None,
-               resource_version: str = "") -> None:
-        if not resource_version:
-            applier = self._buffer._appliers.get(self._type_url)
-            current = (applier.applying or applier.state.resources) if applier else {}
-            stored = current.get(name)
-            resource_version = stored.version if stored else ""
-        self._buffer.add(self._type_url, pb.ObjectStatus(name=name, resource_version=resource_version, state=state,
-                                                         message=message, observed=dict(observed or {})))
+    def report(self, name: str, version: str, verdict: pb.Verdict.ValueType, message: str = "",
+               observed: Mapping[str, str] | None = None) -> None:
+        self._buffer.add(self._type_url, object_status(name, version, verdict, message, observed))
 
 
 class Session:
@@ -111,9 +113,10 @@ class Session:
             request.version_info = state.version
             request.resource_versions.update(state.resource_versions())
         await self._send(pb.StreamRequest(request=request))
-        if applier.observed:  # re-announce what we observed, the controller may be new
+        observed = self.statuses.latest.get(applier.type_url)
+        if observed:  # re-announce what we observed, the controller may be new
             await self._send(pb.StreamRequest(status=pb.StatusReport(
-                type_url=applier.type_url, objects=list(applier.observed.values()), full=True)))
+                type_url=applier.type_url, objects=list(observed.values()), full=True)))
 
     async def run(self) -> None:
         """Subscribe to every handled type, then serve responses until the stream ends."""
@@ -156,6 +159,7 @@ class Session:
         while True:
             response = await queue.get()
             outcome = await applier.on_response(response, reporter)  # Desync propagates: reconnect
+            self.statuses.forget(type_url, outcome.removed)
             request = pb.DiscoveryRequest(type_url=type_url, version_info=outcome.version,
                                           response_nonce=response.nonce)
             if outcome.error is not None:

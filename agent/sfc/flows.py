@@ -214,10 +214,11 @@ class FlowMonitor:
     """
 
     def __init__(self, settings: SfcSettings, on_connected: Callable[[bool], None],
-                 on_touched: Callable[[set[int]], None]) -> None:
+                 on_touched: Callable[[set[int]], None], on_disconnected: Callable[[], None] | None = None) -> None:
         self.settings = settings
         self._on_connected = on_connected
         self._on_touched = on_touched
+        self._on_disconnected = on_disconnected  # the connection dropped: vswitchd stopped or the bridge is gone
         self._stopping = threading.Event()
         self._child: subprocess.Popen[str] | None = None
         self._lock = threading.Lock()
@@ -284,3 +285,5 @@ class FlowMonitor:
         if connected and not self._stopping.is_set():
             log.warning("OpenFlow connection to %s lost: ovs-vswitchd stopped or the bridge went away",
                         self.settings.of_target())
+            if self._on_disconnected is not None:
+                self._on_disconnected()

@@ -27,6 +27,15 @@ class ModelError(ValueError):
     """Desired state that can never be programmed; the message names the field and the fix."""
 
 
+class Verdict(StrEnum):
+    """What a programmer pass decided for one object (the protocol's Verdict)."""
+
+    PROGRAMMED = "programmed"  # realised and live
+    PENDING = "pending"  # valid, waiting for something that comes on its own (a pod, an ofport)
+    REJECTED = "rejected"  # can never be programmed as it stands; the message names the field and the fix
+    FAILED = "failed"  # valid, but the switch cannot realise it now (a port held by someone else, vswitchd down)
+
+
 class InterfaceType(StrEnum):
     PHYSICAL = "physical"
     PF = "pf"
@@ -107,6 +116,8 @@ class ServiceInterface:
     vf: Vf | None = None
     service: Service | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    version: str = ""
+    """The resource version this was built from; statuses about it carry it back."""
 
     def __post_init__(self) -> None:
         _check_name(self.namespace, "metadata.namespace")
@@ -146,6 +157,8 @@ class ServiceChain:
     namespace: str
     name: str
     switches: tuple[Switch, ...]
+    version: str = ""
+    """The resource version this was built from; statuses about it carry it back."""
 
     def __post_init__(self) -> None:
         _check_name(self.namespace, "metadata.namespace")

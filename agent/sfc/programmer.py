@@ -16,6 +16,13 @@ atomic bundle: over the persistent OpenFlow connection, through `ovs-ofctl --bun
 Chains we program are recorded on the bridge (`external_ids:dpf-sfc-chain-<cookie>`)
 before their flows go in and unrecorded after they leave, so a restarted agent still knows which
 cookies are its own and never touches anyone else's flows.
+
+Status: after each pass the programmer calls `on_statuses` (from its worker thread) with the objects whose
+verdict changed: PROGRAMMED (a port with its OpenFlow port, a chain with its flows), PENDING (waiting
+for a pod, an ofport), REJECTED (can never be programmed as it stands), FAILED (the switch cannot realise
+it now: a port held by something else, or the OpenFlow connection lost because ovs-vswitchd or the bridge
+is gone; everything programmed is FAILED until a resync after the reconnect succeeds). Each status carries
+the resource version of the object it was planned from.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -46,7 +53,7 @@ from dpf.agent.sfc.desired import (
 )
 from dpf.agent.sfc.flows import FlowMonitor, Ofctl, OfctlError
 from dpf.agent.sfc.flowspec import FlowMod
-from dpf.agent.sfc.model import NodeState, ServiceChain
+from dpf.agent.sfc.model import InterfaceType, NodeState, ServiceChain, ServiceInterface, Verdict
 from dpf.agent.sfc.ovsdb import NotRealized, Ovsdb, OvsdbError, OvsdbSettings
 from dpf.agent.sfc.settings import SfcSettings
 from dpf.agent.sfc.view import SwitchView
@@ -60,8 +67,17 @@ _BACKOFF_FIRST, _BACKOFF_MAX = 0.2, 10.0
 class ObjectStatus:
     kind: str  # "ServiceInterface" | "ServiceChain"
     key: str
-    ready: bool
+    verdict: Verdict
     message: str
+    version: str = ""  # the resource version of the object this was planned from
+
+    @property
+    def ready(self) -> bool:
+        return self.verdict is Verdict.PROGRAMMED
+
+
+StatusCallback = Callable[[Mapping[str, ObjectStatus]], None]
+"""Receives "<kind>/<key>" → status of every object whose status changed; called on the worker thread."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +109,7 @@ class _Phases:
 
 @dataclass
 class _Event:
-    kind: str  # state | resync | ovsdb | touched | stop
+    kind: str  # state | resync | ovsdb | touched | lost | stop
     state: NodeState | None = None
     reason: str = ""
     cookies: frozenset[int] = frozenset()
@@ -111,6 +127,7 @@ class LoopState:
     planned_resolutions: dict[str, Resolution] = field(default_factory=dict)  # ... and the resolutions
     users: dict[str, set[str]] | None = None  # interface key → chains that list it
     claims: dict[str, str] = field(default_factory=dict)  # interface key → the chain that owns it
+    port_verdicts: dict[str, Verdict] = field(default_factory=dict)  # interface key → verdict of its problem
     replanned: set[str] = field(default_factory=set)  # chains re-planned by the last pass
     failures: int = 0
     retry_at: float | None = None
@@ -118,17 +135,22 @@ class LoopState:
 
 
 class SfcProgrammer:
-    def __init__(self, settings: SfcSettings, state: NodeState | None = None, ovsdb: Ovsdb | None = None) -> None:
+    def __init__(self, settings: SfcSettings, state: NodeState | None = None, ovsdb: Ovsdb | None = None,
+                 on_statuses: StatusCallback | None = None) -> None:
         self.settings = settings
         # The agent's one OVSDB client when given (shared with the CNI server), else one of our own.
         self.ovsdb = ovsdb if ovsdb is not None else Ovsdb(OvsdbSettings.of_sfc(settings))
         self.ovsdb.subscribe(self._on_ovsdb)
         self.ofctl = Ofctl(settings)
-        self.monitor = FlowMonitor(settings, self._on_switch_connected, self._on_flows_touched)
+        self.monitor = FlowMonitor(settings, self._on_switch_connected, self._on_flows_touched,
+                                   on_disconnected=self._on_switch_lost)
         self.ready = threading.Event()  # set after the first successful full resync
         self._state = LoopState(node=state or NodeState())
         self._events: queue.Queue[_Event] = queue.Queue()
-        self._statuses: dict[str, ObjectStatus] = {}
+        self._statuses: dict[str, ObjectStatus] = {}  # what the passes decided
+        self._published: dict[str, ObjectStatus] = {}  # ... as last handed to `on_statuses` (with `_down`)
+        self._down: str | None = None  # why the switch is unreachable; None while it answers
+        self._on_statuses = on_statuses
         self._status_resolutions: dict | None = None
         self._worker = threading.Thread(target=self._run, name="sfc-programmer", daemon=True)
         self.passes = 0
@@ -165,7 +187,8 @@ class SfcProgrammer:
         return self._submit(_Event("resync", reason=reason))
 
     def statuses(self) -> dict[str, ObjectStatus]:
-        return dict(self._statuses)
+        """The current status of every object (as last handed to `on_statuses`); for tests and debugging."""
+        return dict(self._published)
 
     def _submit(self, event: _Event) -> Future[Report]:
         event.future = Future()
@@ -186,6 +209,9 @@ class SfcProgrammer:
 
     def _on_flows_touched(self, cookies: set[int]) -> None:
         self._events.put(_Event("touched", cookies=frozenset(cookies)))
+
+    def _on_switch_lost(self) -> None:
+        self._events.put(_Event("lost"))
 
     # -- the worker ---------------------------------------------------------------------------------
 
@@ -217,6 +243,11 @@ class SfcProgrammer:
 
     def _execute(self, events: list[_Event]) -> None:
         s = self._state
+        if any(e.kind == "lost" for e in events):
+            self._switch_lost()
+            events = [e for e in events if e.kind != "lost"]
+            if not events:
+                return
         states = [e.state for e in events if e.kind == "state"]
         if states:
             s.node = states[-1]
@@ -267,6 +298,10 @@ class SfcProgrammer:
         clock.mark("install")
         s.plans = plans
         self._publish_statuses()
+        if self._down is not None:
+            log.info("%s answers again and its flows are back: statuses restored", self.settings.bridge)
+            self._down = None
+            self._emit(None)
         self.ready.set()
         s.next_periodic = time.monotonic() + self.settings.resync_interval
         return Report(reason, ports, len(lines), tuple(sorted(plans)), clock.total, tuple(clock.done))
@@ -317,8 +352,11 @@ class SfcProgrammer:
             view = self.ovsdb.view
         desired, problems = compute_ports(s.node.interfaces, cfg, view.bridges)
         change, conflicts = diff_ports(desired, view, cfg.owner)
+        verdicts = {si.key: _problem_verdict(si, cfg, view.bridges) for si in s.node.interfaces if si.key in problems}
         for name, message in conflicts.items():
-            problems.setdefault(desired[name].interface_key, message)
+            key = desired[name].interface_key
+            if key not in problems:
+                problems[key], verdicts[key] = message, Verdict.FAILED
         if change:
             try:
                 self.ovsdb.apply_ports(change, cfg.owner)
@@ -326,6 +364,7 @@ class SfcProgrammer:
                 log.warning("%s", exc)  # ofports arrive later as IDL updates and trigger another pass
             view = self.ovsdb.view
         s.resolutions = {si.key: resolve(si, view, cfg, problems) for si in s.node.interfaces}
+        s.port_verdicts = verdicts
         # After our own change the next IDL update re-checks; only an unchanged pass may be skipped.
         s.ports_inputs = () if change else (s.node.interfaces, view.ports, frozenset(view.bridges))
         return view, change.describe()
@@ -407,25 +446,96 @@ class SfcProgrammer:
         s.recorded -= stale
 
     def _publish_statuses(self) -> None:
-        """Refresh the status of what the last pass re-planned (all interfaces when they were re-resolved)."""
+        """Refresh the status of what the last pass re-planned (all interfaces when they were re-resolved)
+        and hand the changes to `on_statuses`."""
         s = self._state
-        out = dict(self._statuses)
+        out = self._statuses
+        touched: set[str] = set()
         if s.resolutions is not self._status_resolutions:
-            out = {k: v for k, v in out.items() if v.kind != "ServiceInterface"}
+            interfaces = {si.key: si for si in s.node.interfaces}
+            for key in [k for k, v in out.items() if v.kind == "ServiceInterface" and v.key not in interfaces]:
+                del out[key]
+                touched.add(key)
             for key, res in s.resolutions.items():
-                out[f"ServiceInterface/{key}"] = ObjectStatus(
-                    "ServiceInterface", key, res.ofport is not None, res.reason or f"OpenFlow port {res.ofport}")
+                if res.ofport is not None:
+                    verdict, message = Verdict.PROGRAMMED, f"OpenFlow port {res.ofport}"
+                else:
+                    verdict, message = s.port_verdicts.get(key, Verdict.PENDING), res.reason
+                status = ObjectStatus("ServiceInterface", key, verdict, message, interfaces[key].version)
+                if out.get(f"ServiceInterface/{key}") != status:
+                    out[f"ServiceInterface/{key}"] = status
+                    touched.add(f"ServiceInterface/{key}")
             self._status_resolutions = s.resolutions
         for key in s.replanned:
             plan = s.plans.get(key)
+            touched.add(f"ServiceChain/{key}")
             if plan is None:
                 out.pop(f"ServiceChain/{key}", None)
                 continue
-            message = plan.message or f"{len(plan.flows)} flows, cookie {plan.cookie:#x}"
-            out[f"ServiceChain/{key}"] = ObjectStatus("ServiceChain", key, plan.state is ChainState.PROGRAMMED,
-                                                      message)
+            out[f"ServiceChain/{key}"] = self._chain_status(key, plan)
         s.replanned = set()
-        self._statuses = out
+        self._emit(touched)
+
+    def _chain_status(self, key: str, plan: ChainPlan) -> ObjectStatus:
+        s = self._state
+        version = s.chains[key].version if key in s.chains else ""
+        if plan.state is ChainState.PROGRAMMED:
+            return ObjectStatus("ServiceChain", key, Verdict.PROGRAMMED,
+                                f"{len(plan.flows)} flows, cookie {plan.cookie:#x}", version)
+        if plan.state is ChainState.REJECTED:
+            return ObjectStatus("ServiceChain", key, Verdict.REJECTED, plan.message, version)
+        # Pending on its ports: failed when one of them cannot be realised by waiting.
+        chain = s.chains.get(key)
+        broken = [k for k in (chain.interface_keys if chain else ())
+                  if s.port_verdicts.get(k) in (Verdict.FAILED, Verdict.REJECTED)]
+        if broken:
+            reasons = "; ".join(f"{k}: {s.resolutions[k].reason}" for k in broken)
+            return ObjectStatus("ServiceChain", key, Verdict.FAILED,
+                                f"ServiceInterface(s) of the chain cannot be realised: {reasons}", version)
+        return ObjectStatus("ServiceChain", key, Verdict.PENDING, plan.message, version)
+
+    def _switch_lost(self) -> None:
+        if self._down is None:
+            self._down = (f"the OpenFlow connection to {self.settings.bridge} is lost (ovs-vswitchd stopped or the "
+                          "bridge was deleted); its flows are restored when it is back")
+            log.warning("%s", self._down)
+            self._emit(None)
+
+    def _effective(self, status: ObjectStatus) -> ObjectStatus:
+        if self._down is not None and status.verdict is Verdict.PROGRAMMED:
+            return ObjectStatus(status.kind, status.key, Verdict.FAILED, self._down, status.version)
+        return status
+
+    def _emit(self, keys: Iterable[str] | None) -> None:
+        """Hand `on_statuses` the effective status of `keys` (all when None) that differ from the last one sent."""
+        changed: dict[str, ObjectStatus] = {}
+        gone: list[str] = []
+        for key in (set(self._statuses) | set(self._published)) if keys is None else keys:
+            status = self._statuses.get(key)
+            if status is None:
+                gone.append(key)
+                continue
+            effective = self._effective(status)
+            if self._published.get(key) != effective:
+                changed[key] = effective
+        if not changed and not gone:
+            return
+        published = {**self._published, **changed}  # replaced, never mutated: `statuses()` reads it from any thread
+        for key in gone:
+            published.pop(key, None)
+        self._published = published
+        if changed and self._on_statuses is not None:
+            try:
+                self._on_statuses(changed)
+            except Exception:  # a bug in the consumer must not stop programming
+                log.exception("the status callback failed")
+
+
+def _problem_verdict(si: ServiceInterface, settings: SfcSettings, bridges: Iterable[str]) -> Verdict:
+    """The verdict of a ServiceInterface that `compute_ports` could not give a port."""
+    if si.interface_type is InterfaceType.OVN and settings.ovn_bridge not in bridges:
+        return Verdict.PENDING  # OVN-Kubernetes creates its bridge on its own
+    return Verdict.REJECTED  # vlan, or a port another interface already realises
 
 
 def _recorded(view: SwitchView, bridge: str) -> set[int]:

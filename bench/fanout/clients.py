@@ -45,7 +45,7 @@ class BenchHandler(Handler):
     async def apply(self, desired: Mapping[str, Any], changed: set[str], removed: set[str],
                     reporter: Reporter) -> None:
         for name in changed:
-            self.recorder.seen(self.node, desired[name].physical.interface_name)
+            self.recorder.seen(self.node, desired[name][1].physical.interface_name)
 
 
 async def grpc_clients(args: argparse.Namespace, recorder: Recorder) -> None:

@@ -21,8 +21,8 @@ from dpf.controller.api import conditions as cond
 from dpf.controller.api.meta import Condition
 from dpf.controller.cache.ipamblocks import TYPE_URL, block_version
 from dpf.controller.ipam.split import NodeAllocation, Split
+from dpf.controller.reconcilers.agent_verdicts import REASONS, Outcome, judge, worst
 from dpf.controller.server.node_status import NodeRegistry
-from dpf.proto.v1 import nodestate_pb2 as pb
 
 RECONCILED = "DPUIPAMObjectReconciled"
 OBJECT_READY = "DPUIPAMObjectReady"
@@ -37,27 +37,24 @@ def _names(items: Sequence[str]) -> str:
 
 
 def agent_verdicts(resource: str, pool: str, allocations: Sequence[NodeAllocation],
-                   registry: NodeRegistry) -> tuple[list[str], list[str]]:
-    """(errors, pending) over the nodes holding an active block of this pool, from their agents' reports."""
-    errors: list[str] = []
+                   registry: NodeRegistry) -> tuple[list[tuple[Outcome, str]], list[str]]:
+    """(errors, pending) over the nodes holding an active block of this pool, from their agents' reports
+    (the rules are `agent_verdicts.judge`'s, shared with the SFC sets)."""
+    errors: list[tuple[Outcome, str]] = []
     pending: list[str] = []
     for allocation in allocations:
         if allocation.departed_at is not None:
             continue
-        node, version = allocation.node, block_version(pool, allocation)
-        status = registry.get(node)
-        types = status.of(TYPE_URL) if status else None
-        nack = types.nack if types else None
-        observed = types.observed.get(resource) if types else None
-        if nack is not None and nack.implicated.get(resource) == version:
-            errors.append(f"node {node} rejected the block: {nack.resource_errors.get(resource) or nack.message}")
-        elif observed is not None and observed.state == pb.OBJECT_STATE_FAILED and observed.resource_version == version:
-            errors.append(f"node {node} failed to apply the block: {observed.message}")
-        elif types is None or types.acked.get(resource) != version:
-            why = "" if status is not None and status.connected else " (agent not connected)"
-            if nack is not None and why == "":
-                why = f" (held back: the node rejected its last update: {nack.message})"
-            pending.append(node + why)
+        node = allocation.node
+        # The CNI server reports blocks only when they change: its ACK is what says a block is in use.
+        judgement = judge(registry, node, TYPE_URL, resource, block_version(pool, allocation), require_report=False)
+        match judgement.outcome:
+            case Outcome.REJECTED:
+                errors.append((Outcome.REJECTED, f"node {node} rejected the block: {judgement.detail}"))
+            case Outcome.FAILED:
+                errors.append((Outcome.FAILED, f"node {node} failed to apply the block: {judgement.detail}"))
+            case Outcome.PENDING:
+                pending.append(node + (f" ({judgement.detail})" if judgement.detail else ""))
     return errors, pending
 
 
@@ -88,7 +85,8 @@ def compute_status(obj: Mapping[str, Any], split: Split, registry: NodeRegistry,
     active = [a for a in split.allocations if a.departed_at is None]
     errors, pending = agent_verdicts(resource, pool, active, registry)
     if errors:
-        conditions = cond.mark_false(conditions, OBJECT_READY, cond.ERROR, "; ".join(errors)[:MESSAGE_LIMIT],
+        reason = REASONS[worst(outcome for outcome, _ in errors)]
+        conditions = cond.mark_false(conditions, OBJECT_READY, reason, "; ".join(m for _, m in errors)[:MESSAGE_LIMIT],
                                      now=now, generation=generation)
     elif pending:
         message = f"waiting for {len(pending)} of {len(active)} node(s) to apply their block: {_names(pending)}"

@@ -40,7 +40,7 @@ class Reconciler:
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = ""  # the CR kind, for error metrics
-    type_urls: ClassVar[tuple[str, ...]] = ()  # NodeState types this reconciler publishes snapshots of
+    type_urls: ClassVar[tuple[str, ...]] = ()  # NodeState types whose ACKs, NACKs and reports it follows
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

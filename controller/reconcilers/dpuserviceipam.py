@@ -2,13 +2,13 @@
 streamed to each node's agent as dpf.v1.IPAMBlock; agent ACK/NACK/status → its conditions.
 
 Keys:
-- ("dpuserviceipam", "pool", namespace, name): split the pool over the DPU Nodes matching nodeSelector
+- `ObjectKey("dpuserviceipam", namespace, name)`: split the pool over the DPU Nodes matching nodeSelector
   (`controller/ipam/split.py`), starting from the split its status records, so allocations survive
   controller restarts and failovers; then write allocations and conditions in one server-side apply that
   is conditional on the resourceVersion the split was computed from (two writers, or a cache that lags our
   own last write, get a 409 and recompute instead of clobbering). A node that left keeps its block,
   marked `departedAt`, until `settings.ipam.release_grace` has passed.
-- ("dpuserviceipam", "node", node): publish the node's IPAMBlock snapshot from what every pool's status
+- `NodeSnapshotKey("dpuserviceipam", node)`: publish the node's IPAMBlock snapshot from what every pool's status
   records (`controller/cache/ipamblocks.py`). Only persisted allocations are ever streamed.
 Nothing is published or split while a DPU cluster's caches are unsynced: a partial Node list would mark
 nodes departed. No finalizer: deleting the object only removes its blocks from the nodes' snapshots (an
@@ -41,6 +41,7 @@ from dpf.controller.kube.events import WARNING
 from dpf.controller.kube.informer import Informer, key_of
 from dpf.controller.kube.rest import KubeError, Obj
 from dpf.controller.reconcilers.base import Context, Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.keys import NodeSnapshotKey, ObjectKey
 from dpf.controller.reconcilers.kinds import DPU_SERVICE_IPAM, NODE
 from dpf.controller.server.node_status import Nack
 from dpf.proto.v1 import nodestate_pb2 as pb
@@ -79,9 +80,9 @@ class DPUServiceIPAMReconciler(Reconciler):
         if type_ == "DELETED" and old is not None:
             uid = old["metadata"].get("uid", "")
             self._parsed = {k: v for k, v in self._parsed.items() if k[0] != uid}
-        self.ctx.queue.add((self.name, "pool", namespace, name))
+        self.ctx.queue.add(ObjectKey(self.name, namespace, name))
         for node in {*(status_nodes(old) if old else ()), *(status_nodes(new) if new else ())}:
-            self.ctx.queue.add((self.name, "node", node))
+            self.ctx.queue.add(NodeSnapshotKey(self.name, node))
 
     def _on_node_event(self, type_: str, old: Obj | None, new: Obj | None) -> None:
         # Only membership matters (upstream's LabelChangedPredicate): Node status heartbeats are ignored.
@@ -91,26 +92,27 @@ class DPUServiceIPAMReconciler(Reconciler):
 
     def _enqueue_all_pools(self) -> None:
         for obj in self.pools.list():
-            self.ctx.queue.add((self.name, "pool", *key_of(obj)))
+            self.ctx.queue.add(ObjectKey(self.name, *key_of(obj)))
 
     def _enqueue_pools_of(self, node: str) -> None:
         for obj in self.pools.by_index(NODE_INDEX, node):
-            self.ctx.queue.add((self.name, "pool", *key_of(obj)))
+            self.ctx.queue.add(ObjectKey(self.name, *key_of(obj)))
 
     def all_keys(self) -> Iterable[Hashable]:
         nodes = set(self.pools.index_values(NODE_INDEX)) | set(self.ctx.nodes.connected())
-        return ([(self.name, "pool", *key_of(o)) for o in self.pools.list()]
-                + [(self.name, "node", n) for n in sorted(nodes)])
+        return ([ObjectKey(self.name, *key_of(o)) for o in self.pools.list()]
+                + [NodeSnapshotKey(self.name, n) for n in sorted(nodes)])
 
     def synced(self) -> bool:
         return self.pools.synced.is_set() and dpu_clusters_synced(self.ctx.clusters)
 
     # ---- reconcile ------------------------------------------------------------------------------------
-    async def reconcile(self, key: tuple) -> float | None:
-        if key[1] == "node":
-            self._publish(key[2])
+    async def reconcile(self, key: Hashable) -> float | None:
+        if isinstance(key, NodeSnapshotKey):
+            self._publish(key.node)
             return None
-        return await self._reconcile_pool(key[2], key[3])
+        assert isinstance(key, ObjectKey), key
+        return await self._reconcile_pool(key.namespace, key.name)
 
     def _state(self, obj: Obj) -> PoolState:
         meta = obj["metadata"]
@@ -214,7 +216,7 @@ class DPUServiceIPAMReconciler(Reconciler):
 
     # ---- stream callbacks ------------------------------------------------------------------------------
     def on_connect(self, node: str, role: str) -> None:
-        self.ctx.queue.add((self.name, "node", node))  # a node with no pool still needs its (empty) snapshot
+        self.ctx.queue.add(NodeSnapshotKey(self.name, node))  # a node with no pool still needs its (empty) snapshot
         self._enqueue_pools_of(node)
 
     def on_disconnect(self, node: str) -> None:

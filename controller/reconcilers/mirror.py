@@ -76,6 +76,14 @@ def child_readiness(cluster: str, child: Obj | None, kind: str, name: str) -> st
     return f"{where}: " + ("; ".join(failing) or "not ready")
 
 
+def child_reason(child: Obj | None) -> str:
+    """The reason the parent's `...Ready` shows for a child that is not ready: Failure or Error when one of the
+    child's conditions says so (a port conflict, a rejected field), otherwise Pending. Pure."""
+    reasons = {c.get("reason") for c in ((child or {}).get("status") or {}).get("conditions") or ()
+               if c.get("type") != cond.READY and c.get("status") == "False"}
+    return next((r for r in (cond.FAILURE, cond.ERROR) if r in reasons), cond.PENDING)
+
+
 class MirrorReconciler(Reconciler):
     kinds: ClassVar[MirrorKinds]
 
@@ -122,14 +130,16 @@ class MirrorReconciler(Reconciler):
             except KubeError as exc:
                 errors.append(f"DPU cluster {cluster.name}: {exc}")
         reconciled = ("False", cond.ERROR, "; ".join(errors)[:MESSAGE_LIMIT]) if errors else ("True", cond.SUCCESS, "")
-        not_ready = [why for cluster in clusters
-                     if (why := child_readiness(cluster.name, cluster.informer(self.kinds.child).get(namespace, name),
-                                                self.kinds.child.kind, f"{namespace}/{name}"))]
+        children = {cluster.name: cluster.informer(self.kinds.child).get(namespace, name) for cluster in clusters}
+        not_ready = {cluster: why for cluster, child in children.items()
+                     if (why := child_readiness(cluster, child, self.kinds.child.kind, f"{namespace}/{name}"))}
         if not clusters:
             ready = ("False", cond.PENDING, "no DPU cluster is connected (a DPUCluster whose spec.kubeconfig names "
                                             "a Secret with a usable admin.conf)")
         elif not_ready:
-            ready = ("False", cond.PENDING, "; ".join(not_ready)[:MESSAGE_LIMIT])
+            reasons = {child_reason(children[cluster]) for cluster in not_ready}
+            reason = next((r for r in (cond.FAILURE, cond.ERROR) if r in reasons), cond.PENDING)
+            ready = ("False", reason, "; ".join(not_ready.values())[:MESSAGE_LIMIT])
         else:
             ready = ("True", cond.SUCCESS, "")
         conditions = objects.build_conditions(parent, self.kinds.condition_types,

@@ -8,7 +8,8 @@ reported it READY, `agent_verdicts.py`; `numberReady` counts those), and deletio
 finalizer stays until its children are gone and the connected agents have ACKed a state without them
 (bounded by `deletion_ack_timeout`), so when the set disappears the data plane has let go.
 
-Key: (reconciler name, DPU cluster, namespace, name). Subclasses name the kinds and build the child spec.
+Key: `ClusterObjectKey` (the DPU cluster, namespace and name of a set). Subclasses name the kinds and build the
+child spec.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from dpf.controller.kube.informer import key_of
 from dpf.controller.kube.rest import Kind, KubeError, Obj
 from dpf.controller.kube.selectors import SelectorError, matches, validate
 from dpf.controller.reconcilers import objects
-from dpf.controller.reconcilers.agent_verdicts import ERROR, PENDING, READY, Verdict, fold, verdict
+from dpf.controller.reconcilers.agent_verdicts import Outcome, Verdict, fold, verdict
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.keys import ClusterObjectKey
 from dpf.controller.reconcilers.kinds import NODE
 from dpf.controller.reconcilers.serviceinterface import NODE_INDEX, node_of
 from dpf.controller.server.node_status import Nack
@@ -138,8 +140,8 @@ class NodeSetReconciler(Reconciler):
             lambda _t, old, new: self._enqueue(cluster, new or old))  # type: ignore[arg-type]
         cluster.informer(NODE).add_handler(lambda t, old, new: self._on_node(cluster, t, old, new))
 
-    def _key(self, cluster: Cluster, namespace: str, name: str) -> tuple:
-        return (self.name, cluster.name, namespace, name)
+    def _key(self, cluster: Cluster, namespace: str, name: str) -> ClusterObjectKey:
+        return ClusterObjectKey(self.name, cluster.name, namespace, name)
 
     def _enqueue(self, cluster: Cluster, set_obj: Obj) -> None:
         self.ctx.queue.add(self._key(cluster, *key_of(set_obj)))
@@ -196,8 +198,9 @@ class NodeSetReconciler(Reconciler):
             self.enqueue_for_node(node)
 
     # ---- reconcile -------------------------------------------------------------------------------------
-    async def reconcile(self, key: tuple) -> float | None:
-        _, cluster_name, namespace, name = key
+    async def reconcile(self, key: Hashable) -> float | None:
+        assert isinstance(key, ClusterObjectKey), key
+        cluster_name, namespace, name = key.cluster, key.namespace, key.name
         cluster = self.ctx.clusters.dpu.get(cluster_name)
         if cluster is None:
             return None
@@ -212,19 +215,43 @@ class NodeSetReconciler(Reconciler):
         set_obj = await objects.add_finalizer(cluster.rest, self.kinds.set_kind, set_obj, self.kinds.finalizer)
         reconciled, errors = await self._sync_children(cluster, set_obj)
         verdicts, applied = self._verdicts(cluster, set_obj)
-        ready = fold(verdicts, len(verdicts)) if verdicts else no_nodes_selected(set_obj)
-        at = objects.now()
-        conditions = objects.build_conditions(set_obj, self.kinds.condition_types,
-                                              [(self.kinds.reconciled, *reconciled), (self.kinds.ready, *ready)], at)
-        status = objects.status_body(set_obj, conditions, numberApplied=applied,
-                                     numberReady=sum(v.state == READY for v in verdicts))
+        held = self._hold(set_obj, verdicts)
+        marks = [(self.kinds.reconciled, *reconciled)]
+        number_ready = (set_obj.get("status") or {}).get("numberReady")
+        if not held:
+            marks.append((self.kinds.ready, *(fold(verdicts, len(verdicts)) if verdicts
+                                              else no_nodes_selected(set_obj))))
+            number_ready = sum(v.ready for v in verdicts)
+        conditions = objects.build_conditions(set_obj, self.kinds.condition_types, marks, objects.now())
+        status = objects.status_body(set_obj, conditions, numberApplied=applied, numberReady=number_ready)
         await objects.write_status(cluster.rest, self.kinds.set_kind, set_obj, status,
                                    self.ctx.settings.kube.field_manager)
         if errors:
             raise TemporaryError(f"{self.kinds.set_kind.kind} {namespace}/{name}: {'; '.join(errors)}")
-        if any(v.state == PENDING and "not published" in v.message for v in verdicts):
+        if held:
+            return held
+        if any(v.outcome is Outcome.UNPUBLISHED for v in verdicts):
             return UNPUBLISHED_RETRY
         return None
+
+    def _hold(self, set_obj: Obj, verdicts: list[Verdict]) -> float:
+        """Seconds to keep the readiness written before this controller's term (0: write it now).
+
+        After a controller restart or failover the agents reconnect within seconds, with their state unchanged;
+        judging them before they have spoken would flap Ready to False ("agent not connected") and back. A Ready
+        condition over the same children stands until every node of the set was heard from, or the grace has
+        passed; a spec change (new generation) or a child more or less is judged at once."""
+        grace = self.ctx.nodes.grace_left()
+        if not grace or not verdicts:
+            return 0.0
+        status = set_obj.get("status") or {}
+        if int(status.get("observedGeneration") or 0) != int(set_obj["metadata"].get("generation") or 0):
+            return 0.0
+        old = next((c for c in status.get("conditions") or () if c.get("type") == self.kinds.ready), None)
+        if old is None or old.get("status") != "True" or status.get("numberReady") != len(verdicts):
+            return 0.0  # only a Ready set of the same children is kept: anything else is news to write at once
+        unheard = any(v.node and not self.ctx.nodes.heard(v.node, self.kinds.type_url) for v in verdicts)
+        return grace if unheard else 0.0
 
     async def _sync_children(self, cluster: Cluster, set_obj: Obj) -> tuple[tuple[str, str, str], list[str]]:
         """Apply desired children, delete stale ones; the Reconciled condition and the API errors met."""
@@ -271,9 +298,9 @@ class NodeSetReconciler(Reconciler):
         for child in sorted(children, key=objects.name_of):
             name, node = objects.name_of(child), (child.get("spec") or {}).get("node") or ""
             if name in problems:
-                verdicts.append(Verdict(name, node, ERROR, f"{name}: {problems[name]}"))
+                verdicts.append(Verdict(name, node, Outcome.FAILED, f"{name}: {problems[name]}"))
             elif not node:
-                verdicts.append(Verdict(name, node, ERROR, f"{name} has no spec.node"))
+                verdicts.append(Verdict(name, node, Outcome.FAILED, f"{name} has no spec.node"))
             else:
                 verdicts.append(verdict(self.ctx.nodes, self.ctx.cache, node, self.kinds.type_url, name))
         return verdicts, len(children)

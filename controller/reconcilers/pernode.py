@@ -1,11 +1,12 @@
 """The shared shape of reconcilers that publish one NodeState type per DPU node from DPU-cluster objects
 that name their node in `spec.node` (ServiceInterface, ServiceChain).
 
-What they share: a node index on the source kind's informers; keys `(name, node)` to recompute a node's
-snapshot and `(name, node, "nack")` to record its latest NACK as Warning Events; no snapshot while any DPU
-cluster's caches are unsynced (a partial view would make agents delete ports or flows); an (empty)
-snapshot for every connected node. A subclass sets `source`, `type_url` (and `type_urls`), `resource_name`
-and implements `compute(node)`; it may watch more kinds by extending `attach` and calling `enqueue_nodes`.
+What they share: a node index on the source kind's informers; keys `NodeSnapshotKey` to recompute a node's
+snapshot and `NodeNackKey` to record its latest NACK (or the objects it reported REJECTED) as Warning Events;
+no snapshot while any DPU cluster's caches are unsynced (a partial view would make agents delete ports or
+flows); an (empty) snapshot for every connected node. A subclass sets `source`, `type_url` (and `type_urls`),
+`resource_name` and implements `compute(node)`; it may watch more kinds by extending `attach` and calling
+`enqueue_nodes`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from dpf.controller.errors import TemporaryError
 from dpf.controller.kube.events import WARNING
 from dpf.controller.kube.rest import Kind, Obj
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.keys import NodeNackKey, NodeSnapshotKey
 from dpf.controller.server.node_status import Nack
+from dpf.proto.status import verdict_of
+from dpf.proto.v1 import nodestate_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ class PerNodeReconciler(Reconciler):
 
     def enqueue_nodes(self, nodes_of: Callable[[Obj], list[str]], old: Obj | None, new: Obj | None) -> None:
         for node in {*(nodes_of(old) if old else ()), *(nodes_of(new) if new else ())}:
-            self.ctx.queue.add((self.name, node))
+            self.ctx.queue.add(NodeSnapshotKey(self.name, node))
 
     def on_node(self, kind: Kind, node: str, index: str = NODE_INDEX) -> list[Obj]:
         """Every DPU cluster's cached objects of `kind` on `node`."""
@@ -59,18 +63,19 @@ class PerNodeReconciler(Reconciler):
         nodes: set[str] = set(self.ctx.nodes.connected())
         for _, informer in self.ctx.clusters.dpu_informers(self.source):
             nodes.update(informer.index_values(NODE_INDEX))
-        return [(self.name, n) for n in sorted(nodes)]
+        return [NodeSnapshotKey(self.name, n) for n in sorted(nodes)]
 
     def synced(self) -> bool:
         return dpu_clusters_synced(self.ctx.clusters)
 
-    async def reconcile(self, key: tuple) -> float | None:
-        if len(key) == 3:
-            await self._record_nack(key[1])
+    async def reconcile(self, key: Hashable) -> float | None:
+        if isinstance(key, NodeNackKey):
+            await self._record_nack(key.node)
             return None
+        assert isinstance(key, NodeSnapshotKey), key
         if not self.synced():
             raise TemporaryError("DPU cluster caches not synced yet; holding snapshots", delay=0.5)
-        self.compute(key[1])
+        self.compute(key.node)
         return None
 
     def compute(self, node: str) -> None:
@@ -80,21 +85,37 @@ class PerNodeReconciler(Reconciler):
     # ---- stream callbacks ------------------------------------------------------------------------------
     def on_connect(self, node: str, role: str) -> None:
         # A node with no objects still needs its (empty) snapshot to converge.
-        self.ctx.queue.add((self.name, node))
+        self.ctx.queue.add(NodeSnapshotKey(self.name, node))
 
     def on_nack(self, node: str, type_url: str, nack: Nack) -> None:
         if type_url == self.type_url:
-            self.ctx.queue.add((self.name, node, "nack"))
+            self.ctx.queue.add(NodeNackKey(self.name, node))
+
+    def on_status(self, node: str, type_url: str, report: pb.StatusReport) -> None:
+        if type_url == self.type_url and any(verdict_of(o) == pb.VERDICT_REJECTED for o in report.objects):
+            self.ctx.queue.add(NodeNackKey(self.name, node))
 
     async def _record_nack(self, node: str) -> None:
+        """A Warning Event on each object the node refused: named by its last NACK, or reported REJECTED (one bad
+        object among good ones) at the version published now. Repeats are deduplicated by the recorder."""
         status = self.ctx.nodes.get(node)
-        nack = status.of(self.type_url).nack if status else None
-        if nack is None:
+        types = status.of(self.type_url) if status else None
+        if types is None:
+            return
+        published = self.ctx.cache.get(node, self.type_url).resources
+        refused: dict[str, str] = {}
+        if types.nack is not None:
+            refused = {n: types.nack.resource_errors.get(n) or types.nack.message for n in types.nack.implicated}
+        for name, observed in types.observed.items():
+            current = published.get(name)
+            if verdict_of(observed) == pb.VERDICT_REJECTED and current and current.version == observed.resource_version:
+                refused.setdefault(name, observed.message)
+        if not refused:
             return
         for cluster, informer in self.ctx.clusters.dpu_informers(self.source):
             for obj in informer.by_index(NODE_INDEX, node):
                 name = type(self).resource_name(obj)
-                if name in nack.implicated:
-                    why = nack.resource_errors.get(name) or nack.message
+                if name in refused:
                     await self.ctx.events.emit(cluster.rest, obj, self.kind, WARNING, REJECTED_REASON,
-                                               f"node {node} rejected {self.kind} {name}: {why}", action="Apply")
+                                               f"node {node} rejected {self.kind} {name}: {refused[name]}",
+                                               action="Apply")

@@ -2,7 +2,7 @@
 resolved to one ServiceInterface of the node (`controller/cache/servicechains.py`), and agent NACKs →
 Warning Events on the rejected ServiceChains.
 
-Keys: ("servicechain", node) recomputes a node's snapshot; ("servicechain", node, "nack") records the node's
+Keys: NodeSnapshotKey("servicechain", node) recomputes a node's snapshot; NodeNackKey records the node's
 latest NACK as Events. A ServiceInterface change re-resolves the chains of its node. Chains whose ports do
 not resolve are left out (their ServiceChainSet's condition says why). Nothing is published while a DPU
 cluster's caches are unsynced: a partial view would make agents delete flows.

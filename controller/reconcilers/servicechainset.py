@@ -23,6 +23,7 @@ class ServiceChainSetReconciler(NodeSetReconciler):
     kinds = SetKinds(set_kind=SERVICE_CHAIN_SET, child_kind=SERVICE_CHAIN, type_url=TYPE_URL,
                      finalizer="dpu.nvidia.com/servicechainset", label_prefix="svc.dpu.nvidia.com/servicechainset",
                      reconciled="ServiceChainsReconciled", ready="ServiceChainsReady")
+    type_urls = (TYPE_URL,)  # its readiness follows the agents' news about this type
 
     def setup(self) -> None:
         super().setup()

@@ -2,8 +2,8 @@
 NACKs → Warning Events on the rejected ServiceInterfaces. A `service` interface carries the pod on its node
 that serves it (DPU-cluster Pods with the service label are watched for that; `controller/cache/serviceinterfaces.py`).
 
-Keys: ("serviceinterface", node) recomputes a node's snapshot from every DPU cluster's cache;
-("serviceinterface", node, "nack") records the node's latest NACK as Events. No snapshot is published
+Keys: NodeSnapshotKey("serviceinterface", node) recomputes a node's snapshot from every DPU cluster's cache;
+NodeNackKey records the node's latest NACK as Events. No snapshot is published
 while any DPU cluster's cache is unsynced: a partial view would make agents delete ports.
 """
 

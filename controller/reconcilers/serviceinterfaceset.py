@@ -1,5 +1,5 @@
 """ServiceInterfaceSet (DPU cluster) → one ServiceInterface `<set>-<node>` per matching DPU Node, and the set's
-status: `ServiceInterfacesReconciled`, `ServiceInterfacesReady` (every child ACKed and reported READY by its
+status: `ServiceInterfacesReconciled`, `ServiceInterfacesReady` (every child ACKed and reported PROGRAMMED by its
 node's agent: the port exists and has its OpenFlow port), `Ready`, `numberApplied`, `numberReady`.
 
 Upstream details kept (shared/spec/dpf-upstream.md §2.9): children of `service` interfaces carry
@@ -26,6 +26,7 @@ class ServiceInterfaceSetReconciler(NodeSetReconciler):
                      finalizer="dpu.nvidia.com/serviceinterfaceset",
                      label_prefix="svc.dpu.nvidia.com/serviceinterfaceset",
                      reconciled="ServiceInterfacesReconciled", ready="ServiceInterfacesReady")
+    type_urls = (TYPE_URL,)  # its readiness follows the agents' news about this type
 
     def child_spec(self, set_obj: Obj, node: str) -> dict[str, Any]:
         spec = super().child_spec(set_obj, node)

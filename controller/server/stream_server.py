@@ -212,6 +212,7 @@ class NodeStateServer(pb_grpc.NodeStateServicer):
                       request.response_nonce)
             return
         snapshot, state.pending, state.pending_nonce = state.pending, None, ""
+        self.registry.node(session.node).heard.add(type_url)
         status = self.registry.node(session.node).of(type_url)
         if request.HasField("error_detail"):
             state.nacked_version = snapshot.version
@@ -251,6 +252,7 @@ class NodeStateServer(pb_grpc.NodeStateServicer):
                      session.node, type_url)
 
     def _on_status(self, session: Session, report: pb.StatusReport) -> None:
+        self.registry.node(session.node).heard.add(report.type_url)
         status = self.registry.node(session.node).of(report.type_url)
         if report.full:
             status.observed = {}

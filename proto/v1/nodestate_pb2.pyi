@@ -20,6 +20,14 @@ class ObjectState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECT_STATE_READY: _ClassVar[ObjectState]
     OBJECT_STATE_PROGRESSING: _ClassVar[ObjectState]
     OBJECT_STATE_FAILED: _ClassVar[ObjectState]
+
+class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VERDICT_UNSPECIFIED: _ClassVar[Verdict]
+    VERDICT_PROGRAMMED: _ClassVar[Verdict]
+    VERDICT_PENDING: _ClassVar[Verdict]
+    VERDICT_REJECTED: _ClassVar[Verdict]
+    VERDICT_FAILED: _ClassVar[Verdict]
 ROLE_UNSPECIFIED: Role
 ROLE_HOST: Role
 ROLE_DPU: Role
@@ -27,6 +35,11 @@ OBJECT_STATE_UNSPECIFIED: ObjectState
 OBJECT_STATE_READY: ObjectState
 OBJECT_STATE_PROGRESSING: ObjectState
 OBJECT_STATE_FAILED: ObjectState
+VERDICT_UNSPECIFIED: Verdict
+VERDICT_PROGRAMMED: Verdict
+VERDICT_PENDING: Verdict
+VERDICT_REJECTED: Verdict
+VERDICT_FAILED: Verdict
 
 class StreamRequest(_message.Message):
     __slots__ = ("hello", "request", "status")
@@ -139,7 +152,7 @@ class StatusReport(_message.Message):
     def __init__(self, type_url: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[ObjectStatus, _Mapping]]] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class ObjectStatus(_message.Message):
-    __slots__ = ("name", "resource_version", "state", "message", "observed")
+    __slots__ = ("name", "resource_version", "state", "message", "observed", "verdict")
     class ObservedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -152,9 +165,11 @@ class ObjectStatus(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
     name: str
     resource_version: str
     state: ObjectState
     message: str
     observed: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., resource_version: _Optional[str] = ..., state: _Optional[_Union[ObjectState, str]] = ..., message: _Optional[str] = ..., observed: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    verdict: Verdict
+    def __init__(self, name: _Optional[str] = ..., resource_version: _Optional[str] = ..., state: _Optional[_Union[ObjectState, str]] = ..., message: _Optional[str] = ..., observed: _Optional[_Mapping[str, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ...) -> None: ...

@@ -1,6 +1,6 @@
 """The pure pieces of service chaining, table-driven: label selectors, chain port resolution, the per-node
 children the sets write, the mirror's readiness message, and the DPU agent's translation of payloads and
-programmer statuses (pinned to the programmer's own messages)."""
+programmer verdicts (and the older wire state they still carry)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from datetime import UTC, datetime
 import pytest
 
 from dpf.agent.dpu import translate
-from dpf.agent.dpu.sfc_handlers import _version
-from dpf.agent.sfc.desired import Resolution, plan_chain
-from dpf.agent.sfc.model import InterfaceType, ModelError, Physical, ServiceChain, ServiceInterface, Switch
+from dpf.agent.sfc.model import ModelError, Verdict
 from dpf.controller.cache import servicechains, serviceinterfaces
 from dpf.controller.kube.selectors import SelectorError, matches, validate
 from dpf.controller.reconcilers import mirror, nodeset, objects
 from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
 from dpf.controller.reconcilers.serviceinterfaceset import ServiceInterfaceSetReconciler
+from dpf.proto.status import object_status, verdict_of
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import sfc_pb2
 
@@ -190,23 +189,26 @@ def test_agent_translation_names_the_resource_and_the_field() -> None:
         translate.chain(f"{NS}/c", empty)
 
 
-def test_the_agent_reports_the_version_the_controller_published() -> None:
-    obj = si("p0", {"uplink": "p0"})
-    published = serviceinterfaces.compute_serviceinterfaces([obj]).resources[f"{NS}/p0"]
-    received = sfc_pb2.ServiceInterface()
-    published.body.Unpack(received)
-    assert _version(received) == published.version
+def test_an_uplink_naming_the_bridges_own_port_is_refused_naming_the_field() -> None:
+    message = sfc_pb2.ServiceInterface(interface_type="physical",
+                                       physical=sfc_pb2.PhysicalSpec(interface_name="br-sfc"))
+    with pytest.raises(ModelError, match=rf"{NS}/up: spec.physical.interfaceName: 'br-sfc' is the bridge br-sfc's own "
+                                         r"port, not an uplink; name the uplink netdev"):
+        translate.interface(f"{NS}/up", message, "v1", frozenset({"br-sfc", "br-ovn"}))
+    message.physical.interface_name = "p0"
+    assert translate.interface(f"{NS}/up", message, "v1", frozenset({"br-sfc"})).version == "v1"
 
 
-def test_chain_states_follow_the_programmers_plans() -> None:
-    """PENDING plans (waiting for a port) are PROGRESSING, REJECTED ones FAILED: pinned to plan_chain's words."""
-    known = {f"{NS}/p0": Resolution(1), f"{NS}/sf0": Resolution(None, "no pod of service hbn on this node yet")}
-    waiting = plan_chain(ServiceChain(NS, "c", (Switch(("p0", "sf0")),)), known, known, {})
-    assert translate.chain_state(False, waiting.message) == pb.OBJECT_STATE_PROGRESSING
-    twice = plan_chain(ServiceChain(NS, "c", (Switch(("p0", "p0")),)), known, known, {})
-    assert translate.chain_state(False, twice.message) == pb.OBJECT_STATE_FAILED
-    assert translate.chain_state(True, "") == pb.OBJECT_STATE_READY
-    vlan = ServiceInterface(NS, "v", InterfaceType.VLAN)
-    assert translate.interface_state(vlan, False) == pb.OBJECT_STATE_FAILED
-    uplink = ServiceInterface(NS, "p0", InterfaceType.PHYSICAL, physical=Physical("p0"))
-    assert translate.interface_state(uplink, False) == pb.OBJECT_STATE_PROGRESSING
+def test_every_programmer_verdict_has_a_wire_verdict_and_old_reports_still_read() -> None:
+    assert set(translate.VERDICTS) == set(Verdict)
+    for verdict, wire in translate.VERDICTS.items():
+        sent = object_status("ns/x", "v1", wire, verdict.value)
+        assert verdict_of(sent) == wire
+        # What a controller that predates verdicts reads: PROGRAMMED is READY, everything else not.
+        assert (sent.state == pb.OBJECT_STATE_READY) == (verdict is Verdict.PROGRAMMED)
+    old = {pb.OBJECT_STATE_READY: pb.VERDICT_PROGRAMMED, pb.OBJECT_STATE_PROGRESSING: pb.VERDICT_PENDING,
+           pb.OBJECT_STATE_FAILED: pb.VERDICT_FAILED}
+    for state, verdict in old.items():
+        assert verdict_of(pb.ObjectStatus(name="ns/x", state=state)) == verdict
+
+

@@ -12,11 +12,11 @@ import base64
 import dataclasses
 import gc
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from dpf.agent.runtime.handlers import Handler, Rejected, Reporter, TransientError
+from dpf.agent.runtime.handlers import Desired, Handler, Rejected, Reporter, TransientError
 from dpf.agent.runtime.runtime import AgentRuntime
 from dpf.agent.runtime.settings import AgentSettings, TLSFiles
 from dpf.controller import pki
@@ -163,18 +163,18 @@ class InterfaceHandler(Handler):
         self.calls: list[tuple[frozenset[str], frozenset[str]]] = []
         self.fail_transiently = ""
 
-    async def apply(self, desired: Mapping[str, Any], changed: set[str], removed: set[str],
-                    reporter: Reporter) -> None:
+    async def apply(self, desired: Desired, changed: set[str], removed: set[str], reporter: Reporter) -> None:
         bad = {n: f"interface name {m.physical.interface_name!r} is not allowed on this DPU"
-               for n, m in desired.items() if m.physical.interface_name.startswith("bad")}
+               for n, (_v, m) in desired.items() if m.physical.interface_name.startswith("bad")}
         if bad:
             raise Rejected("invalid interfaces", bad)
         if self.fail_transiently:
             raise TransientError(self.fail_transiently)
         self.calls.append((frozenset(changed), frozenset(removed)))
-        self.ports = {n: m.physical.interface_name for n, m in desired.items()}
+        self.ports = {n: m.physical.interface_name for n, (_v, m) in desired.items()}
         for name in changed:
-            reporter.report(name, pb.OBJECT_STATE_READY, observed={"port": desired[name].physical.interface_name})
+            version, message = desired[name]
+            reporter.report(name, version, pb.VERDICT_PROGRAMMED, observed={"port": message.physical.interface_name})
 
 
 def agent(node: str, endpoints: list[int] | tuple[int, ...], state_dir: Path, tls: TLSFiles | None,

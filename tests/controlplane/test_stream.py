@@ -114,7 +114,7 @@ def test_nack_becomes_a_condition_and_an_event(kube: ControlPlane, namespace: st
                 return next((c for c in (sis.get("status") or {}).get("conditions") or ()
                              if c["type"] == "ServiceInterfacesReady"), None)
 
-            rejected = await eventually(lambda: _is(condition(), "False", "Error"), "the NACK as a condition")
+            rejected = await eventually(lambda: _is(condition(), "False", "Failure"), "the NACK as a condition")
             assert f"node {node} rejected {namespace}/uplinks-1" in rejected["message"]
             assert "interface name 'bad0' is not allowed on this DPU" in rejected["message"]
             assert handler.ports == {}, "a rejected state is not applied"

@@ -151,7 +151,7 @@ def test_condition_from_agent_reports() -> None:
     n2 = nodes.node("n2")
     n2.of(TYPE_URL).nack = Nack("v", "invalid", {"ns/b": "no such port"}, {"ns/b": resource_version(b)})
     status, reason, message = condition(a, b)
-    assert (status, reason) == ("False", "Error")
+    assert (status, reason) == ("False", "Failure"), "a rejected object stays so until its spec changes"
     assert message == "node n2 rejected ns/b: no such port"
     n2.of(TYPE_URL).nack = None
     n2.of(TYPE_URL).acked = {"ns/b": resource_version(b)}

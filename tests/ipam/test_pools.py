@@ -200,7 +200,7 @@ def test_a_block_the_agent_cannot_use_is_nacked_into_a_condition(kube: ControlPl
             # pool2's prefix for this node overlaps pool1's range: the agent must refuse it.
             await rest.create(DPU_SERVICE_IPAM, network_pool(namespace, "pool2", group, network="10.77.0.0/24"),
                               namespace)
-            st = await eventually(lambda: _condition_reason(rest, namespace, "pool2", "DPUIPAMObjectReady", "Error"),
+            st = await eventually(lambda: _condition_reason(rest, namespace, "pool2", "DPUIPAMObjectReady", "Failure"),
                                   "pool2's NACK in its condition")
             message = condition(st, "DPUIPAMObjectReady")["message"]
             assert message.startswith(f"node {a} rejected the block: pool 'pool2': range 10.77.0.1-10.77.0.14 "

@@ -121,7 +121,7 @@ def test_conditions_follow_the_agents() -> None:
     registry.node("b").of(TYPE_URL).nack = Nack("v", "1 block unusable", {"ns/pool1": "overlaps pool 'x'"},
                                                 {"ns/pool1": block_version("pool1", b)})
     st = compute_status(obj(spec, st["allocations"]), split, registry, now=NOW)
-    assert conditions_of(st)["DPUIPAMObjectReady"] == ("False", "Error",
+    assert conditions_of(st)["DPUIPAMObjectReady"] == ("False", "Failure",
                                                        "node b rejected the block: overlaps pool 'x'")
     # b's agent reports the block FAILED at its version instead.
     registry.node("b").of(TYPE_URL).nack = None

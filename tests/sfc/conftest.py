@@ -30,8 +30,8 @@ def programmers(ovs: OvsSwitch) -> Iterator[Callable[..., SfcProgrammer]]:
     """Start SFC programmers against the test's switch; every one is stopped at teardown."""
     started: list[SfcProgrammer] = []
 
-    def start(state=None, **overrides: object) -> SfcProgrammer:
-        programmer = SfcProgrammer(sfc_settings(ovs, **overrides), state)
+    def start(state=None, on_statuses=None, **overrides: object) -> SfcProgrammer:
+        programmer = SfcProgrammer(sfc_settings(ovs, **overrides), state, on_statuses=on_statuses)
         started.append(programmer)
         programmer.start()
         return programmer

@@ -13,6 +13,7 @@ from dpf.agent.sfc.model import (
     ServiceChain,
     ServiceInterface,
     Switch,
+    Verdict,
     Vf,
 )
 from dpf.lab.bed.netns import NetnsBed
@@ -244,3 +245,44 @@ def test_incremental_updates_end_where_a_resync_would(ovs: OvsSwitch, netns: Net
         assert (report.ports, report.flow_mods) == ("nothing", 0), (ifaces, chains)
         assert base_flows(ovs, "br-sfc") == flows
         assert ports_of(ovs, "br-sfc") == set(ifaces.split())
+
+
+def test_a_port_held_by_someone_else_fails_naming_the_port_and_the_fix(ovs: OvsSwitch, netns: NetnsBed,
+                                                                       programmers) -> None:
+    for name in ("p0", "p1"):
+        veth(netns, ovs, name)
+    ovs.add_bridge("br-other", fail_mode="standalone")
+    ovs.vsctl("add-port", "br-other", "p1")  # not ours: the programmer may not move it
+    seen: list[dict] = []
+    sfc = programmers(NodeState((phys("p0"), phys("p1")), (ServiceChain(NS, "c", (Switch(("p0", "p1")),)),)),
+                      on_statuses=seen.append)
+    interface, chain = sfc.statuses()[f"ServiceInterface/{NS}/p1"], sfc.statuses()[f"ServiceChain/{NS}/c"]
+    assert interface.verdict is Verdict.FAILED
+    assert "port p1 exists on bridge br-other" in interface.message
+    assert "move or delete it by hand" in interface.message
+    assert chain.verdict is Verdict.FAILED, "waiting cannot fix it: not pending"
+    assert "port p1 exists on bridge br-other" in chain.message
+    assert any(f"ServiceChain/{NS}/c" in batch for batch in seen), "the callback carried the verdict"
+    ovs.vsctl("del-port", "br-other", "p1")
+    wait_until(lambda: sfc.statuses()[f"ServiceChain/{NS}/c"].verdict is Verdict.PROGRAMMED, 10,
+               "the chain programmed once the port is free")
+
+
+def test_switch_loss_fails_every_programmed_object_within_2s_and_repair_restores_them(
+        ovs: OvsSwitch, netns: NetnsBed, programmers) -> None:
+    for name in ("p0", "p1"):
+        veth(netns, ovs, name)
+    chain = ServiceChain(NS, "c", (Switch(("p0", "p1")),), version="v7")
+    sfc = programmers(NodeState((phys("p0"), phys("p1")), (chain,)))
+    wait_until(lambda: sfc.monitor.connections >= 1, 10, "the OpenFlow monitor connected")
+    assert sfc.statuses()[f"ServiceChain/{NS}/c"].verdict is Verdict.PROGRAMMED
+    ovs.stop_vswitchd()
+    wait_until(lambda: all(s.verdict is Verdict.FAILED for s in sfc.statuses().values()), 2,
+               "every object FAILED after ovs-vswitchd stopped")
+    status = sfc.statuses()[f"ServiceChain/{NS}/c"]
+    assert "OpenFlow connection to br-sfc is lost" in status.message
+    assert status.version == "v7", "the verdict names the version it was planned from"
+    ovs.start_vswitchd()
+    wait_until(lambda: all(s.verdict is Verdict.PROGRAMMED for s in sfc.statuses().values()), 15,
+               "every object PROGRAMMED again once ovs-vswitchd is back")
+    assert len(cookie_flows(ovs, "br-sfc", chain_cookie(NS, "c"))) == 2, "and its flows are back"

@@ -34,6 +34,9 @@ def verdict(registry: NodeRegistry, cache: SnapshotCache, node: str, type_url: s
     """The verdict on resource `name` of `type_url` on `node`."""
     published = cache.get(node, type_url).resources.get(name)
     if published is None:
+        held_back = cache.held_back(node, type_url).get(name)
+        if held_back:
+            return Verdict(name, node, ERROR, f"{name} on {node}: {held_back}")
         return Verdict(name, node, PENDING, f"{name} on {node}: not published to the node yet")
     version = published.version
     status = registry.get(node)

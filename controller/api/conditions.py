@@ -7,6 +7,9 @@ Failure > Pending; Error is unranked, so a summary of only Error shows Pending, 
 Provisioning kinds (BFB, DPU, DPUCluster) use phases, plus `provisioning_condition`, whose reason
 defaults to the condition type. `phase_counts` is the DPUSet statistics rule.
 
+Messages are bounded here, in one place (`bounded`): a condition echoes user values (selectors, names) and
+metav1.Condition caps messages at 32768 characters, so an unbounded value would make the status unwritable.
+
 Every function takes the current list and returns a new one; the clock is a parameter. Nothing here
 does I/O or mutates its input, so the callers' patch functions stay pure too.
 """
@@ -28,6 +31,18 @@ REASONS = (SUCCESS, PENDING, ERROR, FAILURE, AWAITING_DELETION)
 # Higher wins in the Ready summary; reasons not listed (Error, custom ones) do not rank.
 SEVERITY = {PENDING: 1, FAILURE: 2, AWAITING_DELETION: 3}
 NOT_READY_PREFIX = "The following conditions are not ready: "
+MESSAGE_LIMIT = 8192  # far below metav1.Condition's 32768, so a few conditions never approach etcd's limits
+TRUNCATED = "…(truncated)…"
+
+
+def bounded(message: str, limit: int = MESSAGE_LIMIT) -> str:
+    """`message` cut to at most `limit` characters, marked where it was cut. The head (what failed, which
+    field) and the tail (the fix) are kept; what goes is the middle, usually the long user value."""
+    if len(message) <= limit:
+        return message
+    tail = limit // 4
+    head = limit - tail - len(TRUNCATED)
+    return message[:head] + TRUNCATED + message[-tail:]
 
 
 def get(conditions: Sequence[Condition] | None, type_: str) -> Condition | None:
@@ -41,10 +56,11 @@ def is_true(conditions: Sequence[Condition] | None, type_: str) -> bool:
 
 def set_condition(conditions: Sequence[Condition] | None, type_: str, status: str, reason: str, message: str,
                   *, now: datetime, generation: int | None = None) -> list[Condition]:
-    """Add or replace one condition; lastTransitionTime moves only when the status changes."""
+    """Add or replace one condition; lastTransitionTime moves only when the status changes. The message is
+    `bounded`."""
     old = get(conditions, type_)
     since = old.last_transition_time if old is not None and old.status == status else now
-    new = Condition(type=type_, status=status, reason=reason, message=message,  # type: ignore[arg-type]
+    new = Condition(type=type_, status=status, reason=reason, message=bounded(message),  # type: ignore[arg-type]
                     last_transition_time=since, observed_generation=generation)
     if old is None:
         return [*(conditions or ()), new]

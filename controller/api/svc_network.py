@@ -7,9 +7,10 @@ are CEL rules using the Kubernetes `cidr()`/`ip()` library; `svc.py` re-exports 
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dpf.controller.api.meta import (
     Cel,
@@ -50,34 +51,42 @@ class SetStatus(ObjectStatus):
 
 InterfaceType = Literal["vlan", "physical", "pf", "vf", "ovn", "service"]
 
+# Bounds the code downstream needs, so the apiserver refuses what a node could never program: Linux netdev
+# names (IFNAMSIZ 16 with the NUL), PF/VF indexes as the DPU agent accepts them (proto int32 on the wire),
+# 802.1Q VLAN ids, label values (a serviceID becomes one on every child) and object names.
+NetdevName = Annotated[str, Field(min_length=1, max_length=15, pattern=r"^[A-Za-z0-9_.:-]+$")]
+MAX_FUNCTION_INDEX = 4095
+ObjectName = Annotated[str, Field(max_length=253)]
+
 
 class PhysicalSpec(Model):
-    interface_name: str
-    """The uplink's name on the DPU, e.g. p0."""
+    interface_name: NetdevName
+    """The uplink's name on the DPU, e.g. p0 (a netdev name: 1-15 letters, digits, '_', '.', ':' or '-')."""
 
 
 class VLANSpec(Model):
-    vlan_id: Annotated[int, Field(alias="vlanID")]
-    parent_interface_ref: str
+    vlan_id: Annotated[int, Field(alias="vlanID", ge=1, le=4094)]
+    parent_interface_ref: ObjectName
 
 
 class VFSpec(Model):
-    vf_id: Annotated[int, Field(alias="vfID")]
-    pf_id: Annotated[int, Field(alias="pfID")]
-    parent_interface_ref: str | None = None
+    vf_id: Annotated[int, Field(alias="vfID", ge=0, le=MAX_FUNCTION_INDEX)]
+    pf_id: Annotated[int, Field(alias="pfID", ge=0, le=MAX_FUNCTION_INDEX)]
+    parent_interface_ref: ObjectName | None = None
 
 
 class PFSpec(Model):
-    pf_id: Annotated[int, Field(alias="pfID")]
+    pf_id: Annotated[int, Field(alias="pfID", ge=0, le=MAX_FUNCTION_INDEX)]
 
 
 class ServiceDef(Model):
-    service_id: Annotated[str, Field(alias="serviceID")]
-    """The DPUService's serviceID whose pods get this interface."""
-    network: str
+    service_id: Annotated[str, Field(alias="serviceID", min_length=1, max_length=63,
+                                     pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")]
+    """The DPUService's serviceID whose pods get this interface (a label value)."""
+    network: Annotated[str, Field(min_length=1, max_length=317)]
     """NetworkAttachmentDefinition, "name" or "namespace/name"."""
-    interface_name: str
-    """Interface name inside the service pod."""
+    interface_name: NetdevName
+    """Interface name inside the service pod (a netdev name, at most 15 characters)."""
 
 
 def _needs(kind: str) -> Cel:
@@ -88,7 +97,7 @@ def _needs(kind: str) -> Cel:
 
 class ServiceInterfaceSpec(Model):
     CEL = tuple(_needs(kind) for kind in ("vlan", "physical", "pf", "vf", "service"))
-    node: str | None = None
+    node: ObjectName | None = None
     """DPU-cluster Node this interface lives on."""
     interface_type: InterfaceType
     physical: PhysicalSpec | None = None
@@ -197,7 +206,7 @@ class Switch(Model):
 
 
 class ServiceChainSpec(Model):
-    node: str | None = None
+    node: ObjectName | None = None
     switches: Annotated[list[Switch], Field(min_length=1, max_length=50)]
     """The switches of the chain, in order."""
 
@@ -282,6 +291,22 @@ def _routes_family(base: str) -> Cel:
                message=f"every route dst must be a CIDR of the same IP family as {base}", field_path=".routes")
 
 
+_PREFIX_FITS_FAMILY = Cel("!isCIDR(self.network) || "
+                          "self.prefixSize <= (cidr(self.network).ip().family() == 4 ? 32 : 128)",
+                          message="prefixSize must be at most 32 for an IPv4 network (128 for IPv6)",
+                          field_path=".prefixSize")
+INT32_MAX = 2**31 - 1
+
+
+def _network(value: str, field: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The CIDR the split code will parse, or a ValueError naming the field (for objects stored before the
+    CRD carried the rule, which the apiserver never re-validates)."""
+    try:
+        return ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{field} {value!r} is not a CIDR, e.g. 10.0.120.0/22") from None
+
+
 def _grow_only(base: str) -> Cel:
     return Cel(f"!isCIDR(oldSelf.{base}) || !isCIDR(self.{base}) || "
                f"(cidr(self.{base}).containsIP(cidr(oldSelf.{base}).ip()) && "
@@ -312,14 +337,15 @@ class IPV4Network(Model):
             field_path=".allocations",
             message_expression="'every allocation must be a CIDR inside ' + self.network + "
                                "' whose prefix length is prefixSize'"),
+        _PREFIX_FITS_FAMILY,
         _routes_family("network"),
         _NO_DEFAULT_ROUTE,
         _grow_only("network"),
     )
     network: Cidr
-    prefix_size: int
+    prefix_size: Annotated[int, Field(ge=0, le=128)]
     """Prefix length each node gets, e.g. 29 (or 32 for single loopback addresses)."""
-    gateway_index: int | None = None
+    gateway_index: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     """Index of the gateway inside each node's prefix; unset means no gateway."""
     exclusions: Annotated[list[IPString], Field(max_length=1024)] | None = None
     """Single IPs never handed out."""
@@ -327,6 +353,21 @@ class IPV4Network(Model):
     """Static node name → prefix assignments."""
     default_gateway: bool | None = None
     routes: Annotated[list[Route], Field(max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _splittable(self) -> IPV4Network:
+        net = _network(self.network, "network")
+        if not net.prefixlen <= self.prefix_size <= net.max_prefixlen:
+            raise ValueError(f"prefixSize {self.prefix_size} must be between the network's prefix length "
+                             f"{net.prefixlen} and {net.max_prefixlen} (the address length of {self.network})")
+        for i, ip in enumerate(self.exclusions or ()):
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise ValueError(f"exclusions[{i}] {ip!r} is not a single IP") from None
+        for node, prefix in (self.allocations or {}).items():
+            _network(prefix, f"allocations[{node}]")
+        return self
 
 
 class IPV4Subnet(Model):
@@ -342,9 +383,14 @@ class IPV4Subnet(Model):
     )
     subnet: Cidr
     gateway: IPString
-    per_node_ip_count: Annotated[int, Field(alias="perNodeIPCount")]
+    per_node_ip_count: Annotated[int, Field(alias="perNodeIPCount", ge=1, le=INT32_MAX)]
     default_gateway: bool | None = None
     routes: Annotated[list[Route], Field(max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _splittable(self) -> IPV4Subnet:
+        _network(self.subnet, "subnet")
+        return self
 
 
 class DPUServiceIPAMSpec(Model):

@@ -1,6 +1,8 @@
 """The snapshot cache: the latest Snapshot per (node, type) and the watches of connected streams.
 
-Reconcilers `set()` snapshots; `stream_server.py` waits on a node's `Watch` and reads `get()`. Setting an
+Reconcilers `set()` snapshots, with the reason for every object they held back (a bad spec, a port an
+elder object holds), so a status can say why an object is not on its node (`held_back()`);
+`stream_server.py` waits on a node's `Watch` and reads `get()`. Setting an
 unchanged version wakes nobody. Only types registered with `serve()` are answered: an agent subscribing
 to a type no reconciler produces gets nothing (and keeps its data plane) instead of an empty set.
 `ready` is set once every source has synced: before that, no state is pushed, so a restarted controller
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 from dpf.controller.cache.snapshot import Snapshot
 
@@ -28,6 +31,7 @@ class SnapshotCache:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._snapshots: dict[tuple[str, str], Snapshot] = {}
         self._set_at: dict[tuple[str, str], float] = {}
+        self._held_back: dict[tuple[str, str], Mapping[str, str]] = {}
         self._watches: dict[str, set[Watch]] = {}
         self._served: set[str] = set()
         self._clock = clock
@@ -46,9 +50,11 @@ class SnapshotCache:
     def served(self, type_url: str) -> bool:
         return type_url in self._served
 
-    def set(self, node: str, snapshot: Snapshot) -> bool:
-        """Publish `snapshot` for `node`; True (and watchers woken) if its version changed."""
+    def set(self, node: str, snapshot: Snapshot, held_back: Mapping[str, str] | None = None) -> bool:
+        """Publish `snapshot` for `node`; True (and watchers woken) if its version changed. `held_back`: name ->
+        why, for the objects meant for this node that the snapshot leaves out."""
         key = (node, snapshot.type_url)
+        self._held_back[key] = MappingProxyType(dict(held_back or {}))
         current = self._snapshots.get(key)
         if current is not None and current.version == snapshot.version:
             return False
@@ -60,6 +66,10 @@ class SnapshotCache:
 
     def get(self, node: str, type_url: str) -> Snapshot:
         return self._snapshots.get((node, type_url)) or Snapshot.empty(type_url)
+
+    def held_back(self, node: str, type_url: str) -> Mapping[str, str]:
+        """Why each object left out of `node`'s latest snapshot of `type_url` was left out."""
+        return self._held_back.get((node, type_url)) or MappingProxyType({})
 
     def set_at(self, node: str, type_url: str) -> float | None:
         """Monotonic time the current snapshot was published (for the push-to-ACK lag metric)."""

@@ -102,6 +102,9 @@ class Verdict:
 def verdict(registry: NodeRegistry, cache: SnapshotCache, node: str, type_url: str, name: str) -> Verdict:
     """The verdict on resource `name` of `type_url` on `node`."""
     published = cache.get(node, type_url).resources.get(name)
+    if published is None and (held_back := cache.held_back(node, type_url).get(name)):
+        # The controller kept it off the node: an invalid stored spec, or an elder object holds its port.
+        return Verdict(name, node, Outcome.REJECTED, f"{name} on {node}: {held_back}")
     judgement = judge(registry, node, type_url, name, published.version if published else None)
     match judgement.outcome:
         case Outcome.READY:

@@ -22,11 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def _resolution_identity(interface: Obj | None) -> tuple:
-    """What of a ServiceInterface decides how chain ports resolve: node, labels and deletion."""
+    """What of a ServiceInterface decides how chain ports resolve: node, labels, deletion, and the spec (an
+    interface held back for a bad spec or a taken port is no candidate)."""
     if interface is None:
         return ()
     return (node_of(interface), interface["metadata"].get("labels"),
-            bool(interface["metadata"].get("deletionTimestamp")))
+            bool(interface["metadata"].get("deletionTimestamp")), interface.get("spec"))
 
 
 class ServiceChainReconciler(PerNodeReconciler):
@@ -55,6 +56,6 @@ class ServiceChainReconciler(PerNodeReconciler):
         chains = self.on_node(SERVICE_CHAIN, node)
         interfaces = self.on_node(SERVICE_INTERFACE, node)
         snapshot, problems = compute_servicechains(chains, interfaces)
-        if self.ctx.cache.set(node, snapshot):
+        if self.ctx.cache.set(node, snapshot, problems):
             log.debug("node %s: ServiceChain snapshot now has %d chains (%d held back: %s)", node,
                       len(snapshot.resources), len(problems), "; ".join(problems.values()))

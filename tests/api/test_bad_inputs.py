@@ -61,6 +61,14 @@ def ipam(**network: Any) -> dict[str, Any]:
     return {"ipv4Network": network}
 
 
+DSI_SPEC = "spec.template.spec.template.spec"
+
+
+def dsi(**spec: Any) -> dict[str, Any]:
+    """A DPUServiceInterface spec whose interface spec is `spec`."""
+    return {"template": {"spec": {"template": {"spec": spec}}}}
+
+
 CASES = [
     Bad("BFB", {"url": "ftp://example.com/bf-bundle.bfb"}, "spec.url", "should match"),
     Bad("BFB", {"url": "https://example.com/bf-bundle.iso"}, "spec.url", "should match"),
@@ -138,6 +146,29 @@ CASES = [
     Bad("ServiceInterface", {"interfaceType": "vf"}, "spec.vf", "vf is required when interfaceType is vf"),
     Bad("ServiceInterface", {"interfaceType": "service", "service": {"serviceID": "hbn", "interfaceName": "p0_if"}},
         "spec.service.network", "Required value"),
+    # Bounds the controller and the DPU agent need (issue: these were accepted, then blocked every node).
+    *(Bad("DPUServiceInterface", dsi(interfaceType="vf", vf={"pfID": 0, "vfID": value}),
+          f"{DSI_SPEC}.vf.vfID", says) for value, says in (
+        (2**31, "less than or equal to 4095"), (2**53 + 1, "less than or equal to 4095"),
+        (-(2**31) - 1, "greater than or equal to 0"), (-1, "greater than or equal to 0"))),
+    Bad("DPUServiceInterface", dsi(interfaceType="vf", vf={"pfID": 4096, "vfID": 0}), f"{DSI_SPEC}.vf.pfID",
+        "less than or equal to 4095"),
+    Bad("DPUServiceInterface", dsi(interfaceType="pf", pf={"pfID": -1}), f"{DSI_SPEC}.pf.pfID",
+        "greater than or equal to 0"),
+    Bad("DPUServiceInterface", dsi(interfaceType="vlan", vlan={"vlanID": 4095, "parentInterfaceRef": "p0"}),
+        f"{DSI_SPEC}.vlan.vlanID", "less than or equal to 4094"),
+    Bad("DPUServiceInterface", dsi(interfaceType="physical", physical={"interfaceName": "p0-much-too-long"}),
+        f"{DSI_SPEC}.physical.interfaceName", "may not be more than 15"),
+    Bad("DPUServiceInterface", dsi(interfaceType="physical", physical={"interfaceName": "p0 p1"}),
+        f"{DSI_SPEC}.physical.interfaceName", "should match"),
+    Bad("ServiceInterface", {"interfaceType": "service", "service": {"serviceID": "hbn", "network": "mybrhbn",
+                                                                     "interfaceName": "p0_if_in_the_pod"}},
+        "spec.service.interfaceName", "may not be more than 15"),
+    Bad("ServiceInterface", {"interfaceType": "service", "service": {"serviceID": "hbn service", "network": "n",
+                                                                     "interfaceName": "p0_if"}},
+        "spec.service.serviceID", "should match"),
+    Bad("ServiceInterface", {"interfaceType": "vf", "vf": {"pfID": 0, "vfID": 2**31}}, "spec.vf.vfID",
+        "less than or equal to 4095"),
     Bad("DPUServiceChain", {"template": {"spec": {"template": {"spec": {"switches": []}}}}},
         "spec.template.spec.template.spec.switches", "at least 1 items"),
     Bad("DPUServiceChain", {"template": {"spec": {"template": {"spec": {"switches": [
@@ -156,6 +187,16 @@ CASES = [
         "network must be a CIDR"),
     Bad("DPUServiceIPAM", ipam(network="10.0.120.0/22", prefixSize=16), "spec.ipv4Network.prefixSize",
         "must not be smaller than the network's prefix length"),
+    Bad("DPUServiceIPAM", ipam(network="10.0.120.0/22", prefixSize=33), "spec.ipv4Network.prefixSize",
+        "at most 32 for an IPv4 network"),
+    Bad("DPUServiceIPAM", ipam(network="fd00::/64", prefixSize=129), "spec.ipv4Network.prefixSize",
+        "less than or equal to 128"),
+    Bad("DPUServiceIPAM", ipam(network="10.0.120.0/22", prefixSize=29, gatewayIndex=-1),
+        "spec.ipv4Network.gatewayIndex", "greater than or equal to 0"),
+    Bad("DPUServiceIPAM", {**SUBNET, "ipv4Subnet": {**SUBNET["ipv4Subnet"], "perNodeIPCount": 0}},
+        "spec.ipv4Subnet.perNodeIPCount", "greater than or equal to 1"),
+    Bad("DPUServiceIPAM", {**SUBNET, "ipv4Subnet": {**SUBNET["ipv4Subnet"], "perNodeIPCount": 2**53 + 1}},
+        "spec.ipv4Subnet.perNodeIPCount", "less than or equal to 2147483647"),
     Bad("DPUServiceIPAM", ipam(network="10.0.120.0/22", prefixSize=29, exclusions=["10.0.200.1"]),
         "spec.ipv4Network.exclusions", "single IP inside 10.0.120.0/22"),
     Bad("DPUServiceIPAM", ipam(network="10.0.120.0/22", prefixSize=29, allocations={"worker1": "10.0.120.0/28"}),

@@ -27,6 +27,12 @@ def si(name: str, labels: dict[str, str], node: str = "dpu-1", namespace: str = 
             "spec": {"node": node, "interfaceType": "physical", "physical": {"interfaceName": name}, **spec}}
 
 
+def aged(obj: dict, created: str, uid: str = "") -> dict:
+    """`obj` as the apiserver stamps it: creationTimestamp (and a uid)."""
+    obj["metadata"].update(creationTimestamp=created, uid=uid or f"uid-{obj['metadata']['name']}")
+    return obj
+
+
 def chain(name: str, *switches: list[dict[str, str]], node: str = "dpu-1") -> dict:
     return {"metadata": {"name": name, "namespace": NS},
             "spec": {"node": node, "switches": [{"ports": [{"serviceInterface": {"matchLabels": s}} for s in sw]}
@@ -55,21 +61,23 @@ def test_an_invalid_selector_names_the_field() -> None:
         validate({"matchExpressions": [{"key": "a", "operator": "In"}]})
 
 
-def test_chain_ports_resolve_to_exactly_one_interface_of_the_node_and_namespace() -> None:
+def test_chain_ports_resolve_to_the_eldest_matching_interface_of_the_node_and_namespace() -> None:
     interfaces = [si("p0", {"uplink": "p0"}), si("p1", {"uplink": "p1"}),
-                  si("sf0", {"svc": "hbn", "if": "p0_sf"}), si("sf1", {"svc": "hbn", "if": "p1_sf"}),
+                  aged(si("a-sf", {"svc": "hbn", "if": "p1_sf"}), "2026-01-01T00:00:09Z"),
+                  aged(si("sf0", {"svc": "hbn", "if": "p0_sf"}), "2026-01-01T00:00:05Z"),
                   si("other-ns", {"uplink": "p0"}, namespace="elsewhere")]
     good = servicechains.resolve(chain("c", [{"uplink": "p0"}, {"svc": "hbn", "if": "p0_sf"}]), interfaces)
     assert good.problem == ""
     assert [[p.service_interface for p in s.ports] for s in good.message.switches] == [["p0", "sf0"]]
     assert dict(good.message.switches[0].ports[1].match_labels) == {"svc": "hbn", "if": "p0_sf"}
+    several = servicechains.resolve(chain("c", [{"svc": "hbn"}]), interfaces)
+    assert several.interfaces() == [f"{NS}/sf0"], "the elder of two matches, not the first by name"
 
     bad = servicechains.resolve(chain("c", [{"uplink": "p0"}, {"svc": "hbn"}], [{"uplink": "p9"}]), interfaces)
     assert bad.message is None
     assert bad.problem == (
-        f"switches[0].ports[1] selector svc=hbn matches 2 ServiceInterfaces (sf0, sf1) in namespace {NS} on node "
-        f"dpu-1; switches[1].ports[0] selector uplink=p9 matches no ServiceInterface in namespace {NS} on node "
-        "dpu-1; exactly one must match, so the chain is not programmed")
+        f"switches[1].ports[0] selector uplink=p9 matches no ServiceInterface in namespace {NS} on node "
+        "dpu-1; one must match, so the chain is not programmed")
 
 
 def test_a_chain_that_does_not_resolve_is_left_out_whole_and_deleting_objects_do_not_count() -> None:

@@ -25,9 +25,12 @@ from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import sfc_pb2
 
 
-def si(name: str, node: str = "dpu-1", interface: str = "p0", namespace: str = "ns") -> dict:
+def si(name: str, node: str = "dpu-1", interface: str = "", namespace: str = "ns") -> dict:
+    """A physical interface; each name has its own uplink unless `interface` says otherwise (two interfaces on
+    one port are a conflict the controller holds back)."""
     return {"metadata": {"name": name, "namespace": namespace, "generation": 1, "uid": f"uid-{name}"},
-            "spec": {"node": node, "interfaceType": "physical", "physical": {"interfaceName": interface}}}
+            "spec": {"node": node, "interfaceType": "physical",
+                     "physical": {"interfaceName": interface or f"up-{name}"}}}
 
 
 def test_snapshot_version_is_a_content_hash_independent_of_order() -> None:

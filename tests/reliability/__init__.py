@@ -1,0 +1,1 @@
+"""Reliability: one bad or conflicting object affects only itself; status stays writable."""

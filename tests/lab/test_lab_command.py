@@ -74,7 +74,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningLab]:
                             stderr=subprocess.STDOUT, text=True)
     out = Output(proc)
     try:
-        wait_until(lambda: "Press Ctrl-C" in out.text or proc.poll() is not None, 120, "the lab to come up")
+        wait_until(lambda: "Press Ctrl-C" in out.text or proc.poll() is not None, 240, "the lab to come up")
         assert proc.poll() is None, out.text
         kubeconfig = next(line.split("=", 1)[1] for line in out.lines if "export KUBECONFIG=" in line)
         yield RunningLab(proc, out, workdir, kubeconfig)
@@ -163,9 +163,10 @@ def test_a_killed_dpu_agent_is_restarted_and_the_chain_still_works(lab: RunningL
     assert new_pid != old_pid
     assert new_pid in descendants(lab.proc.pid)
 
-    # The new agent serves the node: the chain's removal and its return both need it to program br-sfc.
+    # The new agent serves the node: the chain's removal and its return both need it to program br-sfc. The
+    # delete can finish before the new agent has connected (it learns the node's state then), hence a wait.
     lab.kubectl("delete", "dpuservicechain", "hbn-to-fabric", "-n", NAMESPACE, "--wait=true")
-    assert ping().returncode != 0, "the chain's flows outlived it"
+    wait_until(lambda: ping().returncode != 0, 30, "the restarted agent to remove the deleted chain's flows")
     chain = [o for o in chains.hbn_only(NAMESPACE, "lab") if o["kind"] == "DPUServiceChain"]
     lab.kubectl("apply", "--server-side", "-f", "-", input=chains.to_yaml(chain))
     lab.kubectl("wait", "--for=condition=Ready", "dpuservicechain/hbn-to-fabric", "-n", NAMESPACE, "--timeout=60s")

@@ -4,7 +4,9 @@ The host cluster's control plane with the dpf CRDs, then the service-chaining sc
 the dpf controller, two emulated DPUs with their agents, upstream's hbn_only interfaces and chain, and
 traffic through it, and service pods attached through Multus with addresses from a DPUServiceIPAM pool;
 then upstream's BFB object, downloaded by the controller from a stand-in file server (`bfb_demo.py`).
-Each step prints what it does; Ctrl-C or SIGTERM stops everything in reverse order
+Each step prints what it does. Once up, the lab supervises its long-running processes as systemd would
+(`bed/supervise.py`): one that dies is restarted with back-off and a line saying so, so faults can be tried
+in it; only a process that keeps failing stops the lab. Ctrl-C or SIGTERM stops everything in reverse order
 and leaves nothing behind. A second lab on the same workdir is refused.
 """
 
@@ -22,9 +24,13 @@ from types import FrameType
 
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import ProcessFailed
+from dpf.lab.bed.supervise import RestartPolicy, Supervisor
 from dpf.lab.bed.tools import ToolMissing, tool
 from dpf.lab.bfb_demo import BfbDemo
 from dpf.lab.sfc_demo import NAMESPACE, DemoError, SfcDemo
+
+POLL_INTERVAL = 0.1
+"""How often the lab looks for exited processes (the first restart waits RestartPolicy.first_delay on top)."""
 
 
 class LabError(Exception):
@@ -43,6 +49,7 @@ class Lab:
         self.host: ControlPlane | None = None
         self.demo: SfcDemo | None = None
         self.bfb: BfbDemo | None = None
+        self.supervisor = Supervisor(say, RestartPolicy())
         self._pid = os.getpid()
 
     def __enter__(self) -> Lab:
@@ -97,7 +104,17 @@ class Lab:
             self.bfb.start()
         except (ToolMissing, ProcessFailed, TimeoutError, DemoError, RuntimeError) as exc:
             raise LabError(str(exc)) from exc
+        self._supervise()
         self._print_usage()
+
+    def _supervise(self) -> None:
+        """Watch every long-running process from here on (start-up itself fails fast on a death instead)."""
+        assert self.host is not None
+        assert self.demo is not None
+        for child in self.host.children:
+            self.supervisor.watch(child, child.name.split(" (")[0])
+        for label, child, log in self.demo.processes():
+            self.supervisor.watch(child, label, log)
 
     def _start_control_plane(self) -> None:
         say("starting the host cluster: etcd + kube-apiserver + kube-controller-manager on loopback")
@@ -118,22 +135,36 @@ class Lab:
             f"  {tool('kubectl')} api-resources --api-group=provisioning.dpu.nvidia.com\n"
             f"\n{self.demo.usage() if self.demo else ''}\n"
             f"\n{self.bfb.usage() if self.bfb else ''}\n"
+            f"\n{self._fault_usage()}\n"
             "\nPress Ctrl-C to stop the lab.\n",
             flush=True,
         )
 
+    def _fault_usage(self) -> str:
+        policy = self.supervisor.policy
+        dpu = self.demo.dpus[0].name if self.demo and self.demo.dpus else "worker1-0000-08-00"
+        width = max((len(w.label) for w in self.supervisor.watched), default=0)
+        return "\n".join([
+            f"Faults: the lab restarts a process that dies, as systemd's Restart=on-failure would (after "
+            f"{policy.first_delay:g}s, doubling",
+            f"to {policy.max_delay:g}s while it keeps failing), and says so; it stops only for one restarted more "
+            f"than {policy.burst} times within {policy.interval:g}s.",
+            "Kill one and watch it come back:",
+            f"  kill -9 $(pgrep -f 'agent dpu --node {dpu}')    # or kill -9 <pid> from this list",
+            "Processes (pid, log):",
+            *(f"  {w.label:<{width}}  {w.child.pid:>7}  {w.log}" for w in self.supervisor.watched),
+        ])
+
     def wait(self, duration: float | None) -> None:
-        """Run until a signal arrives, `duration` elapses, or a component dies."""
+        """Run until a signal arrives, `duration` elapses, or a process keeps failing; restart ones that die."""
         deadline = None if duration is None else time.monotonic() + duration
         with contextlib.suppress(KeyboardInterrupt):
             while not self._stop.is_set():
                 if deadline is not None and time.monotonic() >= deadline:
                     say(f"--for {duration:g}s elapsed")
                     return
-                for child in [*(self.host.children if self.host else []),
-                              *(self.demo.children() if self.demo else [])]:
-                    try:
-                        child.check_alive()
-                    except ProcessFailed as exc:
-                        raise LabError(str(exc)) from exc
-                self._stop.wait(0.5)
+                try:
+                    self.supervisor.poll()
+                except (ProcessFailed, OSError) as exc:
+                    raise LabError(str(exc)) from exc
+                self._stop.wait(POLL_INTERVAL)

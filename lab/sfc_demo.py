@@ -76,6 +76,19 @@ class SfcDemo:
             found += [c for c in (dpu.agent, *(dpu.ovs.children.values() if dpu.ovs else ())) if c]
         return found
 
+    def processes(self) -> list[tuple[str, Child, Path]]:
+        """(label, child, log) of each long-running process of the scenario, for the lab's supervisor."""
+        found = []
+        if self.controller.child:
+            found.append(("dpf controller", self.controller.child, self.controller.child.log))
+        for dpu in self.dpus:
+            if dpu.ovs is not None:
+                found += [(f"{daemon} of {dpu.name}", child, dpu.ovs.log(daemon))
+                          for daemon, child in dpu.ovs.children.items()]
+            if dpu.agent is not None:
+                found.append((f"dpu agent {dpu.name}", dpu.agent, dpu.agent.log))
+        return found
+
     def usage(self) -> str:
         lines = ["Service chaining (upstream's hbn_only shape) on two emulated DPUs:",
                  f"  {tool('kubectl')} get dpuserviceinterfaces,dpuservicechains -n {NAMESPACE}",

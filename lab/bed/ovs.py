@@ -32,6 +32,10 @@ class OvsSwitch:
         return {**os.environ, "OVS_RUNDIR": run, "OVS_DBDIR": run, "OVS_LOGDIR": run,
                 "OVS_SYSCONFDIR": str(self.rundir / "etc")}
 
+    def log(self, daemon: str) -> Path:
+        """The daemon's own log file (its stdout, in `<daemon>.stdout`, holds little more than start-up errors)."""
+        return self.rundir / f"{daemon}.log"
+
     @property
     def db_sock(self) -> Path:
         return self.rundir / "db.sock"
@@ -62,7 +66,7 @@ class OvsSwitch:
     def _start(self, daemon: str, args: list[str]) -> Child:
         argv = [tool("ip"), "netns", "exec", self.netns, tool(daemon), *args,
                 f"--pidfile={self.rundir / daemon}.pid", f"--unixctl={self.rundir / daemon}.ctl",
-                f"--log-file={self.rundir / daemon}.log"]
+                f"--log-file={self.log(daemon)}"]
         child = Child(daemon, argv, self.rundir / f"{daemon}.stdout", env=self.env)
         self.children[daemon] = child
         return child

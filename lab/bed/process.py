@@ -3,6 +3,10 @@
 Every child gets PR_SET_PDEATHSIG=SIGKILL, so even a SIGKILLed test run or lab takes its etcd,
 kube-apiserver and OVS daemons down with it. Children run in their own process group so a
 terminal Ctrl-C reaches only us; our teardown then stops them in reverse start order.
+
+A child that dies stays dead (tests want a dead daemon to be visible) unless something restarts it:
+the lab's `supervise.Supervisor` does, through `Child.respawn`. The death signal fires when the
+*thread* that started a child ends, so children are (re)started from the main thread only.
 """
 
 from __future__ import annotations
@@ -69,18 +73,33 @@ class Child:
         self.name = name
         self.argv = list(argv)
         self.log = log
+        self.env = env
+        self.stopped = False
         log.parent.mkdir(parents=True, exist_ok=True)
         self._log_file = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self._spawn()
+
+    def _spawn(self) -> None:
         self.proc = subprocess.Popen(
             self.argv,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env=env,
+            env=self.env,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
+        self.started_at = time.monotonic()
         _live[self.proc.pid] = self
+
+    def respawn(self, note: str) -> None:
+        """Start the same command again after it exited; `note` goes into the log, where the new run begins."""
+        if self.stopped or self.alive():
+            raise RuntimeError(f"{self.name} is {'stopped' if self.stopped else 'running'}; not respawning it")
+        _live.pop(self.proc.pid, None)
+        self._log_file.write(f"--- {time.strftime('%H:%M:%S')} {note} ---\n".encode())
+        self._log_file.flush()
+        self._spawn()
 
     @property
     def pid(self) -> int:
@@ -88,6 +107,13 @@ class Child:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def exit_reason(self) -> str:
+        """How the last run ended, as `status N` or `signal N` (empty while it runs)."""
+        code = self.proc.poll()
+        if code is None:
+            return ""
+        return f"signal {-code}" if code < 0 else f"status {code}"
 
     def log_tail(self, lines: int = 25) -> str:
         try:
@@ -102,6 +128,7 @@ class Child:
             )
 
     def stop(self, timeout: float = 10.0) -> None:
+        self.stopped = True
         if self.alive():
             started = time.monotonic()
             self.proc.send_signal(signal.SIGTERM)

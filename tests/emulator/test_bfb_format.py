@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from dpf.lab.emulator import EmulatedBfb, parse_bfcfg
 from dpf.lab.emulator.bfb import HEADER_SIZE, BfbHeader, StreamVerifier
+from dpf.lab.emulator.serve import BfbHttpServer
 from tests.emulator.conftest import SAMPLE_BFCFG
 
 
@@ -75,3 +77,17 @@ def test_bfcfg_gives_hostname_files_ovs_script_and_join_command() -> None:
     assert cfg.join_command is not None
     assert cfg.join_command.startswith("kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef")
     assert "&&" not in cfg.join_command
+
+
+def test_http_serves_the_image_whole_and_from_an_offset(tmp_path: Path) -> None:
+    image = EmulatedBfb("served", 5_000_000, seed=9)
+    whole = b"".join(image.chunks())
+    with BfbHttpServer({"a.bfb": image}) as server:
+        got = subprocess.run(["curl", "-sf", server.url("a.bfb")], capture_output=True, check=True).stdout
+        tail = subprocess.run(["curl", "-sf", "-r", "1000000-", server.url("a.bfb")], capture_output=True,
+                              check=True).stdout
+        missing = subprocess.run(["curl", "-sf", server.url("b.bfb")], capture_output=True)
+    assert got == whole
+    assert tail == whole[1_000_000:]
+    assert missing.returncode == 22  # HTTP 404
+    assert server.requests == [("a.bfb", 0), ("a.bfb", 1_000_000)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -35,6 +36,18 @@ class BfCfg:
     hostname: str | None = None
     files: tuple[ConfigFile, ...] = ()
     runcmd: tuple[str, ...] = ()
+
+    def write_files(self, root: Path) -> list[Path]:
+        """Write every file under `root` (the DPU's filesystem) as cloud-init would: mode, append."""
+        written = []
+        for f in self.files:
+            target = root / f.path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "a" if f.append else "w") as out:
+                out.write(f.content)
+            target.chmod(int(f.permissions, 8))
+            written.append(target)
+        return written
 
     def file(self, path: str) -> ConfigFile | None:
         return next((f for f in self.files if f.path == path), None)

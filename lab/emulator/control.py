@@ -28,7 +28,6 @@ class ControlServer:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(str(path))
         self._sock.listen(8)
-        self._sock.settimeout(0.2)
         self._stop = False
         self._thread = threading.Thread(target=self._serve, name=f"emulator-control-{path.parent.name}",
                                         daemon=True)
@@ -37,9 +36,7 @@ class ControlServer:
     def _serve(self) -> None:
         while not self._stop:
             try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
+                conn, _ = self._sock.accept()  # blocks; close() wakes it with shutdown()
             except OSError:
                 return
             with conn:
@@ -58,6 +55,8 @@ class ControlServer:
 
     def close(self) -> None:
         self._stop = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
         self._sock.close()
         with contextlib.suppress(FileNotFoundError):

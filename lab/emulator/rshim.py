@@ -283,10 +283,13 @@ class Rshim:
     def close(self) -> None:
         self._stopping = True
         self.changed()
-        # A reader blocked in open() returns once a writer appears; be that writer.
-        with contextlib.suppress(OSError):
-            os.close(os.open(self.boot, os.O_WRONLY | os.O_NONBLOCK))
-        self._reader.join(timeout=10)
+        # A reader blocked in open() returns once a writer appears: be that writer, until the reader has
+        # gone (it may only be about to block in open() when we first try).
+        deadline = time.monotonic() + 10
+        while self._reader.is_alive() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.boot, os.O_WRONLY | os.O_NONBLOCK))
+            self._reader.join(timeout=0.05)
 
 
 @dataclass(frozen=True)

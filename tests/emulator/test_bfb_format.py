@@ -91,3 +91,14 @@ def test_http_serves_the_image_whole_and_from_an_offset(tmp_path: Path) -> None:
     assert tail == whole[1_000_000:]
     assert missing.returncode == 22  # HTTP 404
     assert server.requests == [("a.bfb", 0), ("a.bfb", 1_000_000)]
+
+
+def test_bfcfg_files_land_under_a_dpu_root_with_their_modes(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/sysctl.conf").write_text("vm.swappiness=10\n")
+    parse_bfcfg(SAMPLE_BFCFG).write_files(tmp_path)
+    assert (tmp_path / "etc/sysctl.conf").read_text() == "vm.swappiness=10\nnet.ipv4.ip_forward=1\n"  # append
+    ovs = tmp_path / "opt/dpf/ovs.sh"
+    assert ovs.stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "etc/netplan/60-mlnx.yaml").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "etc/mellanox/mlnx-bf.conf").read_text().startswith('ALLOW_SHARED_RQ="no"')

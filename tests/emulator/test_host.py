@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dpf.lab.bed.netns import bed_namespaces, ns_ipr
 from dpf.lab.bed.process import wait_until
-from dpf.lab.emulator import DpuSpec, EmulatedHost
+from dpf.lab.emulator import DpuSpec, EmulatedBfb, EmulatedHost
 from dpf.lab.emulator.control import request
 from tests.emulator.conftest import host_name, misc_log, show_log
 
@@ -126,12 +126,20 @@ def test_faults_and_status_over_the_control_socket(host: EmulatedHost) -> None:
 def test_teardown_leaves_no_namespace_thread_or_file(tmp_path: Path) -> None:
     before = {t.name for t in threading.enumerate()}
     root = tmp_path / "host"
+    image = EmulatedBfb("v", 4 << 20).write(tmp_path / "image.bfb")
     host = EmulatedHost(host_name(), root, [DpuSpec(), DpuSpec(), DpuSpec()])
-    namespaces = [host.netns, *(d.netns for d in host.dpus)]
-    assert set(namespaces) <= set(bed_namespaces("t", os.getpid()))
-    sh(f"echo 3 > {root}/sys/bus/pci/devices/0000:0a:00.1/sriov_numvfs")
-    wait_until(lambda: "ens3f1v2" in links(host.netns), 10, "3 VFs")
-    host.close()
+    try:
+        namespaces = [host.netns, *(d.netns for d in host.dpus)]
+        assert set(namespaces) <= set(bed_namespaces("t", os.getpid()))
+        sh(f"echo 3 > {root}/sys/bus/pci/devices/0000:0a:00.1/sriov_numvfs")
+        wait_until(lambda: "ens3f1v2" in links(host.netns), 10, "3 VFs")
+        host.dpus[2].set_faults(rate=1e6)
+        writer = subprocess.Popen(["sh", "-c", f"cat {image} > {host.dpus[2].rshim.boot}"], stderr=subprocess.PIPE)
+        wait_until(lambda: host.dpus[2].rshim.bytes_accepted, 5, "the stream to start")
+    finally:
+        host.close()
+    assert writer.wait(10) != 0  # the writer of a device that went away fails (EPIPE), it does not hang
+    writer.stderr.close()
     assert not set(namespaces) & set(bed_namespaces("t", os.getpid()))
     assert {t.name for t in threading.enumerate()} - before == set()
     assert not root.exists()

@@ -248,6 +248,7 @@ class Rshim:
         while True:
             with self._cv:
                 while (self.faults.stall or not self.powered) and not self._stopping:
+                    next_at = 0.0  # the pacing clock restarts after a pause
                     self._cv.wait(0.1)
             if self._stopping:
                 return
@@ -273,7 +274,10 @@ class Rshim:
             verifier.feed(view[:n])
             record.bytes += n
             if rate:
-                next_at = max(next_at, time.monotonic()) + n / rate
+                # Late wake-ups are made up (up to 100 ms of credit), so the mean rate holds under load
+                # without a burst after a stall or a slow writer.
+                now = time.monotonic()
+                next_at = max(next_at or now, now - 0.1) + n / rate
         if record is None:
             return  # a writer opened and closed without a byte: not a stream
         record.ended = time.monotonic()

@@ -112,6 +112,11 @@ def test_rate_limit_is_honoured(host: EmulatedHost) -> None:
     image = EmulatedBfb("v5", 12_000_000)
     started = time.monotonic()
     writer = Writer(dpu.rshim.boot, iter([*image.chunks(), SAMPLE_BFCFG.encode()]))
+    time.sleep(0.7)
+    accepted = dpu.rshim.bytes_accepted
+    ahead = writer.written - accepted
+    assert 0 <= ahead <= 192 * 1024, "the writer is held back by the device, not by its own pace"
+    assert 0.4 * rate <= accepted <= 0.8 * rate
     dpu.wait_ready(timeout=20)
     writer.join(5)
     record = dpu.rshim.streams[-1]

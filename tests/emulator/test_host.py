@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -142,4 +144,24 @@ def test_teardown_leaves_no_namespace_thread_or_file(tmp_path: Path) -> None:
     writer.stderr.close()
     assert not set(namespaces) & set(bed_namespaces("t", os.getpid()))
     assert {t.name for t in threading.enumerate()} - before == set()
+    assert not root.exists()
+
+
+def test_a_host_in_its_own_process_is_driven_through_its_files_and_removed_on_sigterm(tmp_path: Path) -> None:
+    root = tmp_path / "h"
+    proc = subprocess.Popen([sys.executable, "-m", "dpf.lab.emulator", str(root), "--name", host_name(),
+                             "--dpus", "2", "--owner", "t"], stdout=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (root / "run/emulator/control.sock").exists(), 30, "the host to come up")
+        assert len(bed_namespaces("t", proc.pid)) == 3
+        rshim = root / "dev/rshim1"
+        subprocess.run(["sh", "-c", f'echo "DISPLAY_LEVEL 2" > {rshim}/misc'], check=True)
+        assert sh(f"{root}/usr/bin/ipmitool chassis power reset").returncode == 0
+        wait_until(lambda: " INFO[MISC]: DPU is ready" in misc_log(rshim / "misc"), 10, "the DPU to reboot")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert "dpu1: DPU is ready (reset, factory, hostname None)" in out
+    assert bed_namespaces("t", proc.pid) == []
     assert not root.exists()

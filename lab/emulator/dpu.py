@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -146,7 +146,7 @@ class EmulatedDpu:
             self._run = _Run(f"emulator-{self.name}-boot", body) if body else None
             return self._run
 
-    def _firmware(self, run: _Run, mode: str) -> Iterator[None]:
+    def _firmware(self, run: _Run, mode: str) -> None:
         t = self.faults.timings
         stages = [
             (t.bl2, [" INFO[BL2]: start", f" INFO[BL2]: boot mode ({mode})", " INFO[BL2]: VDD: 850 mV",
@@ -160,7 +160,6 @@ class EmulatedDpu:
             run.sleep(delay)
             for line in lines:
                 self.rshim.log(line)
-            yield
 
     def _linux(self, run: _Run, reason: str) -> None:
         if self.faults.never_boots:
@@ -188,8 +187,7 @@ class EmulatedDpu:
     def _boot_installed(self, run: _Run, reason: str) -> None:
         self.state = "booting"
         self.rshim.clear_log()
-        for _ in self._firmware(run, "emmc"):
-            pass
+        self._firmware(run, "emmc")
         self._linux(run, reason)
 
     def _stream_started(self) -> None:
@@ -207,8 +205,7 @@ class EmulatedDpu:
         run.outcome_ready.set()
 
     def _flash(self, run: _Run) -> None:
-        for _ in self._firmware(run, "rshim"):
-            pass
+        self._firmware(run, "rshim")
         outcome = run.wait_outcome()
         if not outcome.ok:
             self.state = "error"
@@ -228,8 +225,7 @@ class EmulatedDpu:
         self.rshim.log(" INFO[MISC]: Installation finished")
         self.rshim.log(" INFO[MISC]: Rebooting...")
         self.state = "booting"
-        for _ in self._firmware(run, "emmc"):
-            pass
+        self._firmware(run, "emmc")
         self._linux(run, "install")
 
     # --- for tests and the lab -----------------------------------------------------------------------------

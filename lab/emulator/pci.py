@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyroute2 import NetlinkError
+from pyroute2 import IPRoute, NetlinkError
 
 from dpf.lab.bed.netns import ns_ipr
 
@@ -60,27 +60,38 @@ def _replace(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _link_mac(netns: str, ifname: str) -> str:
-    with ns_ipr(netns) as ipr:
-        return ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get_attr("IFLA_ADDRESS")
+class _Links:
+    """Netlink handles into the host's and the DPU's namespaces, opened once per batch of links (opening
+    one into a namespace costs far more than a link does)."""
 
+    def __init__(self, host_ns: str, dpu_ns: str) -> None:
+        self._stack = contextlib.ExitStack()
+        self.host = self._stack.enter_context(ns_ipr(host_ns))
+        self.dpu = self._stack.enter_context(ns_ipr(dpu_ns))
+        self._dpu_ns = dpu_ns
 
-def _add_veth(host_if: str, host_ns: str, dpu_if: str, dpu_ns: str) -> None:
-    with ns_ipr(host_ns) as ipr:
-        ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": dpu_if, "net_ns_fd": dpu_ns})
-        ipr.link("set", index=ipr.link_lookup(ifname=host_if)[0], state="up")
-    with ns_ipr(dpu_ns) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname=dpu_if)[0], state="up")
+    def add_veth(self, host_if: str, dpu_if: str) -> str:
+        """A veth pair, both ends up; returns the host end's MAC."""
+        self.host.link("add", ifname=host_if, kind="veth", peer={"ifname": dpu_if, "net_ns_fd": self._dpu_ns})
+        index = self.host.link_lookup(ifname=host_if)[0]
+        self.host.link("set", index=index, state="up")
+        self.dpu.link("set", index=self.dpu.link_lookup(ifname=dpu_if)[0], state="up")
+        return self.host.get_links(index)[0].get_attr("IFLA_ADDRESS")
 
-
-def _del_link(netns: str, ifname: str) -> bool:
-    with ns_ipr(netns) as ipr:
+    @staticmethod
+    def delete(ipr: IPRoute, ifname: str) -> bool:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
             return False
         with contextlib.suppress(NetlinkError):
             ipr.link("del", index=found[0])
         return True
+
+    def __enter__(self) -> _Links:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
 
 
 @dataclass
@@ -127,8 +138,9 @@ class PhysicalFunction:
         _function_dir(self.root, self.address, self.device_id)
         _write(self.path / "sriov_totalvfs", f"{self.totalvfs}\n")
         _write(self.numvfs_file, "0\n")
-        _add_veth(self.ifname, self.host_ns, self.representor, self.dpu_ns)
-        _netdev_dir(self.root, self.address, self.ifname, _link_mac(self.host_ns, self.ifname))
+        with _Links(self.host_ns, self.dpu_ns) as links:
+            mac = links.add_veth(self.ifname, self.representor)
+        _netdev_dir(self.root, self.address, self.ifname, mac)
 
     def on_numvfs_write(self) -> None:
         """Apply what a writer left in `sriov_numvfs` (called by the host's watcher after close)."""
@@ -165,26 +177,27 @@ class PhysicalFunction:
         self.rejected.append(RejectedWrite(str(self.numvfs_file), text.strip(), errno_name))
 
     def _set_vfs(self, wanted: int) -> None:
-        if wanted == 0:
-            for i in range(self.numvfs):
-                self._remove_vf(i)
-        else:
-            for i in range(wanted):
-                self._add_vf(i)
+        with _Links(self.host_ns, self.dpu_ns) as links:
+            if wanted == 0:
+                for i in range(self.numvfs):
+                    self._remove_vf(links, i)
+            else:
+                for i in range(wanted):
+                    self._add_vf(links, i)
         self.numvfs = wanted
 
-    def _add_vf(self, i: int) -> None:
+    def _add_vf(self, links: _Links, i: int) -> None:
         vf = self.vf_address(i)
-        _add_veth(self.vf_ifname(i), self.host_ns, self.vf_representor(i), self.dpu_ns)
+        mac = links.add_veth(self.vf_ifname(i), self.vf_representor(i))
         _function_dir(self.root, vf, VF_DEVICE_ID)
-        _netdev_dir(self.root, vf, self.vf_ifname(i), _link_mac(self.host_ns, self.vf_ifname(i)))
+        _netdev_dir(self.root, vf, self.vf_ifname(i), mac)
         os.symlink(f"../{self.address}", self.root / DEVICES / vf / "physfn")
         os.symlink(f"../{vf}", self.path / f"virtfn{i}")
 
-    def _remove_vf(self, i: int) -> None:
+    def _remove_vf(self, links: _Links, i: int) -> None:
         # The DPU end stays in the DPU's namespace; the host end may have been moved (e.g. into a pod).
-        if not _del_link(self.dpu_ns, self.vf_representor(i)):
-            _del_link(self.host_ns, self.vf_ifname(i))
+        if not links.delete(links.dpu, self.vf_representor(i)):
+            links.delete(links.host, self.vf_ifname(i))
         with contextlib.suppress(FileNotFoundError):
             (self.path / f"virtfn{i}").unlink()
         _remove_function(self.root, self.vf_address(i))

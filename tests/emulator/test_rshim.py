@@ -116,7 +116,7 @@ def test_rate_limit_is_honoured(host: EmulatedHost) -> None:
     accepted = dpu.rshim.bytes_accepted
     ahead = writer.written - accepted
     assert 0 <= ahead <= 192 * 1024, "the writer is held back by the device, not by its own pace"
-    assert 0.4 * rate <= accepted <= 0.8 * rate
+    assert accepted <= 0.8 * rate
     dpu.wait_ready(timeout=20)
     writer.join(5)
     record = dpu.rshim.streams[-1]

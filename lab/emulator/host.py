@@ -99,7 +99,9 @@ class EmulatedHost:
         faults = Faults(timings=StageTimings(**asdict(self.timings)))
         dpu = EmulatedDpu(name=f"{self.name}-dpu{index}", index=index, model=spec.model, pci_address=pfs[0].address,
                           netns=dpu_ns, pfs=pfs, rshim_dir=self.root / "dev" / f"rshim{index}", faults=faults)
-        self._watcher.watch(dpu.rshim_dir, lambda name, dpu=dpu: dpu.rshim.on_misc_write() if name == "misc" else None)
+        # ".misc.new": a file replaced while a writer held it open may report under the name it had before.
+        self._watcher.watch(dpu.rshim_dir, lambda name, dpu=dpu: dpu.rshim.on_misc_write()
+                            if name in ("misc", ".misc.new") else None)
         return dpu
 
     def _install_ipmitool(self) -> None:

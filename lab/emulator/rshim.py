@@ -32,6 +32,7 @@ from dpf.lab.emulator.bfb import StreamOutcome, StreamVerifier
 F_SETPIPE_SZ = 1031
 READ_BUFFER = 1 << 20
 LOG_LINES = 1000
+RECENT_MISC_FILES = 4
 _SEPARATOR = "---------------------------------------"
 
 
@@ -97,6 +98,7 @@ class Rshim:
         self._log: deque[str] = deque(maxlen=LOG_LINES)
         self._misc_lock = threading.Lock()
         self._rendered = ""
+        self._recent: deque[list] = deque()  # [fd, content we last saw] of the latest misc files
         self._up_since = time.monotonic()
         self._cv = threading.Condition()
         self._stopping = False
@@ -186,38 +188,50 @@ class Rshim:
         tmp = self.directory / ".misc.new"
         tmp.write_text(self._rendered)
         os.replace(tmp, self.misc)
+        # Keep the last few files open: a writer that opened `misc` just before a replace writes into a file
+        # that no longer has the name, and its command must still be seen.
+        self._recent.append([os.open(self.misc, os.O_RDONLY), self._rendered])
+        while len(self._recent) > RECENT_MISC_FILES:
+            os.close(self._recent.popleft()[0])
 
     def on_misc_write(self) -> None:
         """Apply commands a writer left in `misc` (`KEY VALUE` lines, as rshim's misc write accepts)."""
+        reset = False
         with self._misc_lock:
-            try:
-                text = self.misc.read_text()
-            except FileNotFoundError:
-                return
-            if text == self._rendered:
-                return
-            reset = False
-            s = self.settings
-            for line in text.splitlines():
-                parts = line.split()
-                if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
-                    continue
-                key, value = parts[0].upper(), int(parts[1])
-                if key == "DISPLAY_LEVEL":
-                    s.display_level = value
-                elif key == "BOOT_MODE":
-                    s.boot_mode = value
-                elif key == "BOOT_TIMEOUT":
-                    s.boot_timeout = value
-                elif key == "USB_TIMEOUT":
-                    s.usb_timeout = value
-                elif key == "DROP_MODE":
-                    s.drop_mode = value
-                elif key == "SW_RESET" and value == 1:
-                    reset = True
-            self._write_misc_locked()
+            changed = False
+            for entry in self._recent:
+                text = os.pread(entry[0], 1 << 20, 0).decode(errors="replace")
+                if text != entry[1]:
+                    entry[1] = text  # seen: never applied twice
+                    reset |= self._apply_commands(text)
+                    changed = True
+            if changed:
+                self._write_misc_locked()
         if reset:
             self._on_reset()
+
+    def _apply_commands(self, text: str) -> bool:
+        """Apply the settings in `text`; True when it asks for a reset."""
+        reset = False
+        s = self.settings
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) < 2 or not parts[1].lstrip("-").isdigit():
+                continue
+            key, value = parts[0].upper(), int(parts[1])
+            if key == "DISPLAY_LEVEL":
+                s.display_level = value
+            elif key == "BOOT_MODE":
+                s.boot_mode = value
+            elif key == "BOOT_TIMEOUT":
+                s.boot_timeout = value
+            elif key == "USB_TIMEOUT":
+                s.usb_timeout = value
+            elif key == "DROP_MODE":
+                s.drop_mode = value
+            elif key == "SW_RESET" and value == 1:
+                reset = True
+        return reset
 
     # --- boot stream ---------------------------------------------------------------------------------------
 
@@ -294,6 +308,9 @@ class Rshim:
             with contextlib.suppress(OSError):
                 os.close(os.open(self.boot, os.O_WRONLY | os.O_NONBLOCK))
             self._reader.join(timeout=0.05)
+        with self._misc_lock:
+            while self._recent:
+                os.close(self._recent.popleft()[0])
 
 
 @dataclass(frozen=True)

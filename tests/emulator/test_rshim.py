@@ -153,6 +153,16 @@ def test_sw_reset_written_into_misc_reruns_the_boot(host: EmulatedHost) -> None:
     assert "SW_RESET        0 (1: reset)" in dpu.rshim.misc.read_text()
 
 
+def test_a_command_written_into_a_misc_file_replaced_meanwhile_is_still_applied(host: EmulatedHost) -> None:
+    dpu = host.dpus[0]
+    with open(dpu.rshim.misc, "r+") as held:  # opened just before the emulator replaces misc
+        dpu.rshim.log(" INFO[MISC]: a line that makes the emulator rewrite misc")
+        assert os.stat(dpu.rshim.misc).st_ino != os.fstat(held.fileno()).st_ino
+        held.truncate(0)
+        held.write("SW_RESET 1\n")
+    assert dpu.wait_ready().reason == "reset"
+
+
 def test_rshim_holder_is_visible_to_a_second_claimant(host: EmulatedHost) -> None:
     rshim = host.dpus[0].rshim.directory
     assert holder(rshim) is None

@@ -59,16 +59,18 @@ class EmulatedHost:
         if self.root.exists() and any(self.root.iterdir()):
             raise FileExistsError(f"{self.root} is not empty: an emulated host owns its whole root")
         self.root.mkdir(parents=True, exist_ok=True)
+        self._closed = False
         self.power = "on"
         self.power_events: list[PowerEvent] = []
         self.dpus: list[EmulatedDpu] = []
         self._power_lock = threading.Lock()
         self._bed = NetnsBed(owner=self.owner)
         self._watcher: FileWatcher | None = None
+        self._watches: list[int] = []
         self._control: ControlServer | None = None
         try:
             self.netns = self._bed.namespace(self.name)
-            self._watcher = FileWatcher(self.name)
+            self._watcher = FileWatcher.acquire()
             for index, spec in enumerate(self.dpus_spec):
                 self.dpus.append(self._add_dpu(index, spec))
             self._install_ipmitool()
@@ -95,13 +97,14 @@ class EmulatedHost:
         for pf in pfs:
             pf.create()
             # The directory, not the file: the emulator's own rewrites replace the file (rename).
-            self._watcher.watch(pf.path, lambda name, pf=pf: pf.on_numvfs_write() if name == "sriov_numvfs" else None)
+            self._watches.append(self._watcher.watch(
+                pf.path, lambda name, pf=pf: pf.on_numvfs_write() if name == "sriov_numvfs" else None))
         faults = Faults(timings=StageTimings(**asdict(self.timings)))
         dpu = EmulatedDpu(name=f"{self.name}-dpu{index}", index=index, model=spec.model, pci_address=pfs[0].address,
                           netns=dpu_ns, pfs=pfs, rshim_dir=self.root / "dev" / f"rshim{index}", faults=faults)
         # ".misc.new": a file replaced while a writer held it open may report under the name it had before.
-        self._watcher.watch(dpu.rshim_dir, lambda name, dpu=dpu: dpu.rshim.on_misc_write()
-                            if name in ("misc", ".misc.new") else None)
+        self._watches.append(self._watcher.watch(
+            dpu.rshim_dir, lambda name, dpu=dpu: dpu.rshim.on_misc_write() if name in ("misc", ".misc.new") else None))
         return dpu
 
     def _install_ipmitool(self) -> None:
@@ -176,13 +179,20 @@ class EmulatedHost:
     # --- teardown ------------------------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self._control:
             self._control.close()
             self._control = None
         for dpu in self.dpus:
             dpu.close()
         if self._watcher:
-            self._watcher.close()
+            for wd in self._watches:
+                self._watcher.unwatch(wd)
+            self._watches.clear()
+            FileWatcher.release()
             self._watcher = None
         self._bed.cleanup()  # removing the namespaces removes every veth with them
         with contextlib.suppress(FileNotFoundError):

@@ -1,4 +1,5 @@
-"""One thread per emulated host that sees writes to the emulated device files (inotify, through libc).
+"""The thread that sees writes to the emulated device files (inotify, through libc), shared by every
+emulated host of a process: inotify instances are few (128 per user by default, counted across processes).
 
 A plain filesystem cannot intercept a write the way sysfs or a character device does, so the emulator learns
 of it afterwards: inotify reports IN_CLOSE_WRITE when the writer closes the file, and the registered handler
@@ -26,7 +27,29 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class FileWatcher:
-    """Calls `handler()` after a writer closes a watched file; `watch_dir` handlers get the file's name."""
+    """Calls `handler(name)` after a writer closes a watched file (or a file in a watched directory)."""
+
+    _shared: FileWatcher | None = None
+    _users = 0
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def acquire(cls) -> FileWatcher:
+        """The process's watcher, started on first use; pair with `release()`."""
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls("shared")
+            cls._users += 1
+            return cls._shared
+
+    @classmethod
+    def release(cls) -> None:
+        """Drop one user; the last one stops the thread."""
+        with cls._shared_lock:
+            cls._users -= 1
+            if cls._users == 0 and cls._shared is not None:
+                cls._shared.close()
+                cls._shared = None
 
     def __init__(self, name: str) -> None:
         self._fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -38,12 +61,17 @@ class FileWatcher:
         self._thread = threading.Thread(target=self._run, name=f"emulator-watch-{name}", daemon=True)
         self._thread.start()
 
-    def watch(self, path: Path, handler: Callable[[str], None]) -> None:
+    def watch(self, path: Path, handler: Callable[[str], None]) -> int:
         """Watch a file or a directory (then the handler is called with the closed file's name)."""
         wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), IN_CLOSE_WRITE)
         if wd < 0:
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
         self._handlers[wd] = handler
+        return wd
+
+    def unwatch(self, wd: int) -> None:
+        self._handlers.pop(wd, None)
+        _libc.inotify_rm_watch(self._fd, wd)  # fails harmlessly when the path is gone already
 
     def _run(self) -> None:
         while not self._stop:

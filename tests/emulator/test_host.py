@@ -165,3 +165,17 @@ def test_a_host_in_its_own_process_is_driven_through_its_files_and_removed_on_si
     assert "dpu1: DPU is ready (reset, factory, hostname None)" in out
     assert bed_namespaces("t", proc.pid) == []
     assert not root.exists()
+
+
+def test_hosts_in_one_process_share_one_watcher_and_each_keeps_working(tmp_path: Path) -> None:
+    first = EmulatedHost(host_name(), tmp_path / "a")
+    second = EmulatedHost(host_name(), tmp_path / "b")
+    try:
+        assert [t.name for t in threading.enumerate()].count("emulator-watch-shared") == 1
+        first.close()
+        sh(f"echo 2 > {second.root}/sys/bus/pci/devices/0000:08:00.0/sriov_numvfs")
+        wait_until(lambda: "ens1f0v1" in links(second.netns), 10, "the second host's VFs")
+    finally:
+        first.close()
+        second.close()
+    assert "emulator-watch-shared" not in [t.name for t in threading.enumerate()]

@@ -181,8 +181,8 @@ def conflict(live: Live, case: str) -> FaultResult:
     ns, group = live.ns, live.bed.group
     if case == "labels":
         for dpu in live.bed.dpus.values():
-            subprocess.run([tool("ip"), "-n", dpu.netns, "link", "add", NEWCOMER_NETDEV, "up", "type", "dummy"],
-                           check=False, capture_output=True)
+            subprocess.run([tool("ip"), "-n", dpu.netns, "link", "add", NEWCOMER_NETDEV, "up", "type", "veth",
+                            "peer", "name", f"{NEWCOMER_NETDEV}-pr"], check=False, capture_output=True)
         newcomer = _interface("a-newcomer-uplink", ns, group, {"uplink": "p0"}, NEWCOMER_NETDEV)
         holders, holder_plural, holder = ["p0", CHAIN], "dpuserviceinterfaces", "p0"
     elif case == "netdev":

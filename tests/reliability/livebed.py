@@ -195,6 +195,8 @@ class Pinger:
             self.proc.kill()
             self.proc.wait()
         self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         text = "".join(self.tail)
         m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
         if m is None:
@@ -305,6 +307,8 @@ def leftovers(live: Live, base: Baseline) -> list[str]:
         ports = sorted(emulated.ports())
         if ports != base.ports[name]:
             out.append(f"{name}: br-sfc ports {ports}, before {base.ports[name]}")
+        if ovn_ports := emulated.ports("br-ovn"):  # the other end of `ovn` interfaces' patch
+            out.append(f"{name}: br-ovn ports {ovn_ports}")
     if live.chain_flows() != base.chain_flows:
         out.append(f"{a}: the live chain's flows changed: {live.chain_flows()} (before {base.chain_flows})")
     return out

@@ -303,9 +303,10 @@ def candidates(base: Base) -> list[tuple[str, Path_, Any, bool, bool]]:
         elif kind == "object" and isinstance(site.value, dict):
             if path != ("spec",):
                 out.append(("wrong type (list for object)", path, ["x"], False, True))
-            out.append(("junk field (strict)", (*path, JUNK), {"a": 1}, False, True))
-            if _can_be_ready(base):
-                out.append(("junk field (pruned)", (*path, JUNK), {"a": 1}, True, False))
+            if site.schema.get("properties"):  # a struct, not a map: a key it does not know is junk
+                out.append(("junk field (strict)", (*path, JUNK), {"a": 1}, False, True))
+                if _can_be_ready(base):
+                    out.append(("junk field (pruned)", (*path, JUNK), {"a": 1}, True, False))
             if key in ("labels", "matchLabels"):
                 out.append(("invalid label key", (*path, BAD_LABEL_KEY), "v", False, True))
         elif kind == "array":

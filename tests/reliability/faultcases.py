@@ -215,7 +215,7 @@ def conflict(live: Live, case: str) -> FaultResult:
     def fault() -> None:
         live.bed.apply([newcomer])
         with contextlib.suppress(TimeoutError):
-            wait_until(named, 15, f"{name}'s conditions to name the holder")
+            wait_until(named, 10, f"{name}'s conditions to name the holder")
         time.sleep(3.0)  # the agents have acted on whatever the controller sent by now
         live.bed.delete(plural.removesuffix("s"), name)
         try:

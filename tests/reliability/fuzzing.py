@@ -5,7 +5,7 @@ Against a live chain (`livebed.live_chain`) with a 20/s ping through both its sw
    apiserver, each with a canary (a plain, valid physical interface) that must go Ready beside them;
    each mutation must end as: refused with 422 naming the field; or accepted, not Ready, with a condition
    naming the field; or, for a still-valid object, Ready. Then the batch is deleted and must be gone;
-2. churn: a chain and an interface created and deleted again under the same names, a random 0-1.2 s apart;
+2. churn: a chain and an interface created and deleted again under the same names, at once or 0-1.2 s apart;
 3. afterwards nothing may be left (`livebed.leftovers`), no `ovs-ofctl` orphan, no traceback in any log, and
    the live chain lost no packet and never left Ready.
 """
@@ -297,7 +297,7 @@ class FuzzRun:
                  f"{failed} failed; canary {'Ready' if canary_ready else 'NOT Ready'}")
 
     def _churn(self, cycles: int, rng: random.Random, anchors: list[dict[str, Any]]) -> None:
-        """Create and delete a chain and an interface under the same names, a random 0-1.2 s apart."""
+        """Create and delete a chain and an interface under the same names, at once or a random 0-1.2 s apart."""
         live = self.live
         chain_base = next(b for b in self.bases if b.kind == "DPUServiceChain")
         chain = json.loads(json.dumps(chain_base.obj))
@@ -319,7 +319,8 @@ class FuzzRun:
                 if exc is not None:
                     self.report.churn_problems.append(f"cycle {cycle}: create {obj['metadata']['name']} refused: "
                                                       f"{refusal_message(exc)[:200]}")
-            time.sleep(rng.uniform(0, 1.2))
+            # Half the cycles delete at once (before the controller has even seen the create), half a moment later.
+            time.sleep(rng.choice((0.0, rng.uniform(0, 1.2))))
             self.api.delete("DPUServiceChain", chain["metadata"]["name"])
             self.api.delete("DPUServiceInterface", iface["metadata"]["name"])
             self.report.churn_cycles += 1

@@ -68,9 +68,9 @@ class FaultResult:
         return "; ".join(parts)
 
 
-def _measure(live: Live, case: str, fault: Callable[[], None], settle: float = 2.0) -> FaultResult:
+def _measure(live: Live, case: str, fault: Callable[[], None], settle: float = 4.0) -> FaultResult:
     """Run `fault` (which returns once the faulted part is running again) under the ping, then wait for the
-    chain to be Ready and its flows to be back, and measure."""
+    chain to be Ready for `settle` seconds on end, and measure."""
     before = live.chain_flows()
     pingers = live.pingers()
     watch = ReadyWatch(live.bed.host_reader, "dpuservicechains", live.ns, CHAIN)
@@ -79,11 +79,8 @@ def _measure(live: Live, case: str, fault: Callable[[], None], settle: float = 2
     notes: list[str] = []
     try:
         fault()
-        try:
-            wait_until(live.chain_ready, RECOVERY_TIMEOUT, "the chain Ready again")
-        except TimeoutError as exc:
-            notes.append(str(exc))
-        time.sleep(settle)
+        if not _stays_ready(live, settle, RECOVERY_TIMEOUT):
+            notes.append(f"the chain was not Ready for {settle:.0f}s on end within {RECOVERY_TIMEOUT:.0f}s")
     finally:
         watch.stop()
         lost = {k: p.stop() for k, p in pingers.items()}
@@ -91,6 +88,21 @@ def _measure(live: Live, case: str, fault: Callable[[], None], settle: float = 2
     back = None if went_false is None else watch.first("True", started + went_false)
     return FaultResult(case, lost, went_false, 0.0 if went_false is None else back,
                        live.chain_flows() == before, watch.not_true(started), notes=notes)
+
+
+def _stays_ready(live: Live, hold: float, timeout: float) -> bool:
+    """Wait until the chain has been Ready for `hold` seconds on end (a status that flips only after the restarted
+    part has caught up is seen, not missed)."""
+    deadline, since = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        if live.chain_ready():
+            since = since or time.monotonic()
+            if time.monotonic() - since >= hold:
+                return True
+        else:
+            since = None
+        time.sleep(0.1)
+    return False
 
 
 def kill_agent(live: Live, down: float = 1.0) -> FaultResult:

@@ -85,7 +85,8 @@ def _measure(live: Live, case: str, fault: Callable[[], None], settle: float = 4
         watch.stop()
         lost = {k: p.stop() for k, p in pingers.items()}
     went_false = watch.first_not_true(started)
-    back = None if went_false is None else watch.first("True", started + went_false)
+    back_after_false = None if went_false is None else watch.first("True", started + went_false)
+    back = None if went_false is None or back_after_false is None else went_false + back_after_false
     return FaultResult(case, lost, went_false, 0.0 if went_false is None else back,
                        live.chain_flows() == before, watch.not_true(started), notes=notes)
 

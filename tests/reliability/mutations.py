@@ -3,7 +3,7 @@
 
 Each base object is first made to fit one bed without touching anything else there: its nodeSelector picks the
 bed's DPUs, its label values and chain selectors get a per-base prefix (so it never matches the live chain's
-objects), a physical interface names its own dummy netdev, a chain's selectors name the per-base anchor
+objects), a physical interface names its own netdev, a chain's selectors name the per-base anchor
 interfaces (`Anchor`), so every unmutated base can actually become Ready. Then one thing is broken, with the
 field path it broke, and whether the result is still valid (only an unknown field the apiserver prunes is).
 
@@ -204,7 +204,7 @@ def anchor_object(anchor: Anchor, namespace: str, group: str) -> Obj:
 
 
 def netdevs(bases: list[Base]) -> list[str]:
-    """Every netdev the bases name: what the bed creates (as dummies) on each DPU so valid bases can be Ready."""
+    """Every netdev the bases name: what the bed creates (veths) on each DPU so valid bases can be Ready."""
     out = list(DERIVED_NETDEVS)
     for base in bases:
         out += [a.netdev for a in base.anchors]

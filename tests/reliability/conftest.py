@@ -21,5 +21,5 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns 
 @pytest.fixture
 def live(kube: ControlPlane, dpu_kube: ControlPlane, namespace: str, netns: NetnsBed,
          tmp_path: Path) -> Iterator[Live]:
-    with live_chain(kube, dpu_kube, namespace, netns, tmp_path) as bed:
-        yield bed
+    with live_chain(kube, dpu_kube, namespace, netns, tmp_path) as chain_bed:
+        yield chain_bed

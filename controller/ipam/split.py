@@ -85,7 +85,7 @@ def from_status(spec: DPUServiceIPAMSpec, entries: Iterable[Mapping[str, Any]]) 
     for entry in entries:
         node = entry.get("nodeName")
         block = _entry_block(spec, entry) if node else None
-        if block is None:
+        if block is None or not node:
             continue
         departed = entry.get("departedAt")
         out.append(replace(block, node=node, departed_at=_epoch(departed) if departed else None))
@@ -180,11 +180,11 @@ def compute_allocations(spec: DPUServiceIPAMSpec, nodes: Sequence[Node], previou
     if waiting:
         free = (b for b in _blocks(spec) if (b.subnet, b.start) not in taken)
         for node in waiting:
-            block = next(free, None)
-            if block is None:
+            fresh = next(free, None)
+            if fresh is None:
                 unallocated.append(node)
             else:
-                kept[node] = replace(block, node=node)
+                kept[node] = replace(fresh, node=node)
     return Split(allocations=tuple(kept[n] for n in sorted(kept)), unallocated=tuple(unallocated))
 
 
@@ -216,11 +216,20 @@ def _subnet_block(spec: DPUServiceIPAMSpec, lo: int) -> NodeAllocation:
                           default_gateway=bool(s.default_gateway))
 
 
+def _inside(inner: Net, outer: Net) -> bool:
+    """subnet_of, typed per family: a network of the other family is simply not inside."""
+    if isinstance(inner, ipaddress.IPv4Network) and isinstance(outer, ipaddress.IPv4Network):
+        return inner.subnet_of(outer)
+    if isinstance(inner, ipaddress.IPv6Network) and isinstance(outer, ipaddress.IPv6Network):
+        return inner.subnet_of(outer)
+    return False
+
+
 def _prefix_block(spec: DPUServiceIPAMSpec, prefix: Net) -> NodeAllocation | None:
     n = spec.ipv4_network
     assert n is not None
     net = ipaddress.ip_network(n.network, strict=False)
-    if prefix.prefixlen != n.prefix_size or not prefix.subnet_of(net):
+    if prefix.prefixlen != n.prefix_size or not _inside(prefix, net):
         return None
     start, end = _usable_range(prefix)
     gateway = None
@@ -262,9 +271,9 @@ def _block_at(spec: DPUServiceIPAMSpec, subnet: str, start: str) -> NodeAllocati
         lo = int(ipaddress.ip_address(start))
         if spec.ipv4_subnet is not None:
             first, last, size = _subnet_bounds(spec)
-            block = _subnet_block(spec, lo)
+            in_subnet = _subnet_block(spec, lo)
             aligned = (lo - first) % size == 0 and first <= lo and lo + size - 1 <= last
-            return block if aligned and block.subnet == subnet else None
+            return in_subnet if aligned and in_subnet.subnet == subnet else None
         if spec.ipv4_network is not None:
             block = _prefix_block(spec, ipaddress.ip_network(subnet, strict=False))
             return block if block is not None and block.start == start else None

@@ -30,6 +30,14 @@ def key_of(obj: Obj) -> Key:
     return meta.get("namespace", ""), meta["name"]
 
 
+def key_of_event(old: Obj | None, new: Obj | None) -> Key:
+    """The key of a handler event's object (the new one, or for a deletion the old one)."""
+    obj = new if new is not None else old
+    if obj is None:
+        raise ValueError("an informer event carries an old or a new object")
+    return key_of(obj)
+
+
 class Informer:
     """Watch cache of one kind in one cluster."""
 

@@ -63,11 +63,13 @@ def judge(registry: NodeRegistry, node: str, type_url: str, name: str, version: 
     if nack is not None and nack.implicated.get(name) == version:
         return Judgement(Outcome.REJECTED, nack.resource_errors.get(name) or nack.message)
     observed = types.observed.get(name) if types else None
-    reported = verdict_of(observed) if observed is not None and observed.resource_version == version else None
+    current = observed if observed is not None and observed.resource_version == version else None
+    reported = verdict_of(current) if current is not None else None
+    said = current.message if current is not None else ""
     if reported == pb.VERDICT_REJECTED:
-        return Judgement(Outcome.REJECTED, observed.message)  # type: ignore[union-attr] - reported implies observed
+        return Judgement(Outcome.REJECTED, said)
     if reported == pb.VERDICT_FAILED:
-        return Judgement(Outcome.FAILED, observed.message)  # type: ignore[union-attr]
+        return Judgement(Outcome.FAILED, said)
     if types is None or types.acked.get(name) != version:
         why = "" if status is not None and status.connected else "agent not connected"
         if nack is not None and not why:
@@ -77,7 +79,7 @@ def judge(registry: NodeRegistry, node: str, type_url: str, name: str, version: 
         return Judgement(Outcome.READY)
     if reported is None:
         return Judgement(Outcome.PENDING, "applied, waiting for the agent's status report")
-    return Judgement(Outcome.PENDING, observed.message or "in progress")  # type: ignore[union-attr]
+    return Judgement(Outcome.PENDING, said or "in progress")
 
 
 def worst(outcomes: Iterable[Outcome]) -> Outcome:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from dpf.controller.cache.snapshot import Snapshot
 from dpf.controller.cache.snapshot_cache import SnapshotCache
@@ -56,7 +56,8 @@ class Reconciler:
         """True once every cache this reconciler reads has synced."""
         return True
 
-    async def reconcile(self, key: tuple) -> float | None:
+    async def reconcile(self, key: Any) -> float | None:
+        """Reconcile one work key: whatever hashable this reconciler enqueued (a tuple or a `keys` dataclass)."""
         raise NotImplementedError
 
     async def close(self) -> None:

@@ -39,7 +39,7 @@ from pydantic import ValidationError
 from dpf.controller.api.provisioning import BFB as BFBModel
 from dpf.controller.errors import PermanentError, TemporaryError
 from dpf.controller.kube.events import NORMAL, WARNING
-from dpf.controller.kube.informer import Informer, key_of
+from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import KubeError, Obj
 from dpf.controller.provisioning import download as dl
 from dpf.controller.reconcilers import objects
@@ -76,7 +76,7 @@ class BFBReconciler(Reconciler):
 
     def setup(self) -> None:
         self.informer: Informer = self.ctx.clusters.host.informer(BFB)
-        self.informer.add_handler(lambda _t, old, new: self.ctx.queue.add((self.name, *key_of(new or old))))
+        self.informer.add_handler(lambda _t, old, new: self.ctx.queue.add((self.name, *key_of_event(old, new))))
         self.settings = self.ctx.settings.bfb
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._downloads: dict[str, _Download] = {}  # by uid: running or waiting for a slot

@@ -12,12 +12,12 @@ References: DPUSet `spec.dpuTemplate.spec.dpuFlavor` / `spec.dpuTemplate.spec.bf
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 from dpf.controller.errors import TemporaryError
 from dpf.controller.kube.events import WARNING
-from dpf.controller.kube.informer import Informer, key_of
+from dpf.controller.kube.informer import Handler, Informer, key_of, key_of_event
 from dpf.controller.kube.rest import Kind, Obj
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
@@ -72,19 +72,29 @@ class InUseProtectionReconciler(Reconciler):
         host = self.ctx.clusters.host
         self.protected: dict[str, Informer] = {k: host.informer(p.kind) for k, p in PROTECTED.items()}
         for kind_name, informer in self.protected.items():
-            informer.add_handler(lambda _t, old, new, k=kind_name: self._enqueue(k, *key_of(new or old)))
+            informer.add_handler(self._protected_changed(kind_name))
         self.users: list[tuple[str, Informer]] = [("DPUSet", host.informer(DPU_SET)), ("DPU", host.informer(DPU))]
         indexes = {"DPUSet": {FLAVOR_PROTECTION.index: dpuset_flavor, BFB_PROTECTION.index: dpuset_bfb},
                    "DPU": {FLAVOR_PROTECTION.index: dpu_flavor, BFB_PROTECTION.index: dpu_bfb}}
         for user_kind, informer in self.users:
             for index, func in indexes[user_kind].items():
                 informer.add_index(index, func)
-            informer.add_handler(lambda _t, old, new, f=indexes[user_kind]: self._on_user(f, old, new))
+            informer.add_handler(self._user_changed(indexes[user_kind]))
+
+    def _protected_changed(self, kind_name: str) -> Handler:
+        def changed(_type: str, old: Obj | None, new: Obj | None) -> None:
+            self._enqueue(kind_name, *key_of_event(old, new))
+        return changed
+
+    def _user_changed(self, index_funcs: Mapping[str, Callable[[Obj], list[str]]]) -> Handler:
+        def changed(_type: str, old: Obj | None, new: Obj | None) -> None:
+            self._on_user(index_funcs, old, new)
+        return changed
 
     def _enqueue(self, kind_name: str, namespace: str, name: str) -> None:
         self.ctx.queue.add((self.name, kind_name, namespace, name))
 
-    def _on_user(self, funcs: dict, old: Obj | None, new: Obj | None) -> None:
+    def _on_user(self, funcs: Mapping[str, Callable[[Obj], list[str]]], old: Obj | None, new: Obj | None) -> None:
         # Both old and new references: dropping a reference may be what lets a deletion finish.
         for kind_name, protected in PROTECTED.items():
             refs = {r for obj in (old, new) if obj is not None for r in funcs[protected.index](obj)}

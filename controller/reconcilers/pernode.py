@@ -39,7 +39,11 @@ def node_of(obj: Obj) -> list[str]:
 class PerNodeReconciler(Reconciler):
     source: ClassVar[Kind]  # the per-node kind in the DPU clusters
     type_url: ClassVar[str]  # the NodeState type its snapshots carry
-    resource_name: ClassVar[Callable[[Obj], str]]  # an object's name as the snapshot knows it
+
+    @staticmethod
+    def resource_name(obj: Obj) -> str:
+        """An object's name as the snapshot knows it."""
+        raise NotImplementedError
 
     def setup(self) -> None:
         self.ctx.clusters.need_dpu_kind(self.source)

@@ -34,8 +34,11 @@ class ServiceChainSetReconciler(NodeSetReconciler):
         interfaces = cluster.informer(SERVICE_INTERFACE)
         interfaces.add_index(NODE_INDEX, node_of)
         # An interface appearing, changing labels or going away changes how chains on its node resolve.
-        interfaces.add_handler(lambda _t, old, new: [self.enqueue_for_node(n) for o in (old, new) if o
-                                                     for n in node_of(o)])
+        interfaces.add_handler(lambda _t, old, new: self._enqueue_nodes_of(old, new))
+
+    def _enqueue_nodes_of(self, *objects: Obj | None) -> None:
+        for node in {n for o in objects if o for n in node_of(o)}:
+            self.enqueue_for_node(node)
 
     def problems(self, cluster: Cluster, children: list[Obj]) -> dict[str, str]:
         interfaces = cluster.informer(SERVICE_INTERFACE)

@@ -162,7 +162,7 @@ class NodeStateServer(pb_grpc.NodeStateServicer):
         if old is not None:  # the newest stream of a node wins (an agent reconnected before we saw the old die)
             old.close_reason = "replaced by a newer stream of the same node"
             old.watch.changed.set()
-        session = Session(node, role, self.cache.watch(node), asyncio.current_task())  # type: ignore[arg-type]
+        session = Session(node, role, self.cache.watch(node), asyncio.current_task())
         self.sessions[node] = session
         status = self.registry.node(node)
         status.role, status.connected = role, True
@@ -239,9 +239,10 @@ class NodeStateServer(pb_grpc.NodeStateServicer):
 
     def _subscribe(self, session: Session, request: pb.DiscoveryRequest) -> None:
         type_url = request.type_url
-        known: dict[str, str] | None = dict(request.resource_versions)
-        if request.version_info == versioning.EMPTY or versioning.set_version(known) != request.version_info:
-            known = None  # nothing applied, or versions that do not add up: send the full state
+        presented = dict(request.resource_versions)
+        # Nothing applied, or versions that do not add up: None, so the full state is sent.
+        usable = request.version_info != versioning.EMPTY and versioning.set_version(presented) == request.version_info
+        known: dict[str, str] | None = presented if usable else None
         state = TypeState(type_url, known, acked_version=request.version_info if known is not None else "")
         session.types[type_url] = state
         status = self.registry.node(session.node).of(type_url)

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import Any
 
 from dpf.agent.cni.settings import CniSettings
 from dpf.agent.dpu.sfc_handlers import ServiceChainHandler, ServiceInterfaceHandler, SfcState
@@ -24,6 +22,7 @@ from dpf.agent.runtime.settings import AgentSettings
 from dpf.agent.sfc.ovsdb import Ovsdb, OvsdbSettings
 from dpf.agent.sfc.programmer import SfcProgrammer
 from dpf.agent.sfc.settings import SfcSettings
+from dpf.shared.tasks import TaskGroup
 
 log = logging.getLogger("dpf.agent.dpu")
 
@@ -47,7 +46,12 @@ class DpuAgent:
         self.runtime = AgentRuntime(settings.agent, [ServiceInterfaceHandler(self.sfc), ServiceChainHandler(self.sfc)])
         self.sfc.reporter_for = self.runtime.statuses.reporter
         self.programmer: SfcProgrammer | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._failed = asyncio.Event()
+        self._tasks = TaskGroup("dpu-agent", self._task_failed)
+
+    def _task_failed(self, name: str, exc: BaseException | None) -> None:
+        # The task group logged the crash; a DPU agent without its stream or CNI server stops (systemd restarts it).
+        self._failed.set()
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until `stop` is set (0) or a task ends on its own (1)."""
@@ -66,31 +70,17 @@ class DpuAgent:
             if self.settings.cni is not None:
                 from dpf.agent.cni.wiring import serve_cni  # the CNI server pulls in pyroute2: only when asked
 
-                self._start("cni", serve_cni(self.runtime, self.settings.cni, ovsdb))
-            self._start("runtime", self.runtime.run())
-            waiter = asyncio.ensure_future(stop.wait())
-            done, _ = await asyncio.wait({*self._tasks, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            failed = [t for t in self._tasks if t in done]
-            for task in failed:
-                exc = task.exception()
-                log.error("%s %s; stopping the agent", task.get_name(),
-                          f"crashed: {exc!r}" if exc else "exited unexpectedly")
-            return 1 if failed else 0
+                self._tasks.start("cni", serve_cni(self.runtime, self.settings.cni, ovsdb))
+            self._tasks.start("runtime", self.runtime.run())
+            waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._failed.wait())}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+            if self._failed.is_set():
+                log.error("a task of the DPU agent ended; stopping the agent")
+                return 1
+            return 0
         finally:
-            await self._stop_tasks()
+            await self._tasks.stop(timeout=10.0)
             await asyncio.to_thread(self.programmer.stop)
             log.info("DPU agent stopped (the data plane is left as it is)")
-
-    def _start(self, name: str, coro: Coroutine[Any, Any, Any]) -> None:
-        self._tasks.append(asyncio.create_task(coro, name=f"dpu-agent/{name}"))
-
-    async def _stop_tasks(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a bound per task
-        for task in reversed(self._tasks):
-            task.cancel()
-            await asyncio.wait({task}, timeout=timeout)
-            if not task.done():
-                log.error("%s did not stop within %.0fs", task.get_name(), timeout)
-            elif not task.cancelled():
-                task.exception()  # retrieved (a crash was logged as the reason for stopping)
-        self._tasks.clear()

@@ -142,7 +142,7 @@ def _tx_checksum_off(ifname: str) -> None:
     """`ethtool -K <if> tx off`, via the legacy ioctl (no ethtool binary, no genetlink family lookup).
 
     Through OVS's userspace datapath a veth that offloads TX checksums sends TCP with bad
-    checksums and connections hang (shared/notes/environment.md §1).
+    checksums and connections hang (measured on OVS's userspace datapath here).
     """
     value = array.array("B", struct.pack("II", _ETHTOOL_STXCSUM, 0))
     ifreq = struct.pack("16sP", ifname.encode(), value.buffer_info()[0])

@@ -4,7 +4,7 @@ Every function here is deterministic and side-effect free (no I/O, no clock); th
 it the node state, the OVSDB view and dumped flows, and executes what comes back through
 `ovsdb.py` (one transaction) and `flows.py` (one bundle).
 
-Upstream compatibility (doca-platform sfc-controller, see shared/spec §3):
+Upstream compatibility (doca-platform sfc-controller, upstream DPF v24.10):
 - port names: physical = `physical.interfaceName`, pf = `pf<N>hpf`, vf = `pf<N>vf<M>`, ovn = the patch
   pair `puplinkbrsfc` (br-sfc) ↔ `puplinkbrovn` (br-ovn); service ports are plugged by the CNI and only
   looked up here, by Interface `external_ids:dpf-id=<podNs>/<podName>/<ifname>`;

@@ -1,4 +1,4 @@
-"""The condition model every reconciler uses (shared/spec/dpf-upstream.md §1.0), as pure functions.
+"""The condition model every reconciler uses (upstream DPF v24.10), as pure functions.
 
 A reconciler seeds its kind's condition types (`ensure`), marks each step (`mark_true`/`mark_false`), then
 calls `summarize` to derive `Ready`: True when every other condition is True, otherwise False with the

@@ -1,6 +1,6 @@
 """operator.dpu.nvidia.com/v1alpha1: DPFOperatorConfig, the singleton that installs the DPF system.
 
-Fields follow upstream v24.10 (shared/spec/dpf-upstream.md §1.13): per-component `disable`/`image`/`helmChart`
+Fields follow upstream DPF v24.10: per-component `disable`/`image`/`helmChart`
 overrides, MTUs, pull secrets and the provisioning controller's settings.
 """
 

@@ -1,6 +1,6 @@
 """provisioning.dpu.nvidia.com/v1alpha1: BFB, DPU, DPUSet, DPUFlavor and DPUCluster.
 
-Field names, defaults, enums and patterns follow upstream DPF v24.10 (shared/spec/dpf-upstream.md §1.1-1.5).
+Field names, defaults, enums and patterns follow upstream DPF v24.10.
 Upstream's admission-webhook rules are CEL rules here (see docs/api.md); the rest are admission
 policies in `policies.py`.
 """

@@ -1,7 +1,7 @@
 """svc.dpu.nvidia.com/v1alpha1: services, deployments, templates, configurations and credentials.
 
 DPUService, DPUDeployment, DPUServiceTemplate, DPUServiceConfiguration and DPUServiceCredentialRequest
-(shared/spec/dpf-upstream.md §1.6-1.9); the interface/chain/IPAM kinds live in `svc_network.py` and are
+(upstream DPF v24.10); the interface/chain/IPAM kinds live in `svc_network.py` and are
 re-exported here so `svc` is the whole group.
 """
 

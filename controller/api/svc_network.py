@@ -1,7 +1,7 @@
 """svc.dpu.nvidia.com/v1alpha1, the network half: interfaces, chains and IPAM.
 
 DPUServiceInterface → ServiceInterfaceSet → ServiceInterface, DPUServiceChain → ServiceChainSet →
-ServiceChain, and DPUServiceIPAM (shared/spec/dpf-upstream.md §1.10-1.12). The IPAM webhook's CIDR rules
+ServiceChain, and DPUServiceIPAM (upstream DPF v24.10). The IPAM webhook's CIDR rules
 are CEL rules using the Kubernetes `cidr()`/`ip()` library; `svc.py` re-exports these kinds.
 """
 

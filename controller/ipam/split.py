@@ -1,6 +1,6 @@
 """Split a DPUServiceIPAM into per-node blocks, the way NVIDIA's nv-ipam splits IPPools and CIDRPools.
 
-Pure and deterministic (shared/spec/dpf-upstream.md §4.3): the reconciler passes the spec, the DPU
+Pure and deterministic (upstream DPF v24.10): the reconciler passes the spec, the DPU
 nodes with their labels, the allocations recorded in status last time, and the clock; it writes
 the result back to status and streams each node its block. Stability comes from `previous`: a
 node keeps its block across controller restarts (`from_status` reads it back from status) and as

@@ -1,5 +1,5 @@
 """DPUServiceIPAM status from a split and from what the nodes' agents said: `allocations` plus the conditions
-`DPUIPAMObjectReconciled`, `DPUIPAMObjectReady` and the `Ready` summary (shared/spec/dpf-upstream.md §1.12).
+`DPUIPAMObjectReconciled`, `DPUIPAMObjectReady` and the `Ready` summary (upstream DPF v24.10).
 
 - Reconciled: every node that matches nodeSelector has a block (False/Error names the nodes left without
   one when the pool is exhausted).

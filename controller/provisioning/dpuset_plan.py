@@ -1,4 +1,4 @@
-"""The DPUSet plan (shared/spec/dpf-upstream.md §2.2): which DPUs a DPUSet wants on which host Nodes, and what
+"""The DPUSet plan (upstream DPF v24.10): which DPUs a DPUSet wants on which host Nodes, and what
 to do about the DPUs it has. Create the missing ones, delete those whose node (or DPU index) left the
 selection, replace outdated ones under RollingUpdate with at most maxUnavailable unavailable at once, merge the
 template's cluster.nodeLabels into existing DPUs in place (RollingUpdate only, as upstream), adopt orphans.

@@ -1,4 +1,4 @@
-"""BFB → its file in the BFB directory (upstream's BFB controller, shared/spec/dpf-upstream.md §2.1, §5.1).
+"""BFB → its file in the BFB directory (upstream DPF v24.10's BFB controller).
 
 Phases (`status.phase` only; the kind has no conditions): Initializing → Downloading → Ready. The file is
 `<directory>/<spec.fileName>` (default `<namespace>-<name>.bfb`, persisted into spec.fileName once). A file

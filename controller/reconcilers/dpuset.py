@@ -1,4 +1,4 @@
-"""DPUSet → one DPU per selected host Node and DPU index (shared/spec/dpf-upstream.md §2.2).
+"""DPUSet → one DPU per selected host Node and DPU index (upstream DPF v24.10).
 
 Each pass reads the watch caches (DPUSets, DPUs, host Nodes), computes a plan with the pure
 `controller/provisioning/dpuset_plan.py`, and applies only its differences: new DPUs by server-side apply

@@ -1,6 +1,6 @@
 """DPUFlavor and BFB in-use protection: deletion waits while a DPUSet or DPU in the same namespace uses them.
 
-Upstream refuses such a delete in a validating webhook (shared/spec/dpf-upstream.md §1.1, §1.4); admission
+Upstream refuses such a delete in a validating webhook (upstream DPF v24.10); admission
 cannot see other objects without one, so the controller keeps a protection finalizer on every DPUFlavor and
 BFB instead. While a deleted one is still referenced, the finalizer stays, a Warning Event `InUse` names the
 referencing objects (and a BFB shows `status.phase: Deleting`); once the last reference is gone the finalizer

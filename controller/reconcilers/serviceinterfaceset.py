@@ -2,7 +2,7 @@
 status: `ServiceInterfacesReconciled`, `ServiceInterfacesReady` (every child ACKed and reported PROGRAMMED by its
 node's agent: the port exists and has its OpenFlow port), `Ready`, `numberApplied`, `numberReady`.
 
-Upstream details kept (shared/spec/dpf-upstream.md §2.9): children of `service` interfaces carry
+Upstream details kept (upstream DPF v24.10): children of `service` interfaces carry
 `svc.dpu.nvidia.com/service-id`; a `vlan`/`vf` `parentInterfaceRef` gets the suffix `-<node>`, naming the
 parent's child on the same node. The mechanics are `nodeset.py`'s.
 """

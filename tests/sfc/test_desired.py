@@ -61,7 +61,7 @@ def view_of(*ports: ObservedPort, bridges: tuple[str, ...] = ("br-sfc",)) -> Swi
 
 
 def test_cookie_is_upstreams_fnv1a64_of_namespace_and_name() -> None:
-    # The value upstream documents for this chain (shared/spec §3.4), so both agents agree on ownership.
+    # The value upstream documents for this chain (upstream DPF v24.10), so both agents agree on ownership.
     assert chain_cookie("dpf-operator-system", "hbn-to-fabric-worker1-0000-08-00") == 6272591130894795502
 
 

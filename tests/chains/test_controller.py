@@ -196,6 +196,54 @@ def test_a_service_interface_carries_its_pod_and_deleting_never_waits_for_a_gone
     run(scenario())
 
 
+def test_a_set_left_by_an_earlier_same_name_chain_is_replaced_not_adopted(kube: ControlPlane, namespace: str) -> None:
+    group = uuid.uuid4().hex[:6]
+    a = f"dpu-a-{group}"
+    owner_label = "svc.dpu.nvidia.com/dpuservicechain-uid"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+        objs = manifests(namespace, group)
+        try:
+            await node(rest, a, group, hbn=True)
+            # What a chain deleted while its DPU cluster was unreachable leaves: a set (and its per-node chain)
+            # claiming an owner uid that no object has any more.
+            chain = objs["hbn-to-fabric"]
+            leftover = await rest.create(SERVICE_CHAIN_SET, {
+                "apiVersion": SERVICE_CHAIN_SET.api_version, "kind": "ServiceChainSet",
+                "metadata": {"name": "hbn-to-fabric", "namespace": namespace,
+                             "labels": {owner_label: str(uuid.uuid4())}},
+                "spec": chain["spec"]["template"]["spec"]}, namespace)
+            old_child = await eventually(lambda: rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace),
+                                         "the leftover set's per-node chain")
+
+            parent = await rest.create(DPU_SERVICE_CHAIN, chain, namespace)
+
+            async def replaced() -> dict | None:
+                found = await rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace)
+                return found if found and found["metadata"]["uid"] != leftover["metadata"]["uid"] else None
+
+            fresh = await eventually(replaced, "a new set in place of the leftover")
+            assert fresh["metadata"]["labels"][owner_label] == parent["metadata"]["uid"]
+            child = await eventually(lambda: rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace),
+                                     "the new set's per-node chain")
+            assert child["metadata"]["uid"] != old_child["metadata"]["uid"]
+            assert child["metadata"]["ownerReferences"][0]["uid"] == fresh["metadata"]["uid"]
+
+            await rest.delete(DPU_SERVICE_CHAIN, "hbn-to-fabric", namespace)
+            await eventually(lambda: _gone(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric"), "the chain deleted")
+            assert await rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace) is None
+            assert await rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace) is None
+        finally:
+            await rest.delete(NODE, a)
+            await controller.stop()
+            await rest.close()
+
+    run(scenario())
+
+
 async def _equals(value: object, expected: object) -> bool:
     return await value == expected  # type: ignore[misc]
 

@@ -29,7 +29,7 @@ from dpf.controller.api import conditions as cond
 from dpf.controller.clusters import Cluster
 from dpf.controller.errors import TemporaryError
 from dpf.controller.kube.informer import Informer, key_of
-from dpf.controller.kube.rest import Kind, KubeError, Obj
+from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
 from dpf.controller.reconcilers.kinds import NAMESPACE
@@ -60,6 +60,13 @@ class MirrorKinds:
 def claimed_owner(kinds: MirrorKinds, child: Obj) -> str:
     """The parent uid `child` claims ("" if none: made by hand or before the label existed). Pure."""
     return (child["metadata"].get("labels") or {}).get(kinds.owner_label, "")
+
+
+async def read_live(rest: Rest, kind: Kind, namespace: str, name: str) -> Obj | None:
+    """`namespace/name` as the apiserver has it now, not the cache. A list, not a get: the controller's RBAC
+    reads these kinds by list and watch only."""
+    items = (await rest.list(kind, namespace))["items"]
+    return next((o for o in items if o["metadata"]["name"] == name), None)
 
 
 def child_body(kinds: MirrorKinds, parent: Obj) -> Obj:
@@ -199,7 +206,7 @@ class MirrorReconciler(Reconciler):
         for cluster in self.ctx.clusters.dpu.values():
             # Asked of the apiserver: the cache may not hold yet a child that the previous reconcile of this key
             # wrote from a cached parent that was already being deleted.
-            child = await cluster.rest.get(self.kinds.child, name, namespace)
+            child = await read_live(cluster.rest, self.kinds.child, namespace, name)
             if child is None:
                 continue
             remaining.append(cluster.name)

@@ -34,7 +34,7 @@ from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
 from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
 from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
-from dpf.controller.reconcilers.mirror import MirrorKinds, claimed_owner
+from dpf.controller.reconcilers.mirror import MirrorKinds, claimed_owner, read_live
 from dpf.controller.reconcilers.nodeset import SetKinds
 from dpf.controller.reconcilers.servicechainset import ServiceChainSetReconciler
 from dpf.controller.reconcilers.serviceinterfaceset import ServiceInterfaceSetReconciler
@@ -157,7 +157,7 @@ class OrphanSweeper(Reconciler):
             return  # the cache lagged: the owner is there
         meta = candidate.obj["metadata"]
         namespace = meta.get("namespace", "")
-        current = await candidate.cluster.rest.get(candidate.kind, meta["name"], namespace)
+        current = await read_live(candidate.cluster.rest, candidate.kind, namespace, meta["name"])
         if current is None or current["metadata"].get("uid") != meta["uid"] or \
                 current["metadata"].get("deletionTimestamp") or self._claim(candidate, current) != claim:
             return  # gone, re-created, already going, or adopted meanwhile: not the object judged

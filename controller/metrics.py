@@ -39,3 +39,6 @@ class Metrics:
                                      ["result"], registry=r)  # result: success | failure
         self.bfb_downloads_active = Gauge("dpf_controller_bfb_downloads_active",
                                           "BFB downloads running or waiting for a slot", registry=r)
+        self.orphans_deleted = Counter("dpf_controller_orphans_deleted_total",
+                                       "DPU-cluster objects the orphan sweep deleted because their owner is gone",
+                                       ["kind"], registry=r)

@@ -136,3 +136,6 @@ class ControllerSettings:
     bfb: BFBSettings = field(default_factory=BFBSettings)
     resync_period: float = 600.0
     """Every object is reconciled again at least this often, seconds (level-triggered safety net)."""
+    orphan_sweep_period: float = 60.0
+    """How often the leader looks for DPU-cluster sets and per-node objects whose owner is gone, seconds
+    (`reconcilers/orphans.py`; the safety net behind ordered deletion)."""

@@ -205,10 +205,13 @@ class Rest:
         meta = body["metadata"]
         return await self._call("PUT", kind.path(meta.get("namespace"), meta["name"], subresource), body=body)
 
-    async def delete(self, kind: Kind, name: str, namespace: str | None = None, *, uid: str | None = None) -> None:
+    async def delete(self, kind: Kind, name: str, namespace: str | None = None, *, uid: str | None = None,
+                     resource_version: str | None = None) -> None:
         """Delete by name (absent is fine). With `uid`, only that incarnation: if the name now holds another
-        object, the apiserver answers 409 Conflict (KubeError.conflict) and nothing is deleted."""
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}} if uid else None
+        object, the apiserver answers 409 Conflict (KubeError.conflict) and nothing is deleted. With
+        `resource_version` too, only if the object has not changed since it was read."""
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": preconditions} if preconditions else None
         try:
             await self._call("DELETE", kind.path(namespace, name), body=body)
         except KubeError as exc:

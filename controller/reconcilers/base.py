@@ -96,6 +96,7 @@ def default_reconcilers() -> list[type[Reconciler]]:
     from dpf.controller.reconcilers.dpuserviceipam import DPUServiceIPAMReconciler
     from dpf.controller.reconcilers.dpuset import DPUSetReconciler
     from dpf.controller.reconcilers.inuse_protection import InUseProtectionReconciler
+    from dpf.controller.reconcilers.orphans import OrphanSweeper
     from dpf.controller.reconcilers.servicechain import ServiceChainReconciler
     from dpf.controller.reconcilers.servicechainset import ServiceChainSetReconciler
     from dpf.controller.reconcilers.serviceinterface import ServiceInterfaceReconciler
@@ -104,4 +105,4 @@ def default_reconcilers() -> list[type[Reconciler]]:
     return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetReconciler,
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
             DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
-            DPUSetReconciler]
+            DPUSetReconciler, OrphanSweeper]

@@ -7,7 +7,13 @@ Status: `<Child>Reconciled` (every cluster has the current child), `<Child>Ready
 True at its current generation in every cluster; otherwise the message carries the child's own failing
 conditions, e.g. which chain selector matches nothing on which node), and the `Ready` summary.
 Deletion: our finalizer stays until the child is gone from every cluster (the child's own finalizer in turn
-waits for its per-node objects), so deleting the host object tears the chain down in order.
+waits for its per-node objects), so deleting the host object tears the chain down in order. Whether a child
+is left is asked of each DPU cluster's apiserver, not its watch cache: a reconcile that raced the deletion
+may have written a child the cache has not seen yet, and dropping the finalizer then would leak it.
+
+Ownership: the child carries its parent's uid in the label `<group>/<parent kind>-uid`. A child that claims
+another uid is a leftover of an earlier object of the same name; it is deleted (uid precondition) and made
+anew, never adopted. The same label lets the orphan sweep (`orphans.py`) find a child whose parent is gone.
 
 Key: (reconciler name, namespace, name). Subclasses only name the kinds.
 """
@@ -23,7 +29,7 @@ from dpf.controller.api import conditions as cond
 from dpf.controller.clusters import Cluster
 from dpf.controller.errors import TemporaryError
 from dpf.controller.kube.informer import Informer, key_of
-from dpf.controller.kube.rest import Kind, KubeError, Obj
+from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
 from dpf.controller.reconcilers.kinds import NAMESPACE
@@ -45,6 +51,23 @@ class MirrorKinds:
     def condition_types(self) -> tuple[str, ...]:
         return (cond.READY, self.reconciled, self.ready)
 
+    @property
+    def owner_label(self) -> str:
+        """The child's label holding its parent's uid, e.g. `svc.dpu.nvidia.com/dpuservicechain-uid`."""
+        return f"{self.parent.group}/{self.parent.kind.lower()}-uid"
+
+
+def claimed_owner(kinds: MirrorKinds, child: Obj) -> str:
+    """The parent uid `child` claims ("" if none: made by hand or before the label existed). Pure."""
+    return (child["metadata"].get("labels") or {}).get(kinds.owner_label, "")
+
+
+async def read_live(rest: Rest, kind: Kind, namespace: str, name: str) -> Obj | None:
+    """`namespace/name` as the apiserver has it now, not the cache. A list, not a get: the controller's RBAC
+    reads these kinds by list and watch only."""
+    items = (await rest.list(kind, namespace))["items"]
+    return next((o for o in items if o["metadata"]["name"] == name), None)
+
 
 def child_body(kinds: MirrorKinds, parent: Obj) -> Obj:
     """The DPU-cluster child of `parent`. Pure."""
@@ -52,7 +75,7 @@ def child_body(kinds: MirrorKinds, parent: Obj) -> Obj:
     template = (parent.get("spec") or {}).get("template") or {}
     template_meta = template.get("metadata") or {}
     child_meta = {"name": meta["name"], "namespace": meta.get("namespace", ""),
-                  "labels": dict(template_meta.get("labels") or {})}
+                  "labels": {**(template_meta.get("labels") or {}), kinds.owner_label: meta["uid"]}}
     if template_meta.get("annotations"):
         child_meta["annotations"] = dict(template_meta["annotations"])
     return {"apiVersion": kinds.child.api_version, "kind": kinds.child.kind, "metadata": child_meta,
@@ -162,12 +185,28 @@ class MirrorReconciler(Reconciler):
                 if not exc.conflict:
                     raise
             self._namespaces.add((cluster.name, namespace))
-        current = cluster.informer(self.kinds.child).get(namespace, body["metadata"]["name"])
+        name = body["metadata"]["name"]
+        current = cluster.informer(self.kinds.child).get(namespace, name)
         if current is not None and current["metadata"].get("deletionTimestamp"):
-            raise KubeError(409, "Terminating", f"{self.kinds.child.kind} {namespace}/{body['metadata']['name']} "
+            raise KubeError(409, "Terminating", f"{self.kinds.child.kind} {namespace}/{name} "
                                                 "is still being deleted; it is re-created once it is gone")
+        if current is not None and (claimed := claimed_owner(self.kinds, current)) != parent["metadata"]["uid"] \
+                and claimed:
+            await self._delete_child(cluster, current)
+            raise KubeError(409, "Replaced", f"{self.kinds.child.kind} {namespace}/{name} belonged to an earlier "
+                                             f"{self.kinds.parent.kind} of this name (uid {claimed}); it is deleted "
+                                             "and re-created once it is gone")
         if objects.child_differs(current, body):
             await cluster.rest.apply(self.kinds.child, body, self.ctx.settings.kube.field_manager)
+
+    async def _delete_child(self, cluster: Cluster, child: Obj) -> None:
+        """Delete this incarnation of `child` (uid precondition: a newer object of its name is left alone)."""
+        meta = child["metadata"]
+        try:
+            await cluster.rest.delete(self.kinds.child, meta["name"], meta.get("namespace", ""), uid=meta["uid"])
+        except KubeError as exc:
+            if not exc.conflict:  # 409: the name holds another object now; the caller looks again
+                raise
 
     async def _delete(self, parent: Obj) -> float | None:
         if self.kinds.finalizer not in (parent["metadata"].get("finalizers") or ()):
@@ -175,12 +214,14 @@ class MirrorReconciler(Reconciler):
         namespace, name = key_of(parent)
         remaining = []
         for cluster in self.ctx.clusters.dpu.values():
-            child = cluster.informer(self.kinds.child).get(namespace, name)
+            # Asked of the apiserver: the cache may not hold yet a child that the previous reconcile of this key
+            # wrote from a cached parent that was already being deleted.
+            child = await read_live(cluster.rest, self.kinds.child, namespace, name)
             if child is None:
                 continue
             remaining.append(cluster.name)
             if not child["metadata"].get("deletionTimestamp"):
-                await cluster.rest.delete(self.kinds.child, name, namespace)
+                await self._delete_child(cluster, child)
         if remaining:
             message = f"waiting for {self.kinds.child.kind} {namespace}/{name} to be deleted in DPU cluster(s) " \
                       f"{', '.join(sorted(remaining))}"

@@ -327,8 +327,22 @@ class NodeSetReconciler(Reconciler):
             await objects.write_status(cluster.rest, k.set_kind, set_obj, objects.status_body(set_obj, conditions),
                                        self.ctx.settings.kube.field_manager)
             return 1.0
+        if await self._unseen_children(cluster, set_obj):
+            return 1.0
         await objects.remove_finalizer(cluster.rest, k.set_kind, set_obj, k.finalizer)
         return None
+
+    async def _unseen_children(self, cluster: Cluster, set_obj: Obj) -> bool:
+        """Children the cache has not seen (written by a reconcile that raced the deletion), found by label in
+        the apiserver and deleted: the finalizer must not go while one exists, or it outlives the set."""
+        k, (namespace, name) = self.kinds, key_of(set_obj)
+        selector = ",".join(f"{key}={value}" for key, value in set_labels(k, namespace, name).items())
+        live = (await cluster.rest.list(k.child_kind, namespace, label_selector=selector))["items"]
+        for child in live:
+            if not child["metadata"].get("deletionTimestamp"):
+                await cluster.rest.delete(k.child_kind, child["metadata"]["name"], namespace,
+                                          uid=child["metadata"]["uid"])
+        return bool(live)
 
     def _agents_holding(self, set_obj: Obj) -> list[str]:
         """Connected nodes whose agent still holds one of the set's children (bounded by the deletion's age)."""

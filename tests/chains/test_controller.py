@@ -1,6 +1,7 @@
 """The controller's chain reconcilers against a real apiserver, with agents that record what they receive
 (no data plane; tests/e2e has one): children follow DPU Node labels, a bad nodeSelector is named, a
-service interface carries its pod, and deleting a chain never hangs on an agent that is gone."""
+service interface carries its pod, deleting a chain never hangs on an agent that is gone, a set left by an
+earlier same-name chain is replaced rather than adopted, and deletion does not trust a lagging cache."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from dpf.agent.runtime.handlers import RecordingHandler
 from dpf.controller.cache.serviceinterfaces import SERVICE_LABEL
+from dpf.controller.kube.informer import Informer
 from dpf.controller.kube.rest import Kind, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.kinds import (
@@ -194,6 +196,108 @@ def test_a_service_interface_carries_its_pod_and_deleting_never_waits_for_a_gone
             await rest.close()
 
     run(scenario())
+
+
+def test_a_set_left_by_an_earlier_same_name_chain_is_replaced_not_adopted(kube: ControlPlane, namespace: str) -> None:
+    group = uuid.uuid4().hex[:6]
+    a = f"dpu-a-{group}"
+    owner_label = "svc.dpu.nvidia.com/dpuservicechain-uid"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+        objs = manifests(namespace, group)
+        try:
+            await node(rest, a, group, hbn=True)
+            # What a chain deleted while its DPU cluster was unreachable leaves: a set (and its per-node chain)
+            # claiming an owner uid that no object has any more.
+            chain = objs["hbn-to-fabric"]
+            leftover = await rest.create(SERVICE_CHAIN_SET, {
+                "apiVersion": SERVICE_CHAIN_SET.api_version, "kind": "ServiceChainSet",
+                "metadata": {"name": "hbn-to-fabric", "namespace": namespace,
+                             "labels": {owner_label: str(uuid.uuid4())}},
+                "spec": chain["spec"]["template"]["spec"]}, namespace)
+            old_child = await eventually(lambda: rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace),
+                                         "the leftover set's per-node chain")
+
+            parent = await rest.create(DPU_SERVICE_CHAIN, chain, namespace)
+
+            async def replaced() -> dict | None:
+                found = await rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace)
+                return found if found and found["metadata"]["uid"] != leftover["metadata"]["uid"] else None
+
+            fresh = await eventually(replaced, "a new set in place of the leftover")
+            assert fresh["metadata"]["labels"][owner_label] == parent["metadata"]["uid"]
+            child = await eventually(lambda: rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace),
+                                     "the new set's per-node chain")
+            assert child["metadata"]["uid"] != old_child["metadata"]["uid"]
+            assert child["metadata"]["ownerReferences"][0]["uid"] == fresh["metadata"]["uid"]
+
+            await rest.delete(DPU_SERVICE_CHAIN, "hbn-to-fabric", namespace)
+            await eventually(lambda: _gone(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric"), "the chain deleted")
+            assert await rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace) is None
+            assert await rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace) is None
+        finally:
+            await rest.delete(NODE, a)
+            await controller.stop()
+            await rest.close()
+
+    run(scenario())
+
+
+def test_deleting_a_chain_whose_set_the_cache_has_not_seen_yet_deletes_the_set(
+        kube: ControlPlane, namespace: str) -> None:
+    """The race behind leaked sets: a reconcile wrote the set from a cached chain already being deleted, and
+    the next one (the deletion) ran before the DPU cluster's watch delivered the set (likewise between a set and
+    its per-node chain, though the bed's garbage collector may mask that level). Made deterministic by dropping
+    the child from the controller's cache when its owner's deletion arrives, as a lagging watch would have it;
+    the mirror before this fix leaked the set here every time."""
+    group = uuid.uuid4().hex[:6]
+    a = f"dpu-a-{group}"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+        try:
+            await node(rest, a, group, hbn=True)
+            await rest.create(DPU_SERVICE_CHAIN, manifests(namespace, group)["hbn-to-fabric"], namespace)
+            await eventually(lambda: rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace), "the per-node chain")
+            sets = next(iter(controller.clusters.dpu.values())).informer(SERVICE_CHAIN_SET)
+
+            lagged: set[str] = set()
+
+            def lag(_type: str, old: dict | None, new: dict | None) -> None:
+                if new and new["metadata"].get("deletionTimestamp") and "set" not in lagged:
+                    lagged.add("set")  # before the deletion is reconciled, once
+                    _forget(sets, (namespace, "hbn-to-fabric"))  # the watch has not delivered it yet
+
+            def child_lag(_type: str, _old: dict | None, new: dict | None) -> None:
+                if new and new["metadata"].get("deletionTimestamp") and "child" not in lagged:
+                    lagged.add("child")  # the same race one level down
+                    _forget(dpu.informer(SERVICE_CHAIN), (namespace, f"hbn-to-fabric-{a}"))
+
+            dpu = next(iter(controller.clusters.dpu.values()))
+            controller.clusters.host.informer(DPU_SERVICE_CHAIN).add_handler(lag)
+            sets.add_handler(child_lag)
+            await rest.delete(DPU_SERVICE_CHAIN, "hbn-to-fabric", namespace)
+            await eventually(lambda: _gone(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric"), "the chain deleted")
+            assert await rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace) is None, "the set outlived its chain"
+            assert await rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace) is None
+        finally:
+            await rest.delete(NODE, a)
+            await controller.stop()
+            await rest.close()
+
+    run(scenario())
+
+
+def _forget(informer: Informer, key: tuple[str, str]) -> None:
+    """Drop one object from a watch cache (indexes too), as if its watch event had not arrived yet."""
+    old = informer._store.pop(key, None)
+    if old is not None:
+        informer._index(key, old, None)
 
 
 async def _equals(value: object, expected: object) -> bool:

@@ -59,6 +59,9 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="seconds between lease acquire/renew attempts")
     run.add_argument("--identity", default="", help="leader-election identity (default: hostname-random)")
     run.add_argument("--workers", type=int, default=QueueSettings.workers, help="concurrent reconciles")
+    run.add_argument("--orphan-sweep-period", type=float, default=ControllerSettings.orphan_sweep_period,
+                     help="seconds between sweeps that delete DPU-cluster sets and per-node objects whose owner is "
+                          "gone or was re-created (counted in dpf_controller_orphans_deleted_total)")
     run.add_argument("--resync-period", type=float, default=ControllerSettings.resync_period,
                      help="seconds between full level-triggered resyncs")
     run.add_argument("--ipam-release-grace", type=float, default=IPAMSettings.release_grace,
@@ -98,6 +101,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         ipam=IPAMSettings(release_grace=args.ipam_release_grace),
         bfb=BFBSettings(directory=args.bfb_dir),
         resync_period=args.resync_period,
+        orphan_sweep_period=args.orphan_sweep_period,
     )
 
 

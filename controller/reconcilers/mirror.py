@@ -1,4 +1,4 @@
-"""The host → DPU-cluster mirror (shared/spec/dpf-upstream.md §2.8), shared by the DPUServiceInterface and
+"""The host → DPU-cluster mirror (as upstream DPF v24.10), shared by the DPUServiceInterface and
 DPUServiceChain reconcilers: for every connected DPU cluster, ensure the namespace and server-side apply a
 same-name child (ServiceInterfaceSet / ServiceChainSet) whose labels and annotations are
 `spec.template.metadata` and whose spec is `spec.template.spec`.

@@ -1,4 +1,4 @@
-"""The per-node set pattern of the DPU cluster (shared/spec/dpf-upstream.md §2.9), shared by the
+"""The per-node set pattern of the DPU cluster (as upstream DPF v24.10), shared by the
 ServiceInterfaceSet and ServiceChainSet reconcilers: one child `<set>-<node>` (spec.node = node) for every
 DPU-cluster Node matching `spec.nodeSelector`, written by server-side apply with a controller
 ownerReference and the set's labels, stale children deleted; status from what the nodes' agents said.

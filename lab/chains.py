@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import string
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from kubernetes import client as k8s
@@ -77,14 +77,16 @@ class Reader:
 
     def get(self, plural: str, namespace: str, name: str) -> Obj | None:
         try:
-            return self.custom.get_namespaced_custom_object(*SVC, namespace, plural, name)
+            # The client types the decoded JSON body as `object`; a custom object is a JSON object.
+            return cast(Obj, self.custom.get_namespaced_custom_object(*SVC, namespace, plural, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
     def list(self, plural: str, namespace: str) -> list[Obj]:
-        return self.custom.list_namespaced_custom_object(*SVC, namespace, plural)["items"]
+        listing = cast(Obj, self.custom.list_namespaced_custom_object(*SVC, namespace, plural))  # see get
+        return listing["items"]
 
     def condition(self, plural: str, namespace: str, name: str, type_: str = "Ready") -> Obj | None:
         obj = self.get(plural, namespace, name)

@@ -112,11 +112,15 @@ class ServicePods:
                 "binDir": str(self.bin_dir), "logFile": str(workdir / "multus.log"), "logLevel": "verbose",
                 # the cluster network (eth0) is not the lab's subject: loopback stands in for it
                 "delegates": [{"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "loopback"}]}]}
-        sandbox = f"lab-{obj.metadata.uid[:8]}"
+        metadata = obj.metadata
+        assert metadata is not None, "the API server sets metadata on every pod it returns"
+        uid = metadata.uid
+        assert uid, "the API server sets metadata.uid on every pod it returns"
+        sandbox = f"lab-{uid[:8]}"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_CONTAINERID": sandbox,
                "CNI_NETNS": f"/run/netns/{netns}", "CNI_IFNAME": "eth0", "CNI_PATH": f"{self.bin_dir}:/usr/lib/cni",
                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={self.namespace};K8S_POD_NAME={name};"
-                           f"K8S_POD_INFRA_CONTAINER_ID={sandbox};K8S_POD_UID={obj.metadata.uid}"}
+                           f"K8S_POD_INFRA_CONTAINER_ID={sandbox};K8S_POD_UID={uid}"}
 
         def multus(command: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([tool("multus")], input=json.dumps(conf), env={**env, "CNI_COMMAND": command},

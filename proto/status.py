@@ -24,14 +24,14 @@ _FROM_LEGACY = {
 }
 
 
-def object_status(name: str, version: str, verdict: pb.Verdict.ValueType, message: str = "",
+def object_status(name: str, version: str, verdict: pb.Verdict, message: str = "",
                   observed: Mapping[str, str] | None = None) -> pb.ObjectStatus:
     """The status of resource `name` as planned from resource version `version`, with both fields set."""
     return pb.ObjectStatus(name=name, resource_version=version, verdict=verdict, state=_LEGACY_STATE[verdict],
                            message=message, observed=dict(observed or {}))
 
 
-def verdict_of(status: pb.ObjectStatus) -> pb.Verdict.ValueType:
+def verdict_of(status: pb.ObjectStatus) -> pb.Verdict:
     """The verdict a status carries; from `state` when an older agent sent no verdict (UNSPECIFIED if neither)."""
     if status.verdict != pb.VERDICT_UNSPECIFIED:
         return status.verdict

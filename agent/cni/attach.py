@@ -53,7 +53,8 @@ class Attacher:
 
     async def handle(self, req: Request) -> dict | None:
         if req.command in ("GC", "STATUS"):
-            return await (self.gc(req) if req.command == "GC" else self.status(req))
+            await (self.gc(req) if req.command == "GC" else self.status(req))
+            return None
         async with self.locks.hold(req.attachment.key):
             if req.command == "ADD":
                 return await (self.ipam_add(req) if req.ipam_only else self.add(req))

@@ -94,7 +94,7 @@ class Request:
 def parse(command: str, env: dict[str, str], raw: str, plugin: str) -> Request:
     try:
         conf = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise CniError(wire.DECODE_FAILURE, f"stdin is not JSON: {exc.msg} at {exc.pos}") from exc
     if not isinstance(conf, dict):
         raise CniError(wire.DECODE_FAILURE, "stdin is not a JSON object")

@@ -8,6 +8,8 @@ that object REJECTED and program the others. No I/O, no clock.
 
 from __future__ import annotations
 
+from typing import cast
+
 from dpf.agent.sfc.model import (
     InterfaceType,
     ModelError,
@@ -40,23 +42,27 @@ def interface(name: str, message: sfc_pb2.ServiceInterface, version: str = "",
     namespace, short = split_name(name)
     kind = message.interface_type
     try:
-        sub: dict[str, object] = {}
+        physical: Physical | None = None
+        pf: Pf | None = None
+        vf: Vf | None = None
+        service: Service | None = None
         # Only the sub-struct the type needs, and only if sent: a missing one is the model's error to name.
         if kind == InterfaceType.PHYSICAL and message.HasField("physical"):
             uplink = message.physical.interface_name
             if uplink in bridges:
                 raise ModelError(f"spec.physical.interfaceName: {uplink!r} is the bridge {uplink}'s own port, "
                                  "not an uplink; name the uplink netdev (e.g. p0)")
-            sub["physical"] = Physical(uplink)
+            physical = Physical(uplink)
         elif kind == InterfaceType.PF and message.HasField("pf"):
-            sub["pf"] = Pf(message.pf.pf_id)
+            pf = Pf(message.pf.pf_id)
         elif kind == InterfaceType.VF and message.HasField("vf"):
-            sub["vf"] = Vf(pf_id=message.vf.pf_id, vf_id=message.vf.vf_id)
+            vf = Vf(pf_id=message.vf.pf_id, vf_id=message.vf.vf_id)
         elif kind == InterfaceType.SERVICE and message.HasField("service"):
             svc = message.service
-            sub["service"] = Service(svc.service_id, svc.network, svc.interface_name, pod=message.pod or None)
-        return ServiceInterface(namespace, short, kind, labels=tuple(sorted(message.labels.items())), version=version,
-                                **sub)
+            service = Service(svc.service_id, svc.network, svc.interface_name, pod=message.pod or None)
+        # The raw wire string: ServiceInterface.__post_init__ validates it (naming a bad value) and converts it.
+        return ServiceInterface(namespace, short, cast(InterfaceType, kind), physical=physical, pf=pf, vf=vf,
+                                service=service, labels=tuple(sorted(message.labels.items())), version=version)
     except ModelError as exc:
         raise _named(name, exc) from None
 

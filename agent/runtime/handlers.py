@@ -43,7 +43,7 @@ class TransientError(Exception):
 
 
 class Reporter(Protocol):
-    def report(self, name: str, version: str, verdict: pb.Verdict.ValueType, message: str = "",
+    def report(self, name: str, version: str, verdict: pb.Verdict, message: str = "",
                observed: Mapping[str, str] | None = None) -> None: ...
 
 

@@ -68,7 +68,7 @@ class AgentRuntime:
 
     # ---- credentials -------------------------------------------------------------------------------------
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
-        options = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
+        options: list[tuple[str, int | str]] = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
                    ("grpc.keepalive_permit_without_calls", 1), ("grpc.enable_retries", 0),
                    ("grpc.use_local_subchannel_pool", 1)]
         if self.settings.insecure:

@@ -56,7 +56,7 @@ class TypeReporter:
     def __init__(self, buffer: StatusBuffer, type_url: str) -> None:
         self._buffer, self._type_url = buffer, type_url
 
-    def report(self, name: str, version: str, verdict: pb.Verdict.ValueType, message: str = "",
+    def report(self, name: str, version: str, verdict: pb.Verdict, message: str = "",
                observed: Mapping[str, str] | None = None) -> None:
         self._buffer.add(self._type_url, object_status(name, version, verdict, message, observed))
 
@@ -147,10 +147,10 @@ class Session:
                     continue
                 queue.put_nowait(response)
         finally:
-            workers = [flusher, *self._workers.values()]
-            for worker in workers:
+            pending = [flusher, *self._workers.values()]
+            for worker in pending:
                 worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _type_worker(self, type_url: str, queue: asyncio.Queue[pb.DiscoveryResponse]) -> None:
         applier = self.appliers[type_url]

@@ -92,10 +92,13 @@ def port_name(si: ServiceInterface) -> str | None:
     """The br-sfc port that realises `si`, or None when the CNI (service) or nobody (vlan) plugs it."""
     match si.interface_type:
         case InterfaceType.PHYSICAL:
+            assert si.physical is not None, "ServiceInterface requires spec.physical for interfaceType physical"
             return si.physical.interface_name
         case InterfaceType.PF:
+            assert si.pf is not None, "ServiceInterface requires spec.pf for interfaceType pf"
             return f"pf{si.pf.pf_id}hpf"
         case InterfaceType.VF:
+            assert si.vf is not None, "ServiceInterface requires spec.vf for interfaceType vf"
             return f"pf{si.vf.pf_id}vf{si.vf.vf_id}"
         case InterfaceType.OVN:
             return OVN_SFC_PORT
@@ -131,7 +134,7 @@ def compute_ports(interfaces: Iterable[ServiceInterface], settings: SfcSettings,
             ports[OVN_PEER_PORT] = DesiredPort(OVN_PEER_PORT, settings.ovn_bridge, "patch", (("peer", OVN_SFC_PORT),),
                                                (mark, (DPF_ID, si.key)), (mark,), si.key)
             continue
-        port_ids = (mark, (DPF_ID, si.key))
+        port_ids: tuple[tuple[str, str], ...] = (mark, (DPF_ID, si.key))
         if si.interface_type is InterfaceType.PHYSICAL:
             port_ids = (*port_ids, (DPF_TYPE, "physical"))
         ports[name] = DesiredPort(name, settings.bridge, settings.port_type, (), port_ids, iface_ids, si.key)
@@ -201,7 +204,7 @@ def resolve(si: ServiceInterface, view: SwitchView, settings: SfcSettings,
     if si.interface_type is InterfaceType.SERVICE:
         return _resolve_service(si, view, settings)
     name = port_name(si)
-    port = view.ports.get(name)
+    port = view.ports.get(name) if name is not None else None
     if port is None:
         return Resolution(None, f"port {name} is not in OVSDB yet")
     if port.bridge != settings.bridge:
@@ -221,6 +224,7 @@ def _ofport(port: ObservedPort) -> Resolution:
 
 def _resolve_service(si: ServiceInterface, view: SwitchView, settings: SfcSettings) -> Resolution:
     svc = si.service
+    assert svc is not None, "ServiceInterface requires spec.service for interfaceType service"
     if svc.pod is None:
         return Resolution(None, f"no pod of service {svc.service_id} on this node yet")
     key = f"{svc.pod}/{svc.interface_name}"

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import ovs.db.idl
 import ovs.poller
@@ -188,7 +189,7 @@ class Ovsdb:
 
     def ensure_bridge(self, name: str, datapath_type: str, owner: str) -> bool:
         """Create bridge `name` (fail_mode=secure) unless it exists; True when it was created."""
-        created = []
+        created: list[str] = []
 
         def build(idl: ovs.db.idl.Idl, txn: ovs.db.idl.Transaction) -> None:
             created.clear()
@@ -449,7 +450,10 @@ def _root(idl: ovs.db.idl.Idl) -> ovs.db.idl.Row:
     return next(iter(idl.tables["Open_vSwitch"].rows.values()))
 
 
-def _first(value: list) -> object | None:
+_T = TypeVar("_T")
+
+
+def _first(value: list[_T]) -> _T | None:
     return value[0] if value else None
 
 
@@ -463,6 +467,9 @@ class _Replica:
     """
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
         self.full = True
         self.dirty: set[object] = set()
         self.bridges_dirty = True
@@ -471,9 +478,6 @@ class _Replica:
         self.name_of: dict[object, str] = {}  # port uuid → port name
         self.iface_owner: dict[object, object] = {}  # interface uuid → port uuid
         self.view = SwitchView()
-
-    def reset(self) -> None:
-        self.__init__()
 
     def note(self, event: str, row: ovs.db.idl.Row, updates: ovs.db.idl.Row | None) -> None:
         table = row._table.name

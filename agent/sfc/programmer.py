@@ -250,6 +250,7 @@ class SfcProgrammer:
                 return
         states = [e.state for e in events if e.kind == "state"]
         if states:
+            assert states[-1] is not None, "a state event always carries its NodeState (see update)"
             s.node = states[-1]
         reasons = [e.reason for e in events if e.kind == "resync"]
         touched = frozenset().union(*(e.cookies for e in events if e.kind == "touched"))
@@ -318,7 +319,9 @@ class SfcProgrammer:
             old, new = s.plans.get(key), plans.get(key)
             if old is new and (new is None or new.cookie not in touched):
                 continue
-            cookie = (new or old).cookie
+            current = new or old
+            assert current is not None, "old is new when both are None, and that key was skipped above"
+            cookie = current.cookie
             if cookie in touched:
                 observed = self.ofctl.dump(cookie)
                 lines += resync_mods({cookie: new} if new else {}, observed, {cookie})
@@ -404,6 +407,7 @@ class SfcProgrammer:
     def _affected(self, chains: dict[str, ServiceChain]) -> set[str]:
         """Chains to re-plan, with the claim index (`users`, `claims`) brought up to date on the way."""
         s = self._state
+        assert s.users is not None, "_plan_all builds the claim index in a full pass before any incremental one"
         changed = {k for k in chains.keys() | s.chains.keys()
                    if chains.get(k) is not s.chains.get(k) and chains.get(k) != s.chains.get(k)}
         keys: set[str] = set()

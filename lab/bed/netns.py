@@ -35,7 +35,9 @@ def reap_stale(owner: str) -> list[str]:
     """Remove namespaces of `owner` whose creating process is gone (a crashed run)."""
     reaped = []
     for name in bed_namespaces(owner):
-        pid = int(_NAME.match(name)["pid"])
+        m = _NAME.match(name)
+        assert m is not None, "bed_namespaces returns only names that match _NAME"
+        pid = int(m["pid"])
         if not os.path.exists(f"/proc/{pid}"):
             with contextlib.suppress(OSError):
                 netns.remove(name)

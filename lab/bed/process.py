@@ -19,9 +19,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
+_T = TypeVar("_T")
 _PR_SET_PDEATHSIG = 1
 logger = logging.getLogger(__name__)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -143,8 +145,8 @@ class Child:
         self._log_file.close()
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05,
-               while_alive: Sequence[Child] = ()) -> object:
+def wait_until(predicate: Callable[[], _T | None], timeout: float, what: str, interval: float = 0.05,
+               while_alive: Iterable[Child] = ()) -> _T:
     """Poll `predicate` until it returns a truthy value; fail naming `what` on timeout.
 
     Children in `while_alive` are checked on every round so a crashed daemon fails fast with

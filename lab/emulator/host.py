@@ -97,14 +97,20 @@ class EmulatedHost:
         for pf in pfs:
             pf.create()
             # The directory, not the file: the emulator's own rewrites replace the file (rename).
-            self._watches.append(self._watcher.watch(
-                pf.path, lambda name, pf=pf: pf.on_numvfs_write() if name == "sriov_numvfs" else None))
+            def on_pf_write(name: str, pf: PhysicalFunction = pf) -> None:
+                if name == "sriov_numvfs":
+                    pf.on_numvfs_write()
+
+            self._watches.append(self._watcher.watch(pf.path, on_pf_write))
         faults = Faults(timings=StageTimings(**asdict(self.timings)))
         dpu = EmulatedDpu(name=f"{self.name}-dpu{index}", index=index, model=spec.model, pci_address=pfs[0].address,
                           netns=dpu_ns, pfs=pfs, rshim_dir=self.root / "dev" / f"rshim{index}", faults=faults)
         # ".misc.new": a file replaced while a writer held it open may report under the name it had before.
-        self._watches.append(self._watcher.watch(
-            dpu.rshim_dir, lambda name, dpu=dpu: dpu.rshim.on_misc_write() if name in ("misc", ".misc.new") else None))
+        def on_rshim_write(name: str) -> None:
+            if name in ("misc", ".misc.new"):
+                dpu.rshim.on_misc_write()
+
+        self._watches.append(self._watcher.watch(dpu.rshim_dir, on_rshim_write))
         return dpu
 
     def _install_ipmitool(self) -> None:

@@ -56,6 +56,7 @@ class BfbHttpServer:
 
     def url(self, name: str) -> str:
         host, port = self._httpd.server_address[:2]
+        assert isinstance(host, str), "an AF_INET server's address is a (host string, port) pair"
         return f"http://{host}:{port}/{name}"
 
     def close(self) -> None:

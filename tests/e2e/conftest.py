@@ -6,6 +6,7 @@ included) and uplinks p0/p1 into fabric namespaces. Objects and processes are th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -48,31 +49,33 @@ class Bed:
         self.dpus[name].start_agent(self.controller.endpoint, self.tls[name])
 
 
-@pytest.fixture
-def bed(kube: ControlPlane, dpu_kube: ControlPlane, namespace: str, netns: NetnsBed,
-        tmp_path: Path) -> Iterator[Bed]:
+@contextlib.contextmanager
+def e2e_bed(host: ControlPlane, dpu_cluster: ControlPlane, namespace: str, netns: NetnsBed,
+            workdir: Path) -> Iterator[Bed]:
+    """Two DPU Nodes (HBN runs on the first), the controller process and two emulated DPUs with uplinks p0/p1
+    and their agents. `namespace` must exist in `host`; it is created in `dpu_cluster` and removed again."""
     group = uuid.uuid4().hex[:6]
-    core = k8s.CoreV1Api(dpu_kube.client)
+    core = k8s.CoreV1Api(dpu_cluster.client)
     core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
     names = {"a": f"dpu-a-{group}", "b": f"dpu-b-{group}"}
     for short, name in names.items():
         core.create_node(chains.dpu_node(name, group, hbn=short == "a"))
-    controller = ControllerProcess(kube.kubeconfig, namespace, tmp_path / "controller")
+    controller = ControllerProcess(host.kubeconfig, namespace, workdir / "controller")
     dpus: dict[str, EmulatedDpu] = {}
     try:
-        kube.kubectl("apply", "-f", "-", input=chains.to_yaml(
-            chains.dpu_cluster(namespace, "dpu", dpu_kube.kubeconfig.read_bytes())))
+        host.kubectl("apply", "-f", "-", input=chains.to_yaml(
+            chains.dpu_cluster(namespace, "dpu", dpu_cluster.kubeconfig.read_bytes())))
         controller.start()
         tls = {}
         for short, name in names.items():
-            dpu = dpus[name] = EmulatedDpu(name, netns, tmp_path / name, short=f"d{short}")
+            dpu = dpus[name] = EmulatedDpu(name, netns, workdir / name, short=f"d{short}")
             dpu.start_switch()
             dpu.uplink("p0", f"10.8{short == 'b':d}.0.1/24", f"f{short}0")
             dpu.uplink("p1", f"10.8{short == 'b':d}.1.1/24", f"f{short}1")
-            tls[name] = controller.issue_node_cert(name, tmp_path / name / "certs")
+            tls[name] = controller.issue_node_cert(name, workdir / name / "certs")
             dpu.start_agent(controller.endpoint, tls[name])
-        yield Bed(kube, dpu_kube, namespace, group, controller, dpus, tls, cni_bin_dir(tmp_path / "cni-bin"),
-                  chains.Reader(kube.client), list(names.values()))
+        yield Bed(host, dpu_cluster, namespace, group, controller, dpus, tls, cni_bin_dir(workdir / "cni-bin"),
+                  chains.Reader(host.client), list(names.values()))
     finally:
         for dpu in dpus.values():
             dpu.stop_agent()
@@ -82,6 +85,13 @@ def bed(kube: ControlPlane, dpu_kube: ControlPlane, namespace: str, netns: Netns
         for name in names.values():
             _ignore_missing(core.delete_node, name)
         _ignore_missing(core.delete_namespace, namespace)
+
+
+@pytest.fixture
+def bed(kube: ControlPlane, dpu_kube: ControlPlane, namespace: str, netns: NetnsBed,
+        tmp_path: Path) -> Iterator[Bed]:
+    with e2e_bed(kube, dpu_kube, namespace, netns, tmp_path) as built:
+        yield built
 
 
 def _ignore_missing(call, *args) -> None:

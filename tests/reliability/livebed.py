@@ -18,22 +18,17 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from dpf.agent.sfc.desired import CHAIN_RECORD, chain_cookie, record_key
 from dpf.lab import chains
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import NetnsBed, Pod
 from dpf.lab.bed.process import wait_until
-from dpf.lab.controller import ControllerProcess
-from dpf.lab.dpus import EmulatedDpu, cni_bin_dir
-from tests.e2e.conftest import Bed
+from dpf.lab.dpus import EmulatedDpu
+from tests.e2e.conftest import Bed, e2e_bed
 from tests.e2e.test_sfc_chain import cookie_flows, plug_hbn
 
 CHAIN = "hbn-to-fabric"
@@ -87,30 +82,9 @@ def live_chain(host: ControlPlane, dpu_cluster: ControlPlane, namespace: str, ne
                workdir: Path) -> Iterator[Live]:
     """The end-to-end bed (as `tests/e2e/conftest.py` builds it) with the hbn_only chain Ready and passing
     traffic. `namespace` must exist in `host`; it is created in `dpu_cluster` and removed again."""
-    group = uuid.uuid4().hex[:6]
-    core = k8s.CoreV1Api(dpu_cluster.client)
-    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
-    names = {"a": f"dpu-a-{group}", "b": f"dpu-b-{group}"}
-    for short, name in names.items():
-        core.create_node(chains.dpu_node(name, group, hbn=short == "a"))
-    controller = ControllerProcess(host.kubeconfig, namespace, workdir / "controller")
-    dpus: dict[str, EmulatedDpu] = {}
-    try:
-        host.kubectl("apply", "-f", "-", input=chains.to_yaml(
-            chains.dpu_cluster(namespace, "dpu", dpu_cluster.kubeconfig.read_bytes())))
-        controller.start()
-        tls = {}
-        for short, name in names.items():
-            dpu = dpus[name] = EmulatedDpu(name, netns, workdir / name, short=f"d{short}")
-            dpu.start_switch()
-            dpu.uplink("p0", f"10.8{short == 'b':d}.0.1/24", f"f{short}0")
-            dpu.uplink("p1", f"10.8{short == 'b':d}.1.1/24", f"f{short}1")
-            tls[name] = controller.issue_node_cert(name, workdir / name / "certs")
-            dpu.start_agent(controller.endpoint, tls[name])
-        bed = Bed(host, dpu_cluster, namespace, group, controller, dpus, tls, cni_bin_dir(workdir / "cni-bin"),
-                  chains.Reader(host.client), list(names.values()))
+    with e2e_bed(host, dpu_cluster, namespace, netns, workdir) as bed:
         hbn = plug_hbn(bed, bed.nodes[0])
-        objects = chains.hbn_only(namespace, group)
+        objects = chains.hbn_only(namespace, bed.group)
         bed.apply(objects)
         for obj in objects:
             plural = "dpuservicechains" if obj["kind"] == "DPUServiceChain" else "dpuserviceinterfaces"
@@ -122,23 +96,6 @@ def live_chain(host: ControlPlane, dpu_cluster: ControlPlane, namespace: str, ne
         assert fabric["fa0"].ping(hbn["p0"].ip, count=5, wait=3), "the live chain passes no traffic on p0"
         assert fabric["fa1"].ping(hbn["p1"].ip, count=5, wait=3), "the live chain passes no traffic on p1"
         yield live
-    finally:
-        for dpu in dpus.values():
-            dpu.stop_agent()
-        controller.stop()
-        for dpu in dpus.values():
-            dpu.stop()
-        for name in names.values():
-            _ignore_missing(core.delete_node, name)
-        _ignore_missing(core.delete_namespace, namespace)
-
-
-def _ignore_missing(call, *args) -> None:
-    try:
-        call(*args)
-    except ApiException as exc:
-        if exc.status != 404:
-            raise
 
 
 # -- traffic ---------------------------------------------------------------------------------------------

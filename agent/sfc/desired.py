@@ -408,13 +408,13 @@ def resync_mods(plans: Mapping[int, ChainPlan], observed: Iterable[ObservedFlow]
         gone = set().union(*(_ports_of(f) for f in stale)) - plan.ofports
         if not all(_caught(f, gone) for f in stale):
             mods.append(DeleteFlows(cookie))
-            mods += [AddFlow(flow) for flow in plan.flows]
+            mods += AddFlow.many(plan.flows)
             continue
         for port in sorted(gone):
             mods.append(DeleteFlows(cookie, match=Match(in_port=port)))
             mods.append(DeleteFlows(cookie, out_port=port))
-        mods += [AddFlow(flow) for key, flow in want.items()
-                 if key not in base or base[key].actions != flow.actions_text()]
+        mods += AddFlow.many(flow for key, flow in want.items()
+                             if key not in base or base[key].actions != flow.rendered_actions)
     return mods
 
 

@@ -599,6 +599,18 @@ class AddFlow(_Value, _AddFlowFields):
             raise UnsupportedFlow(f"AddFlow takes a Flow, not {flow!r}")
         return tuple.__new__(cls, (flow,))
 
+    @classmethod
+    def many(cls, flows: Iterable[Flow]) -> list[AddFlow]:
+        """`AddFlow(flow)` for each flow (a full resync adds 10,000)."""
+        if cls is not AddFlow:
+            return [cls(flow) for flow in flows]
+        adds = []
+        for flow in flows:
+            if type(flow) is not Flow and not isinstance(flow, Flow):
+                raise UnsupportedFlow(f"AddFlow takes a Flow, not {flow!r}")
+            adds.append(tuple.__new__(cls, (flow,)))
+        return adds
+
     def to_ofctl(self) -> str:
         return f"add {self.flow.text}"
 

@@ -88,10 +88,12 @@ def _hex(value: int) -> str:
     return f"{value:#x}"
 
 
-# The four values a planned flow is made of (Match, Output, LearnReturnPath, Flow; 10,000 flows in a full
-# resync) are immutable tuples with a validating __new__ rather than frozen dataclasses: one tuple.__new__ call
-# instead of one object.__setattr__ per field, and C-level field access. Each keeps its rendering in a last
-# field computed when it is built. Equality and hashing are the tuple's, restricted to the same type.
+# The values a full resync builds 10,000 of (Match, Output, LearnReturnPath, Flow, AddFlow) are immutable tuples
+# with a validating __new__ rather than frozen dataclasses: one tuple.__new__ call instead of one
+# object.__setattr__ per field, C-level field access, and as few objects per flow as possible (each is one more
+# container for the garbage collector to walk, which was most of what typed planning cost: bench/RESULTS.md).
+# Renderings are fields computed when the value is built. Equality and hashing are the tuple's, restricted to
+# the same type; repr, copy and pickle show and pass the value fields only.
 
 
 class _Value(tuple):

@@ -23,7 +23,17 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from dpf.agent.sfc.flowspec import AddFlow, DeleteFlow, DeleteFlows, Flow, FlowMod, LearnReturnPath, Match, Output
+from dpf.agent.sfc.flowspec import (
+    Action,
+    AddFlow,
+    DeleteFlow,
+    DeleteFlows,
+    Flow,
+    FlowMod,
+    LearnReturnPath,
+    Match,
+    Output,
+)
 from dpf.agent.sfc.model import InterfaceType, ServiceChain, ServiceInterface
 from dpf.agent.sfc.settings import SfcSettings
 from dpf.agent.sfc.view import ObservedFlow, ObservedPort, SwitchView
@@ -249,17 +259,32 @@ def _resolve_service(si: ServiceInterface, view: SwitchView, settings: SfcSettin
 
 def switch_flows(cookie: int, ofports: list[int]) -> list[Flow]:
     """Upstream's learning switch over `ofports`: flood to the others, learn the way back."""
-    if len(ofports) < 2:
-        return []
-    # Each port's learn and output are built once and shared by the flows of the other ports.
-    learn = {q: LearnReturnPath(TABLE, LEARN_IDLE_TIMEOUT, LEARNED_PRIORITY, cookie, q) for q in ofports}
-    output = {q: Output(q) for q in ofports}
-    flows = []
-    for port in ofports:
-        others = [q for q in ofports if q != port]
-        actions = tuple([learn[q] for q in others] + [output[q] for q in others])
-        flows.append(Flow(cookie, BASE_PRIORITY, Match(in_port=port), actions, TABLE))
-    return flows
+    return chain_flows(cookie, [ofports])
+
+
+def chain_flows(cookie: int, switches: list[list[int]]) -> list[Flow]:
+    """The learning switches of one chain (each a list of ofports), in order; built together because the flows
+    share a cookie, priority and table (checked and rendered once) and each port's learn and output are shared by
+    the flows of the other ports of its switch."""
+    switches = [ofports for ofports in switches if len(ofports) >= 2]
+    learns = LearnReturnPath.many(TABLE, LEARN_IDLE_TIMEOUT, LEARNED_PRIORITY, cookie,
+                                  [q for ofports in switches for q in ofports])
+    rules: list[tuple[Match, tuple[Action, ...]]] = []
+    start = 0
+    for ofports in switches:
+        learn = learns[start:start + len(ofports)]
+        start += len(ofports)
+        output = [Output(q) for q in ofports]
+        if len(ofports) == 2 and ofports[0] != ofports[1]:  # the usual switch: each port floods to the other
+            rules.append((Match(in_port=ofports[0]), (learn[1], output[1])))
+            rules.append((Match(in_port=ofports[1]), (learn[0], output[0])))
+        elif len(set(ofports)) == len(ofports):  # "the others" are the other positions
+            rules += [(Match(in_port=port), (*learn[:i], *learn[i + 1:], *output[:i], *output[i + 1:]))
+                      for i, port in enumerate(ofports)]
+        else:
+            rules += [(Match(in_port=port), tuple([x for x in learn if x.from_port != port]
+                                                  + [x for x in output if x.port != port])) for port in ofports]
+    return Flow.many(cookie, BASE_PRIORITY, rules, TABLE)
 
 
 class ChainState(StrEnum):
@@ -325,9 +350,8 @@ def plan_chain(chain: ServiceChain, known: Collection[str], resolutions: Mapping
     if waiting:
         return ChainPlan(chain.key, cookie, ChainState.PENDING, "waiting for " + "; ".join(waiting))
     resolved = {key: ofport for key in keys if (ofport := resolutions[key].ofport) is not None}  # all of them
-    flows: list[Flow] = []
-    for switch in chain.switches:
-        flows += switch_flows(cookie, [resolved[f"{chain.namespace}/{p}"] for p in switch.ports])
+    flows = chain_flows(cookie, [[resolved[f"{chain.namespace}/{p}"] for p in switch.ports]
+                                 for switch in chain.switches])
     ofports = frozenset(resolved.values())
     return ChainPlan(chain.key, cookie, ChainState.PROGRAMMED, "", tuple(flows), ofports)
 
@@ -388,13 +412,13 @@ def resync_mods(plans: Mapping[int, ChainPlan], observed: Iterable[ObservedFlow]
         gone = set().union(*(_ports_of(f) for f in stale)) - plan.ofports
         if not all(_caught(f, gone) for f in stale):
             mods.append(DeleteFlows(cookie))
-            mods += [AddFlow(flow) for flow in plan.flows]
+            mods += AddFlow.many(plan.flows)
             continue
         for port in sorted(gone):
             mods.append(DeleteFlows(cookie, match=Match(in_port=port)))
             mods.append(DeleteFlows(cookie, out_port=port))
-        mods += [AddFlow(flow) for key, flow in want.items()
-                 if key not in base or base[key].actions != flow.actions_text()]
+        mods += AddFlow.many(flow for key, flow in want.items()
+                             if key not in base or base[key].actions != flow.rendered_actions)
     return mods
 
 

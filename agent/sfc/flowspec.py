@@ -17,8 +17,10 @@ tests/sfc/test_flowspec.py installs every shape both ways on a real switch and c
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import ClassVar
+from collections.abc import Iterable
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 VERSION = 0x04  # OpenFlow 1.3
 HEADER = struct.Struct("!BBHI")  # version, type, length, xid
@@ -86,6 +88,34 @@ def _hex(value: int) -> str:
     return f"{value:#x}"
 
 
+# The values a full resync builds 10,000 of (Match, Output, LearnReturnPath, Flow, AddFlow) are immutable tuples
+# with a validating __new__ rather than frozen dataclasses: one tuple.__new__ call instead of one
+# object.__setattr__ per field, C-level field access, and as few objects per flow as possible (each is one more
+# container for the garbage collector to walk, which was most of what typed planning cost: bench/RESULTS.md).
+# Renderings are fields computed when the value is built. Equality and hashing are the tuple's, restricted to
+# the same type; repr, copy and pickle show and pass the value fields only.
+
+
+class _Value(tuple):
+    __slots__ = ()
+    _shown: ClassVar[int]  # how many leading fields are the value (the rest are renderings)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not (type(other) is type(self) and tuple.__eq__(self, other))
+
+    __hash__ = tuple.__hash__
+
+    def __repr__(self) -> str:
+        fields = type(self)._fields[:self._shown]  # type: ignore[attr-defined]
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in fields)})"
+
+    def __getnewargs__(self) -> tuple[object, ...]:  # copy and pickle call __new__ with the value fields only
+        return tuple(getattr(self, n) for n in type(self)._fields[:self._shown])  # type: ignore[attr-defined]
+
+
 # -- match ------------------------------------------------------------------------------------------
 
 
@@ -124,6 +154,22 @@ class Metadata:
 Field = Reg | Metadata
 
 
+def _render_match(in_port: int | None, eth_type: int | None, eth_dst: str | None, metadata: int | None,
+                  regs: tuple[tuple[int, int], ...]) -> str:
+    """In dump-flows order: protocol shorthand, registers, metadata, in_port, dl_dst."""
+    parts = []
+    if eth_type is not None:
+        parts.append(_ETH_TYPES[eth_type])
+    parts += [f"reg{index}={_hex(value)}" for index, value in regs]
+    if metadata is not None:
+        parts.append(f"metadata={_hex(metadata)}")
+    if in_port is not None:
+        parts.append(f"in_port={in_port}")
+    if eth_dst is not None:
+        parts.append(f"dl_dst={eth_dst}")
+    return ",".join(parts)
+
+
 def _mac(text: str) -> bytes:
     parts = text.split(":") if isinstance(text, str) else []
     ok = len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts)
@@ -132,57 +178,58 @@ def _mac(text: str) -> bytes:
     return bytes.fromhex("".join(parts))
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class _MatchFields(NamedTuple):
+    in_port: int | None
+    eth_type: int | None
+    eth_dst: str | None
+    metadata: int | None
+    regs: tuple[tuple[int, int], ...]
+    text: str  # the rendering, computed when built
+
+
+_IN_PORT_MATCHES: dict[int, Match] = {}
+
+
+class Match(_Value, _MatchFields):
     """Exact-match fields; None (or no register) means wildcarded."""
 
-    in_port: int | None = None
-    eth_type: int | None = None
-    eth_dst: str | None = None  # aa:bb:cc:dd:ee:ff
-    metadata: int | None = None
-    regs: tuple[tuple[int, int], ...] = ()  # (register index, value), at most one per register
-    _text: str = field(init=False, repr=False, compare=False)
+    __slots__ = ()
+    _shown = 5
 
-    def __post_init__(self) -> None:
-        if self.eth_type is None and self.eth_dst is None and self.metadata is None and not self.regs:
+    def __new__(cls, in_port: int | None = None, eth_type: int | None = None, eth_dst: str | None = None,
+                metadata: int | None = None, regs: tuple[tuple[int, int], ...] = ()) -> Match:
+        if eth_type is None and eth_dst is None and metadata is None and not regs:
             # SFC's one shape, 10,000 of them in a full resync: in_port alone (or nothing).
-            port = self.in_port
-            if port is not None and (type(port) is not int or not 0 < port < _OF10_PORT_MAX):
-                _check_port(port, "in_port")
-            object.__setattr__(self, "_text", "" if port is None else f"in_port={port}")
-            return
-        if self.in_port is not None:
-            _check_port(self.in_port, "in_port")
-        if self.eth_type is not None and self.eth_type not in _ETH_TYPES:
-            raise UnsupportedFlow(f"eth_type must be one of {sorted(map(hex, _ETH_TYPES))}, not {self.eth_type!r}")
-        if self.eth_dst is not None:
-            _mac(self.eth_dst)
-        if self.metadata is not None:
-            _check_int(self.metadata, 64, "metadata")
-        for index, value in self.regs:
+            # Interned per port (at most 0xfeff of them): a resync plans the same ports again.
+            if type(in_port) is int and (match := _IN_PORT_MATCHES.get(in_port)) is not None and cls is Match:
+                return match
+            if in_port is None:
+                return tuple.__new__(cls, (None, None, None, None, (), ""))
+            if type(in_port) is not int or not 0 < in_port < _OF10_PORT_MAX:
+                _check_port(in_port, "in_port")
+            match = tuple.__new__(cls, (in_port, None, None, None, (), f"in_port={in_port}"))
+            if cls is Match:
+                _IN_PORT_MATCHES[in_port] = match
+            return match
+        if in_port is not None:
+            _check_port(in_port, "in_port")
+        if eth_type is not None and eth_type not in _ETH_TYPES:
+            raise UnsupportedFlow(f"eth_type must be one of {sorted(map(hex, _ETH_TYPES))}, not {eth_type!r}")
+        if eth_dst is not None:
+            _mac(eth_dst)
+        if metadata is not None:
+            _check_int(metadata, 64, "metadata")
+        for index, value in regs:
             Reg(index)
             _check_int(value, 32, f"reg{index}")
-        indexes = [index for index, _ in self.regs]
+        indexes = [index for index, _ in regs]
         if indexes != sorted(set(indexes)):
             raise UnsupportedFlow(f"registers must be listed once each, in order: {indexes}")
-        object.__setattr__(self, "_text", self._render())
+        return tuple.__new__(cls, (in_port, eth_type, eth_dst, metadata, regs,
+                                   _render_match(in_port, eth_type, eth_dst, metadata, regs)))
 
     def to_ofctl(self) -> str:
-        return self._text
-
-    def _render(self) -> str:
-        """In dump-flows order: protocol shorthand, registers, metadata, in_port, dl_dst."""
-        parts = []
-        if self.eth_type is not None:
-            parts.append(_ETH_TYPES[self.eth_type])
-        parts += [f"reg{index}={_hex(value)}" for index, value in self.regs]
-        if self.metadata is not None:
-            parts.append(f"metadata={_hex(self.metadata)}")
-        if self.in_port is not None:
-            parts.append(f"in_port={self.in_port}")
-        if self.eth_dst is not None:
-            parts.append(f"dl_dst={self.eth_dst}")
-        return ",".join(parts)
+        return self.text
 
     def to_wire(self) -> bytes:
         """An OFPMT_OXM match, padded to 8 bytes (its length field excludes the padding)."""
@@ -203,18 +250,30 @@ class Match:
 # -- actions ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Output:
+class _OutputFields(NamedTuple):
     port: int
-    _text: str = field(init=False, repr=False, compare=False)
+    text: str
 
-    def __post_init__(self) -> None:
-        if type(self.port) is not int or not 0 < self.port < _OF10_PORT_MAX:
-            _check_port(self.port, "output port")
-        object.__setattr__(self, "_text", f"output:{self.port}")
+
+_OUTPUTS: dict[int, Output] = {}
+
+
+class Output(_Value, _OutputFields):
+    __slots__ = ()
+    _shown = 1
+
+    def __new__(cls, port: int) -> Output:
+        if type(port) is int and (output := _OUTPUTS.get(port)) is not None and cls is Output:
+            return output  # interned per port, like in_port matches
+        if type(port) is not int or not 0 < port < _OF10_PORT_MAX:
+            _check_port(port, "output port")
+        output = tuple.__new__(cls, (port, f"output:{port}"))
+        if cls is Output:
+            _OUTPUTS[port] = output
+        return output
 
     def to_ofctl(self) -> str:
-        return self._text
+        return self.text
 
     def to_wire(self) -> bytes:
         return struct.pack("!HHIH6x", _OFPAT_OUTPUT, 16, self.port, 0)
@@ -291,23 +350,35 @@ class Ct:
                         0, self.zone, _CT_NO_RECIRC if self.table is None else self.table, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class LearnReturnPath:
+_LEARN_TAIL = "NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],output:NXM_OF_IN_PORT[])"
+# Values built from the same parts are interned: a full resync plans every chain again, and values reused from
+# the last one cost the garbage collector nothing new to walk. A learn depends on its chain's cookie, so that
+# table is cleared when it outgrows 16,384 entries (one per port of a planned chain).
+_INTERNED_MAX = 1 << 14
+_LEARNS: dict[tuple[int, int, int, int, int], LearnReturnPath] = {}
+
+
+class _LearnFields(NamedTuple):
+    table: int
+    idle_timeout: int
+    priority: int
+    cookie: int
+    from_port: int
+    text: str
+
+
+class LearnReturnPath(_Value, _LearnFields):
     """Upstream's learn: remember that this packet's source MAC lives behind the port it came in on.
 
     Installs, in `table`, `priority=<priority>,in_port=<from_port>,dl_dst=<this packet's dl_src>
     actions=output:<this packet's in_port>` with `cookie` and `idle_timeout`.
     """
 
-    table: int
-    idle_timeout: int
-    priority: int
-    cookie: int
-    from_port: int
-    _text: str = field(init=False, repr=False, compare=False)
+    __slots__ = ()
+    _shown = 5
 
-    def __post_init__(self) -> None:
-        table, idle, priority, cookie, port = self.table, self.idle_timeout, self.priority, self.cookie, self.from_port
+    def __new__(cls, table: int, idle_timeout: int, priority: int, cookie: int, from_port: int) -> LearnReturnPath:
+        idle, port = idle_timeout, from_port
         if not (type(table) is int and 0 <= table <= _MAX_TABLE and type(idle) is int and 0 <= idle <= 0xFFFF
                 and type(priority) is int and 0 <= priority <= 0xFFFF and type(cookie) is int
                 and 0 <= cookie <= ALL_COOKIE_BITS and type(port) is int and 0 < port < _OF10_PORT_MAX):
@@ -316,12 +387,43 @@ class LearnReturnPath:
             _check_int(priority, 16, "learn priority")
             _check_int(cookie, 64, "learn cookie")
             _check_port(port, "learn in_port")
-        object.__setattr__(self, "_text", f"learn(table={table},idle_timeout={idle},priority={priority},"
-                                          f"cookie={cookie:#x},in_port={port},NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],"
-                                          "output:NXM_OF_IN_PORT[])")
+        return tuple.__new__(cls, (table, idle, priority, cookie, port,
+                                   f"learn(table={table},idle_timeout={idle},priority={priority},cookie={cookie:#x},"
+                                   f"in_port={port},NXM_OF_ETH_DST[]=NXM_OF_ETH_SRC[],output:NXM_OF_IN_PORT[])"))
+
+    @classmethod
+    def many(cls, table: int, idle_timeout: int, priority: int, cookie: int,
+             from_ports: Iterable[int]) -> list[LearnReturnPath]:
+        """`LearnReturnPath(table, idle_timeout, priority, cookie, port)` for each port: the shared part checked
+        and rendered once, each value interned (a resync plans the same chains again; see _INTERNED_MAX)."""
+        idle = idle_timeout
+        if not (type(table) is int and 0 <= table <= _MAX_TABLE and type(idle) is int and 0 <= idle <= 0xFFFF
+                and type(priority) is int and 0 <= priority <= 0xFFFF and type(cookie) is int
+                and 0 <= cookie <= ALL_COOKIE_BITS):
+            _check_table(table, "learn table")  # one of these raises, naming the value
+            _check_int(idle, 16, "learn idle_timeout")
+            _check_int(priority, 16, "learn priority")
+            _check_int(cookie, 64, "learn cookie")
+        if cls is not LearnReturnPath:
+            return [cls(table, idle, priority, cookie, port) for port in from_ports]
+        if len(_LEARNS) > _INTERNED_MAX:
+            _LEARNS.clear()
+        head = ""
+        learns = []
+        for port in from_ports:
+            if type(port) is not int or not 0 < port < _OF10_PORT_MAX:
+                _check_port(port, "learn in_port")
+            key = (table, idle, priority, cookie, port)
+            learn = _LEARNS.get(key)
+            if learn is None:
+                head = head or f"learn(table={table},idle_timeout={idle},priority={priority},cookie={cookie:#x},"
+                learn = _LEARNS[key] = tuple.__new__(cls, (table, idle, priority, cookie, port,
+                                                           f"{head}in_port={port},{_LEARN_TAIL}"))
+            learns.append(learn)
+        return learns
 
     def to_ofctl(self) -> str:
-        return self._text
+        return self.text
 
     def to_wire(self) -> bytes:
         specs = (struct.pack("!HH", _SPEC_IMMEDIATE | _SPEC_MATCH | 16, self.from_port)  # in_port=<n>
@@ -341,76 +443,131 @@ _ACTIONS = (Output, SetField, Resubmit, Ct, LearnReturnPath)
 # -- flows and flow mods ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Flow:
+class _FlowFields(tuple):
+    """(cookie, priority, match, table, goto_table, key, rendered_actions, text, *actions): the actions are the
+    tail of the flow's own tuple, one object fewer per flow for the garbage collector to walk."""
+
+    __slots__ = ()
+    _fields = ("cookie", "priority", "match", "actions", "table", "goto_table")
+    if TYPE_CHECKING:
+        cookie: int
+        priority: int
+        match: Match
+        table: int
+        goto_table: int | None
+        # Rendered once, when built: a resync compares every flow's key and actions with a dump, then sends it.
+        key: tuple[int, int, str]
+        """What identifies the flow on the switch: table, priority and match text, as the dump parser reports them."""
+        rendered_actions: str
+        text: str
+    else:
+        cookie, priority, match, table, goto_table, key, rendered_actions, text = (
+            property(itemgetter(i), doc=name) for i, name in enumerate(
+                ("cookie", "priority", "match", "table", "goto_table", "key", "rendered_actions", "text")))
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        return self[8:]
+
+
+_NO_MATCH = Match()
+
+
+class Flow(_Value, _FlowFields):
     """One flow: apply `actions` in order, then continue at `goto_table` if set. No actions and no goto is a drop."""
 
-    cookie: int
-    priority: int
-    match: Match = field(default_factory=Match)
-    actions: tuple[Action, ...] = ()
-    table: int = 0
-    goto_table: int | None = None
-    # Rendered once, when built: a resync compares every flow's key and actions with a dump, then sends it.
-    key: tuple[int, int, str] = field(init=False, repr=False, compare=False)
-    """What identifies the flow on the switch: table, priority and match text, as the dump parser reports them."""
-    _actions_text: str = field(init=False, repr=False, compare=False)
-    _text: str = field(init=False, repr=False, compare=False)
+    __slots__ = ()
+    _shown = 6
 
-    def __post_init__(self) -> None:
-        cookie, priority, table = self.cookie, self.priority, self.table
+    def __new__(cls, cookie: int, priority: int, match: Match = _NO_MATCH, actions: tuple[Action, ...] = (),
+                table: int = 0, goto_table: int | None = None) -> Flow:
         if not (type(cookie) is int and 0 <= cookie <= ALL_COOKIE_BITS and type(priority) is int
                 and 0 <= priority <= 0xFFFF and type(table) is int and 0 <= table <= _MAX_TABLE):
             _check_int(cookie, 64, "cookie")  # one of these raises, naming the value
             _check_int(priority, 16, "priority")
             _check_table(table)
-        if not isinstance(self.match, Match):
-            raise UnsupportedFlow(f"match must be a Match, not {self.match!r}")
-        if type(self.actions) is not tuple:
-            raise UnsupportedFlow(f"actions must be a tuple, not {self.actions!r}")
+        if type(match) is not Match and not isinstance(match, Match):
+            raise UnsupportedFlow(f"match must be a Match, not {match!r}")
+        if type(actions) is not tuple:
+            raise UnsupportedFlow(f"actions must be a tuple, not {actions!r}")
+        texts = []
         with_ct = False
-        for action in self.actions:
-            if not isinstance(action, _ACTIONS):
+        for action in actions:
+            kind = type(action)
+            if kind is LearnReturnPath or kind is Output:  # SFC's actions: their text is a field
+                texts.append(action.text)  # type: ignore[union-attr]
+            elif isinstance(action, _ACTIONS):
+                texts.append(action.to_ofctl())
+                with_ct = with_ct or isinstance(action, Ct)
+            else:
                 raise UnsupportedFlow(f"an action is one of {', '.join(a.__name__ for a in _ACTIONS)}, not {action!r}")
-            with_ct = with_ct or type(action) is Ct
-        if with_ct and self.match.eth_type not in (0x0800, 0x86DD):
+        if with_ct and match.eth_type not in (0x0800, 0x86DD):
             raise UnsupportedFlow("a flow with ct must match ip or ipv6 (eth_type)")
-        if self.goto_table is not None:
-            _check_table(self.goto_table, "goto_table")
-            if self.goto_table <= self.table:
-                raise UnsupportedFlow(f"goto_table must go forward (table {self.table} → {self.goto_table}); "
+        match_text = match.text
+        rendered = ",".join(texts)
+        if goto_table is not None:
+            _check_table(goto_table, "goto_table")
+            if goto_table <= table:
+                raise UnsupportedFlow(f"goto_table must go forward (table {table} → {goto_table}); "
                                       "use Resubmit to go back")
-        self._render()
-
-    def actions_text(self) -> str:
-        return self._actions_text
-
-    def to_ofctl(self) -> str:
-        """The flow exactly as `ovs-ofctl --no-stats --no-names dump-flows` prints it, so dumps compare by string."""
-        return self._text
-
-    def _render(self) -> None:
-        match = self.match._text
-        actions = ",".join([a.to_ofctl() for a in self.actions]) or ("" if self.goto_table is not None else "drop")
-        if self.goto_table is not None:
-            actions += f"{',' if actions else ''}goto_table:{self.goto_table}"
+            rendered += f"{',' if rendered else ''}goto_table:{goto_table}"
+        elif not rendered:
+            rendered = "drop"
         # dump-flows leaves out a zero cookie, table 0 and the default priority, separates the first two with
         # ", " and joins the priority to the match with ",".
-        if self.cookie and not self.table and self.priority != OFP_DEFAULT_PRIORITY and match:
-            text = f"cookie={self.cookie:#x}, priority={self.priority},{match} actions={actions}"  # SFC's flows
+        if cookie and not table and priority != OFP_DEFAULT_PRIORITY and match_text:
+            text = f"cookie={cookie:#x}, priority={priority},{match_text} actions={rendered}"  # SFC's flows
         else:
-            head = ", ".join(([f"cookie={self.cookie:#x}"] if self.cookie else [])
-                             + ([f"table={self.table}"] if self.table else []))
-            rule = ",".join(([f"priority={self.priority}"] if self.priority != OFP_DEFAULT_PRIORITY else [])
-                            + ([match] if match else []))
+            head = ", ".join(([f"cookie={cookie:#x}"] if cookie else []) + ([f"table={table}"] if table else []))
+            rule = ",".join(([f"priority={priority}"] if priority != OFP_DEFAULT_PRIORITY else [])
+                            + ([match_text] if match_text else []))
             if rule:
                 head = f"{head}, {rule}" if head else rule
             elif head:
                 head += ","
-            text = f"{head} actions={actions}".lstrip()
-        object.__setattr__(self, "key", (self.table, self.priority, match))
-        object.__setattr__(self, "_actions_text", actions)
-        object.__setattr__(self, "_text", text)
+            text = f"{head} actions={rendered}".lstrip()
+        return tuple.__new__(cls, (cookie, priority, match, table, goto_table, (table, priority, match_text), rendered,
+                                   text, *actions))
+
+    @classmethod
+    def many(cls, cookie: int, priority: int, rules: Iterable[tuple[Match, tuple[Action, ...]]],
+             table: int = 0) -> list[Flow]:
+        """Flows sharing cookie, priority and table (one chain's), equal to `Flow(cookie, priority, match, actions,
+        table)` for each rule and validated the same: the shared part is checked and rendered once, and rules of
+        SFC's shape (an in_port match, learn and output actions) are built without going through the checks again.
+        """
+        if not (type(cookie) is int and 0 <= cookie <= ALL_COOKIE_BITS and type(priority) is int
+                and 0 <= priority <= 0xFFFF and type(table) is int and 0 <= table <= _MAX_TABLE):
+            _check_int(cookie, 64, "cookie")  # one of these raises, naming the value
+            _check_int(priority, 16, "priority")
+            _check_table(table)
+        # The rendering __new__ uses for a cookie, table 0, a priority and a non-empty match.
+        shared = cookie and not table and priority != OFP_DEFAULT_PRIORITY
+        prefix = f"cookie={cookie:#x}, priority={priority}," if shared else ""
+        flows = []
+        for match, actions in rules:
+            if prefix and type(match) is Match and match.text and type(actions) is tuple and actions:
+                texts = []
+                for action in actions:
+                    kind = type(action)
+                    if kind is not LearnReturnPath and kind is not Output:
+                        break
+                    texts.append(action.text)  # type: ignore[union-attr]
+                else:
+                    rendered = ",".join(texts)
+                    text = match.text
+                    flows.append(tuple.__new__(cls, (cookie, priority, match, table, None, (table, priority, text),
+                                                     rendered, f"{prefix}{text} actions={rendered}", *actions)))
+                    continue
+            flows.append(cls(cookie, priority, match, actions, table))
+        return flows
+
+    def actions_text(self) -> str:
+        return self.rendered_actions
+
+    def to_ofctl(self) -> str:
+        """The flow exactly as `ovs-ofctl --no-stats --no-names dump-flows` prints it, so dumps compare by string."""
+        return self.text
 
     def instructions_wire(self) -> bytes:
         out = b""
@@ -429,18 +586,35 @@ def _flow_mod(command: int, cookie: int, cookie_mask: int, table: int, priority:
     return HEADER.pack(VERSION, OFPT_FLOW_MOD, HEADER.size + len(body), 0) + body  # xid 0: bundle_add sets it
 
 
-@dataclass(frozen=True, slots=True)
-class AddFlow:
-    """Add `flow`, replacing a flow of the same table, priority and match."""
-
+class _AddFlowFields(NamedTuple):
     flow: Flow
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.flow, Flow):
-            raise UnsupportedFlow(f"AddFlow takes a Flow, not {self.flow!r}")
+
+class AddFlow(_Value, _AddFlowFields):
+    """Add `flow`, replacing a flow of the same table, priority and match."""
+
+    __slots__ = ()
+    _shown = 1
+
+    def __new__(cls, flow: Flow) -> AddFlow:  # a full resync adds every flow: one tuple, like the flow itself
+        if type(flow) is not Flow and not isinstance(flow, Flow):
+            raise UnsupportedFlow(f"AddFlow takes a Flow, not {flow!r}")
+        return tuple.__new__(cls, (flow,))
+
+    @classmethod
+    def many(cls, flows: Iterable[Flow]) -> list[AddFlow]:
+        """`AddFlow(flow)` for each flow (a full resync adds 10,000)."""
+        if cls is not AddFlow:
+            return [cls(flow) for flow in flows]
+        adds = []
+        for flow in flows:
+            if type(flow) is not Flow and not isinstance(flow, Flow):
+                raise UnsupportedFlow(f"AddFlow takes a Flow, not {flow!r}")
+            adds.append(tuple.__new__(cls, (flow,)))
+        return adds
 
     def to_ofctl(self) -> str:
-        return f"add {self.flow.to_ofctl()}"
+        return f"add {self.flow.text}"
 
     def to_wire(self) -> bytes:
         f = self.flow
@@ -454,7 +628,7 @@ class DeleteFlows:
 
     cookie: int
     table: int | None = None
-    match: Match = field(default_factory=Match)
+    match: Match = _NO_MATCH
     out_port: int | None = None
 
     def __post_init__(self) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from dpf.agent.sfc.desired import switch_flows
+from dpf.agent.sfc.desired import BASE_PRIORITY, LEARN_IDLE_TIMEOUT, LEARNED_PRIORITY, TABLE, chain_flows, switch_flows
 from dpf.agent.sfc.flows import Ofctl
 from dpf.agent.sfc.flowspec import (
     AddFlow,
@@ -145,3 +145,39 @@ def test_sfc_flow_mods_are_the_bytes_and_text_they_always_were() -> None:
 def test_a_shape_outside_the_vocabulary_fails_when_it_is_built(build: Callable[[], object]) -> None:
     with pytest.raises(UnsupportedFlow):
         build()
+
+
+def test_batch_and_interned_builders_equal_the_constructors_and_still_refuse_bad_values() -> None:
+    """Planning builds a chain's flows with Flow.many and LearnReturnPath.many and reuses interned matches, outputs
+    and learns; each value is the one the constructor builds (same fields, text, bytes), and nothing bad gets in
+    through a cache (True hashes like 1)."""
+    learns = LearnReturnPath.many(0, 300, 10, COOKIE, [7, 8])
+    assert learns == [LearnReturnPath(0, 300, 10, COOKIE, 7), LearnReturnPath(0, 300, 10, COOKIE, 8)]
+    assert [x.to_ofctl() for x in learns] == [LearnReturnPath(0, 300, 10, COOKIE, p).to_ofctl() for p in (7, 8)]
+    rules = [(Match(in_port=1), (learns[1], Output(2))), (Match(in_port=2), (Output(1),)),
+             (Match(), (Output(1),)), (Match(in_port=3), ()), (Match(eth_type=IP, in_port=4), (Ct(table=2),))]
+    for cookie, priority, table in ((COOKIE, 5, 0), (0, 5, 0), (COOKIE, 0x8000, 0), (COOKIE, 5, 3)):
+        batch = Flow.many(cookie, priority, rules, table)
+        single = [Flow(cookie, priority, match, actions, table) for match, actions in rules]
+        assert batch == single
+        assert [(f.to_ofctl(), f.key, f.actions_text(), AddFlow(f).to_wire()) for f in batch] == [
+            (f.to_ofctl(), f.key, f.actions_text(), AddFlow(f).to_wire()) for f in single]
+    chain = switch_flows(COOKIE, [1, 2]) + switch_flows(COOKIE, [4, 5, 6])
+    assert chain_flows(COOKIE, [[1, 2], [3], [4, 5, 6]]) == chain
+
+    def learn(port: int) -> str:
+        return LearnReturnPath(TABLE, LEARN_IDLE_TIMEOUT, LEARNED_PRIORITY, COOKIE, port).to_ofctl()
+
+    assert [f.to_ofctl() for f in switch_flows(COOKIE, [1, 2, 1])] == [  # a port twice: the others are by value
+        f"cookie={COOKIE:#x}, priority={BASE_PRIORITY},in_port={port} actions={actions}" for port, actions in (
+            (1, f"{learn(2)},output:2"), (2, f"{learn(1)},{learn(1)},output:1,output:1"), (1, f"{learn(2)},output:2"))]
+    bad: list[Callable[[], object]] = [
+        lambda: Match(in_port=True), lambda: Output(True),  # type: ignore[arg-type]
+        lambda: LearnReturnPath.many(0, 300, 10, COOKIE, [True]), lambda: LearnReturnPath.many(0, 300, 10, True, [1]),
+        lambda: Flow.many(COOKIE, 5, [(Match(in_port=1), ("output:2",))]),  # type: ignore[list-item]
+        lambda: Flow.many(COOKIE, 1 << 16, rules),
+        lambda: Flow.many(COOKIE, 5, [("in_port=1", (Output(2),))]),  # type: ignore[list-item]
+    ]
+    for build in bad:
+        with pytest.raises(UnsupportedFlow):
+            build()

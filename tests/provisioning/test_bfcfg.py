@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +198,33 @@ def test_no_flavor_renders() -> None:
     cfg = parse_bfcfg(render_bfcfg(None, DPU, JOIN))
     assert cfg.parameters == {}
     assert cfg.hostname == DPU
+
+
+def test_grub_and_sysctl_files(tmp_path: Path) -> None:
+    params = ["console=hvc0", 'quoted="a b"', "dollar=$HOME", "back=`x`\\y"]
+    cfg = parse_bfcfg(render({"grub": {"kernelParameters": params},
+                              "sysctl": {"parameters": ["net.core.somaxconn=4096", "vm.swappiness = 1"]}}))
+    grub = cfg.file("/etc/default/grub.d/99-dpf.cfg")
+    assert grub is not None
+    sourced = subprocess.run(["bash", "-c", grub.content + '\nprintf %s "$GRUB_CMDLINE_LINUX"'],
+                             capture_output=True, text=True, check=True, env={"HOME": "/root"}).stdout
+    assert sourced == " ".join(params)
+    sysctl = cfg.file("/etc/sysctl.d/99-dpf.conf")
+    assert sysctl is not None
+    assert sysctl.content == "net.core.somaxconn=4096\nvm.swappiness = 1\n"
+
+
+@pytest.mark.parametrize("version", ["version = 2\n", "version = 3\n"])
+def test_containerd_mirror_script(tmp_path: Path, version: str) -> None:
+    cfg = parse_bfcfg(render({"containerdConfig": {"registryEndpoint": "https://mirror.example.com:5000"}}))
+    script = cfg.file("/opt/dpf/config_containerd.sh")
+    assert script is not None
+    config = tmp_path / "config.toml"
+    config.write_text(version)
+    body = script.content.replace("/etc/containerd/config.toml", str(config)).replace(
+        "mkdir -p /etc/containerd", "true")
+    subprocess.run(["bash", "-c", body], check=True)
+    plugin = "io.containerd.cri.v1.images" if "3" in version else "io.containerd.grpc.v1.cri"
+    registry = tomllib.loads(config.read_text())["plugins"][plugin]["registry"]
+    assert registry["mirrors"]["nvcr.io"]["endpoint"] == ["https://mirror.example.com:5000"]
+    assert registry["configs"]["mirror.example.com:5000"]["tls"]["insecure_skip_verify"] is True

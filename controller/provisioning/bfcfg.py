@@ -132,6 +132,10 @@ def _containerd_script(endpoint: str) -> str:
         "else",
         "  PLUGIN='io.containerd.grpc.v1.cri'",
         "fi",
+        "# idempotent: a second run leaves the mirror already configured alone",
+        'if grep -qF "registry.mirrors.\\"nvcr.io\\"]" "$CONFIG"; then',
+        "  exit 0",
+        "fi",
         'printf \'\\n[plugins."%s".registry.mirrors."nvcr.io"]\\n  endpoint = ["%s"]\\n\' '
         '"$PLUGIN" "$ENDPOINT" >> "$CONFIG"',
         'printf \'\\n[plugins."%s".registry.configs."%s".tls]\\n  insecure_skip_verify = true\\n\' '

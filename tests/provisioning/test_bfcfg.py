@@ -224,6 +224,7 @@ def test_containerd_mirror_script(tmp_path: Path, version: str) -> None:
     body = script.content.replace("/etc/containerd/config.toml", str(config)).replace(
         "mkdir -p /etc/containerd", "true")
     subprocess.run(["bash", "-c", body], check=True)
+    subprocess.run(["bash", "-c", body], check=True)  # a second run changes nothing
     plugin = "io.containerd.cri.v1.images" if "3" in version else "io.containerd.grpc.v1.cri"
     registry = tomllib.loads(config.read_text())["plugins"][plugin]["registry"]
     assert registry["mirrors"]["nvcr.io"]["endpoint"] == ["https://mirror.example.com:5000"]

@@ -260,37 +260,37 @@ class DPUSet(Resource):
 
 
 class DPUFlavorGrub(Model):
-    kernel_parameters: list[str]
+    kernel_parameters: list[str] | None = None
 
 
 class DPUFlavorSysctl(Model):
-    parameters: list[str]
+    parameters: list[str] | None = None
 
 
 class DPUFlavorNVConfig(Model):
     CEL = (Cel("!has(self.device) || self.device == '*'", message="device must be '*' (all devices)",
                field_path=".device"),)
     device: str | None = None
-    parameters: list[str]
+    parameters: list[str] | None = None
     """mlxconfig parameters, e.g. PF_TOTAL_SF=20."""
     host_power_cycle_required: bool | None = None
 
 
 class DPUFlavorOVS(Model):
-    raw_config_script: str
+    raw_config_script: str | None = None
     """Shell script run on the DPU to configure OVS (bridges, ports, other_config)."""
 
 
 class ConfigFile(Model):
-    path: str
+    path: str | None = None
     operation: Literal["override", "append"] | None = None
-    raw: str
-    permissions: str
+    raw: str | None = None
+    permissions: str | None = None
     """File mode, e.g. "0644"."""
 
 
 class ContainerdConfig(Model):
-    registry_endpoint: str
+    registry_endpoint: str | None = None
 
 
 _FITS = ("!has(self.systemReservedResources) || (has(self.dpuResources) && "

@@ -4,7 +4,8 @@ NodeState gRPC server and the health/metrics endpoint, and runs them in order.
 Every replica keeps its caches warm; only the leader runs reconcile workers and serves streams (followers
 refuse streams with UNAVAILABLE). On becoming leader: a fresh work queue, every key enqueued, and the
 snapshot cache marked ready once each initial key was processed, so agents never see a partial view.
-On losing leadership: streams are closed with UNAVAILABLE (agents fail over) and the workers stop.
+On losing leadership: the workers stop, then streams are closed with UNAVAILABLE (agents fail over),
+so no status is written from a view of agents disconnecting.
 """
 
 from __future__ import annotations
@@ -175,9 +176,11 @@ class Controller:
         self._leading = False
         self.metrics.is_leader.set(0)
         self.cache.ready.clear()
+        # Workers first: a reconcile running while the streams close would judge the nodes from a half-stopped
+        # view (agents disconnecting) and write it to status just before this replica lets go.
+        await self._lead_tasks.stop()
         self.stream_server.close_all(
             f"controller {self.identity} is no longer the leader; reconnect to another replica")
-        await self._lead_tasks.stop()
         for reconciler in self.reconcilers:
             await reconciler.close()
 

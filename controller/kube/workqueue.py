@@ -89,8 +89,11 @@ class WorkQueue:
                 return key
             wait = self._delayed[0][0] - self._clock() if self._delayed else None
             self._wakeup.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when it is cancelled in the
+            # same loop turn as the event fires (a key added as the workers stop), and the worker ran on.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wakeup.wait()
 
     def done(self, key: Hashable) -> None:
         self._processing.discard(key)

@@ -143,6 +143,12 @@ class MirrorReconciler(Reconciler):
             return None
         if parent["metadata"].get("deletionTimestamp"):
             return await self._delete(parent)
+        if self.ctx.nodes.grace_left() and not dpu_clusters_synced(self.ctx.clusters):
+            # Just started (or leading anew): the DPU clusters are still connecting, and their children would read
+            # as missing ("no DPU cluster is connected", "does not exist yet") and flap Ready. Wait for them,
+            # within the term's grace (a DPUCluster that never connects must not silence status for good).
+            raise TemporaryError(f"{self.kinds.parent.kind} {namespace}/{name}: DPU clusters not synced yet",
+                                 delay=0.5)
         parent = await objects.add_finalizer(self.ctx.clusters.host.rest, self.kinds.parent, parent,
                                              self.kinds.finalizer)
         clusters = sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name)

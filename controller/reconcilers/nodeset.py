@@ -213,8 +213,8 @@ class NodeSetReconciler(Reconciler):
         if set_obj["metadata"].get("deletionTimestamp"):
             return await self._delete(cluster, set_obj)
         set_obj = await objects.add_finalizer(cluster.rest, self.kinds.set_kind, set_obj, self.kinds.finalizer)
-        reconciled, errors = await self._sync_children(cluster, set_obj)
-        verdicts, applied = self._verdicts(cluster, set_obj)
+        reconciled, errors, desired = await self._sync_children(cluster, set_obj)
+        verdicts, applied = self._verdicts(cluster, set_obj, desired)
         held = self._hold(set_obj, verdicts)
         marks = [(self.kinds.reconciled, *reconciled)]
         number_ready = (set_obj.get("status") or {}).get("numberReady")
@@ -253,13 +253,15 @@ class NodeSetReconciler(Reconciler):
         unheard = any(v.node and not self.ctx.nodes.heard(v.node, self.kinds.type_url) for v in verdicts)
         return grace if unheard else 0.0
 
-    async def _sync_children(self, cluster: Cluster, set_obj: Obj) -> tuple[tuple[str, str, str], list[str]]:
-        """Apply desired children, delete stale ones; the Reconciled condition and the API errors met."""
+    async def _sync_children(self, cluster: Cluster, set_obj: Obj
+                             ) -> tuple[tuple[str, str, str], list[str], dict[str, str]]:
+        """Apply desired children, delete stale ones; the Reconciled condition, the API errors met and the
+        desired children (namespace/name -> node)."""
         k = self.kinds
         try:
             nodes = selected_nodes(set_obj, cluster.informer(NODE).list())
         except SelectorError as exc:
-            return ("False", cond.FAILURE, f"{exc}; fix the selector"), []
+            return ("False", cond.FAILURE, f"{exc}; fix the selector"), [], {}
         children = cluster.informer(k.child_kind)
         namespace, name = key_of(set_obj)
         desired = {}
@@ -284,13 +286,16 @@ class NodeSetReconciler(Reconciler):
                     await cluster.rest.delete(k.child_kind, child["metadata"]["name"], namespace)
                 except KubeError as exc:
                     errors.append(f"deleting {k.child_kind.kind} {child['metadata']['name']}: {exc}")
+        wanted = {f"{namespace}/{child_name}": body["spec"]["node"] for child_name, body in desired.items()}
         if errors:
-            return ("False", cond.ERROR, "; ".join(errors)[:4096]), errors
+            return ("False", cond.ERROR, "; ".join(errors)[:4096]), errors, wanted
         if invalid:
-            return ("False", cond.FAILURE, "; ".join(invalid) + "; shorten the set's name"), []
-        return ("True", cond.SUCCESS, ""), []
+            return ("False", cond.FAILURE, "; ".join(invalid) + "; shorten the set's name"), [], wanted
+        return ("True", cond.SUCCESS, ""), [], wanted
 
-    def _verdicts(self, cluster: Cluster, set_obj: Obj) -> tuple[list[Verdict], int]:
+    def _verdicts(self, cluster: Cluster, set_obj: Obj, desired: Mapping[str, str]) -> tuple[list[Verdict], int]:
+        """A verdict per child in the cache, and per desired child the cache has not seen yet (just applied: it
+        is in no node's snapshot, so the set is not Ready over the nodes that have theirs already)."""
         children = [c for c in cluster.informer(self.kinds.child_kind).by_index(OWNER_INDEX, set_obj["metadata"]["uid"])
                     if not c["metadata"].get("deletionTimestamp")]
         problems = self.problems(cluster, children)
@@ -303,6 +308,11 @@ class NodeSetReconciler(Reconciler):
                 verdicts.append(Verdict(name, node, Outcome.FAILED, f"{name} has no spec.node"))
             else:
                 verdicts.append(verdict(self.ctx.nodes, self.ctx.cache, node, self.kinds.type_url, name))
+        cached = {v.name for v in verdicts}
+        for name, node in sorted(desired.items()):
+            if name not in cached:
+                verdicts.append(Verdict(name, node, Outcome.UNPUBLISHED, f"{name} on {node}: not published to the "
+                                                                         "node yet"))
         return verdicts, len(children)
 
     async def _delete(self, cluster: Cluster, set_obj: Obj) -> float | None:

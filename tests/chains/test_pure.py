@@ -141,12 +141,12 @@ def test_set_children_are_named_per_node_and_labelled_like_upstream() -> None:
 
 def test_the_mirror_copies_the_template_and_explains_an_unready_child() -> None:
     kinds = DPUServiceChainReconciler.kinds
-    parent = {"metadata": {"name": "c", "namespace": NS},
+    parent = {"metadata": {"name": "c", "namespace": NS, "uid": "u-1"},
               "spec": {"template": {"metadata": {"labels": {"a": "b"}},
                                     "spec": {"nodeSelector": {"matchLabels": {"x": "y"}}, "template": {}}}}}
     assert mirror.child_body(kinds, parent) == {
         "apiVersion": "svc.dpu.nvidia.com/v1alpha1", "kind": "ServiceChainSet",
-        "metadata": {"name": "c", "namespace": NS, "labels": {"a": "b"}},
+        "metadata": {"name": "c", "namespace": NS, "labels": {"a": "b", kinds.owner_label: "u-1"}},
         "spec": {"nodeSelector": {"matchLabels": {"x": "y"}}, "template": {}}}
     child = {"metadata": {"generation": 2}, "status": {"observedGeneration": 1, "conditions": []}}
     assert "not reconciled at its current generation" in mirror.child_readiness("dpu", child, "ServiceChainSet", "c")

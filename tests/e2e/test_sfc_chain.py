@@ -111,12 +111,21 @@ def test_hbn_chain_from_cr_to_packets_and_back(bed: Bed, tmp_path) -> None:
 
     # Restarting the agent, or the controller, does not touch the data plane: not one ping of a 20/s stream is
     # lost, and the chain stays programmed and Ready.
+    connected = f"node {a} (dpu) connected"
+
+    def times_connected() -> int:
+        return bed.controller.child.log.read_text(errors="replace").count(connected)
+
     for restart in (lambda: (bed.dpus[a].stop_agent(), bed.start_agent(a)),
                     lambda: (bed.controller.stop(), bed.controller.start())):
+        before = times_connected()
         out = ping_while(fabric["fa0"].netns, hbn["p0"].ip, restart)
         assert " 0% packet loss" in out, out
         assert len(cookie_flows(bed.dpus[a].flows(), cookie)) == 4
         wait_until(lambda: reader.is_ready("dpuservicechains", ns, "hbn-to-fabric"), TIMEOUT, "the chain Ready")
+        # A restarted controller keeps the chain's Ready until the agents report, so Ready alone does not say
+        # dpu-a's agent is back; the deletion below must be told to a connected agent to wait for its flows.
+        wait_until(lambda b=before: times_connected() > b, TIMEOUT, "dpu-a's agent connected again")
 
     # Delete: the DPUServiceChain goes last, after the per-node chains and the set, and by then the
     # flows are gone: traffic stops.

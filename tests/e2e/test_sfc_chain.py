@@ -102,8 +102,9 @@ def test_hbn_chain_from_cr_to_packets_and_back(bed: Bed, tmp_path) -> None:
     assert chains.Reader(bed.dpu_cluster.client).get("servicechains", ns, f"hbn-to-fabric-{b}") is None
     # The first packets also resolve ARP through the userspace datapath's upcalls: on a loaded 2-core machine
     # that took over 1.4 s once, so a few seconds of pings, any reply counting.
-    assert fabric["fa0"].ping(hbn["p0"].ip, count=5, wait=3)
-    assert fabric["fa1"].ping(hbn["p1"].ip, count=5, wait=3)
+    for src, dst in (("fa0", "p0"), ("fa1", "p1")):
+        if not fabric[src].ping(hbn[dst].ip, count=5, wait=3):
+            raise AssertionError(_datapath_evidence(bed, a, fabric[src], hbn[dst], time.monotonic() - started))
     assert tcp_echo(hbn["p0"], fabric["fa0"], tmp_path / "echo.log")
     scs = chains.Reader(bed.dpu_cluster.client).get("servicechainsets", ns, "hbn-to-fabric")
     assert (scs["status"]["numberApplied"], scs["status"]["numberReady"]) == (1, 1)
@@ -177,6 +178,37 @@ def test_a_selector_matching_no_interface_is_named_and_nothing_is_programmed(bed
     bed.apply([chain])
     wait_until(lambda: reader.is_ready("dpuservicechains", ns, "hbn-to-fabric"), TIMEOUT, "the fixed chain Ready")
     assert len(cookie_flows(bed.dpus[a].flows(), chain_cookie(ns, f"hbn-to-fabric-{a}"))) == 4
+
+
+def _datapath_evidence(bed: Bed, dpu: str, src: Pod, dst: Pod, since_start: float) -> str:
+    """What the switch held when a ping through the chain got no reply (ports with their ofports next to the
+    flows, port counters, the agent's log), then whether and when a reply came after all: flows naming a stale
+    ofport say the product reported Ready too early; a late reply says the datapath was only slow. The test
+    fails either way."""
+    node = bed.dpus[dpu]
+    assert node.ovs is not None
+    ovs = node.ovs
+    out = [f"no reply {since_start:.2f}s after the agent started"]
+    for argv in (("show", "br-sfc"), ("dump-flows", "br-sfc"), ("dump-ports", "br-sfc")):
+        out.append(f"--- ovs-ofctl {' '.join(argv)}\n" + ovs.ofctl(*argv, check=False).stdout)
+    out.append("--- interfaces\n" + ovs.vsctl("--columns=name,ofport,external_ids", "list", "interface",
+                                             check=False).stdout)
+    out.append("--- bridge\n" + ovs.vsctl("--columns=name,external_ids", "list", "bridge", check=False).stdout)
+    out.append("--- fdb\n" + ovs.appctl("ovs-vswitchd", "fdb/show", "br-sfc", check=False).stdout)
+    out.append("--- src neigh\n" + src.exec("ip", "neigh", check=False).stdout)
+    out.append("--- dst neigh/link\n" + dst.exec("ip", "neigh", check=False).stdout
+               + dst.exec("ip", "-s", "link", check=False).stdout)
+    began = time.monotonic()
+    replied = src.exec("ping", "-n", "-c", "1", "-W", "1", dst.ip, check=False).returncode == 0
+    while not replied and time.monotonic() - began < 30:
+        replied = src.exec("ping", "-n", "-c", "1", "-W", "1", dst.ip, check=False).returncode == 0
+    out.append(f"--- later ping: {'replied' if replied else 'no reply'} after {time.monotonic() - began:.2f}s")
+    out.append("--- ovs-ofctl dump-flows br-sfc (after)\n" + ovs.ofctl("dump-flows", "br-sfc", check=False).stdout)
+    out.append("--- agent log\n" + (node.workdir / "agent.log").read_text()[-20000:])
+    out.append("--- vswitchd log\n" + ovs.log("ovs-vswitchd").read_text()[-8000:])
+    text = "\n".join(out)
+    (node.workdir.parent / "evidence.txt").write_text(text)
+    return text
 
 
 def _message_if(condition: dict | None, text: str) -> dict | None:

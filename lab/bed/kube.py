@@ -31,6 +31,13 @@ STARTUP_TIMEOUT = 90.0
 SERVICE_CIDR = "10.96.0.0/16"
 
 
+class KubectlError(subprocess.CalledProcessError):
+    """A failed kubectl run whose message carries kubectl's own error (CalledProcessError hides stderr)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()}: {(self.stderr or '').strip()[-2000:]}"
+
+
 @dataclass
 class ControlPlane:
     """etcd + kube-apiserver under `workdir`; `start()` returns when /readyz is ok."""
@@ -166,7 +173,7 @@ class ControlPlane:
         result = subprocess.run([tool("kubectl"), *args], input=input, capture_output=True, text=True,
                                 env=env, timeout=timeout)
         if check and result.returncode != 0:
-            raise subprocess.CalledProcessError(result.returncode, result.args, result.stdout, result.stderr)
+            raise KubectlError(result.returncode, result.args, result.stdout, result.stderr)
         return result
 
     def install_crds(self, directory: Path = CRD_DIR, timeout: float = 60) -> list[str]:

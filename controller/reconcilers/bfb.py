@@ -45,6 +45,7 @@ from dpf.controller.provisioning import download as dl
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.inuse_protection import BFB_FINALIZER as PROTECTION_FINALIZER
+from dpf.controller.reconcilers.keys import ObjectKey
 from dpf.controller.reconcilers.kinds import BFB
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ CANCEL_TIMEOUT = 10.0  # a cancelled download finishes its in-flight disk write 
 
 @dataclass
 class _Download:
-    key: tuple
+    key: ObjectKey
     path: Path
     partial: Path
     task: asyncio.Task[None]
@@ -76,7 +77,8 @@ class BFBReconciler(Reconciler):
 
     def setup(self) -> None:
         self.informer: Informer = self.ctx.clusters.host.informer(BFB)
-        self.informer.add_handler(lambda _t, old, new: self.ctx.queue.add((self.name, *key_of_event(old, new))))
+        self.informer.add_handler(
+            lambda _t, old, new: self.ctx.queue.add(ObjectKey(self.name, *key_of_event(old, new))))
         self.settings = self.ctx.settings.bfb
         self._slots = asyncio.Semaphore(self.settings.max_concurrent)
         self._downloads: dict[str, _Download] = {}  # by uid: running or waiting for a slot
@@ -85,7 +87,7 @@ class BFBReconciler(Reconciler):
         self._written: dict[str, tuple[int, str]] = {}  # by uid: (resourceVersion, phase) of our last write
 
     def all_keys(self) -> Iterable[Hashable]:
-        return [(self.name, *key_of(o)) for o in self.informer.list()]
+        return [ObjectKey(self.name, *key_of(o)) for o in self.informer.list()]
 
     def synced(self) -> bool:
         return self.informer.synced.is_set()
@@ -104,8 +106,8 @@ class BFBReconciler(Reconciler):
         self._written.clear()
 
     # ---- reconcile ---------------------------------------------------------------------------------------
-    async def reconcile(self, key: tuple) -> float | None:
-        _, namespace, name = key
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        namespace, name = key.namespace, key.name
         obj = self.informer.get(namespace, name)
         await self._drop_others(key, obj)
         if obj is None:
@@ -117,7 +119,7 @@ class BFBReconciler(Reconciler):
         obj = await self._own(obj, file_name)
         return await self._sync(key, obj, self.settings.directory / file_name)
 
-    async def _sync(self, key: tuple, obj: Obj, path: Path) -> float | None:
+    async def _sync(self, key: ObjectKey, obj: Obj, path: Path) -> float | None:
         uid = obj["metadata"]["uid"]
         running = self._downloads.get(uid)
         if running is not None and running.path == path:
@@ -161,7 +163,7 @@ class BFBReconciler(Reconciler):
         return None
 
     # ---- downloads ---------------------------------------------------------------------------------------
-    def _start(self, key: tuple, obj: Obj, path: Path) -> None:
+    def _start(self, key: ObjectKey, obj: Obj, path: Path) -> None:
         uid = obj["metadata"]["uid"]
         partial = dl.partial_path(path.parent, path.name, uid, secrets.token_hex(4))
         task = asyncio.create_task(self._download(key, uid, _url(obj), path, partial),
@@ -169,8 +171,8 @@ class BFBReconciler(Reconciler):
         self._downloads[uid] = _Download(key, path, partial, task)
         self.ctx.metrics.bfb_downloads_active.inc()
 
-    async def _download(self, key: tuple, uid: str, url: str, path: Path, partial: Path) -> None:
-        label = "/".join(key[1:])
+    async def _download(self, key: ObjectKey, uid: str, url: str, path: Path, partial: Path) -> None:
+        label = str(key)
         try:
             async with self._slots:
                 try:
@@ -222,7 +224,7 @@ class BFBReconciler(Reconciler):
         if not done:
             raise TemporaryError(f"download of {running.path} is still stopping", 1.0)
 
-    async def _drop_others(self, key: tuple, obj: Obj | None) -> None:
+    async def _drop_others(self, key: ObjectKey, obj: Obj | None) -> None:
         """Forget downloads and state of objects that had this key before (deleted, or deleted and re-created)."""
         uid = obj["metadata"]["uid"] if obj is not None else None
         stale = {u for u, d in self._downloads.items() if d.key == key and u != uid}

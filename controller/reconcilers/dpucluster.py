@@ -18,6 +18,7 @@ from dpf.controller.kube.events import WARNING
 from dpf.controller.kube.informer import Informer, key_of
 from dpf.controller.kube.rest import SECRET, KubeError, Obj
 from dpf.controller.reconcilers.base import Reconciler
+from dpf.controller.reconcilers.keys import ObjectKey
 from dpf.controller.reconcilers.kinds import DPU_CLUSTER
 
 log = logging.getLogger(__name__)
@@ -33,16 +34,16 @@ class DPUClusterReconciler(Reconciler):
 
     def _on_event(self, _type: str, old: Obj | None, new: Obj | None) -> None:
         namespace, name = key_of(new or old)  # type: ignore[arg-type]
-        self.ctx.queue.add((self.name, namespace, name))
+        self.ctx.queue.add(ObjectKey(self.name, namespace, name))
 
     def all_keys(self) -> Iterable[Hashable]:
-        return [(self.name, *key_of(o)) for o in self.informer.list()]
+        return [ObjectKey(self.name, *key_of(o)) for o in self.informer.list()]
 
     def synced(self) -> bool:
         return self.informer.synced.is_set()
 
-    async def reconcile(self, key: tuple) -> float | None:
-        _, namespace, name = key
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        namespace, name = key.namespace, key.name
         cluster_name = f"{namespace}/{name}"
         obj = self.informer.get(namespace, name)
         secret_name = ((obj or {}).get("spec") or {}).get("kubeconfig") or ""

@@ -27,6 +27,7 @@ from dpf.controller.provisioning import dpuset_status
 from dpf.controller.provisioning.dpuset_plan import Plan, compute_plan, controller_ref, set_of_labels
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
+from dpf.controller.reconcilers.keys import ObjectKey
 from dpf.controller.reconcilers.kinds import DPU, DPU_FLAVOR, DPU_SET, NODE
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class DPUSetReconciler(Reconciler):
 
     # ---- wiring ------------------------------------------------------------------------------------------
     def _enqueue(self, namespace: str, name: str) -> None:
-        self.ctx.queue.add((self.name, namespace, name))
+        self.ctx.queue.add(ObjectKey(self.name, namespace, name))
 
     def _enqueue_all(self) -> None:
         for obj in self.sets.list():
@@ -97,14 +98,14 @@ class DPUSetReconciler(Reconciler):
             self._enqueue(*key_of(obj))
 
     def all_keys(self) -> Iterable[Hashable]:
-        return [(self.name, *key_of(o)) for o in self.sets.list()]
+        return [ObjectKey(self.name, *key_of(o)) for o in self.sets.list()]
 
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in (self.sets, self.dpus, self.nodes, self.flavors))
 
     # ---- reconcile ---------------------------------------------------------------------------------------
-    async def reconcile(self, key: tuple) -> float | None:
-        _, namespace, name = key
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        namespace, name = key.namespace, key.name
         if not self.synced():
             # A partial Node or DPU list would delete DPUs that must stay.
             raise TemporaryError("DPUSet/DPU/Node caches not synced yet", delay=CACHE_RETRY)

@@ -21,6 +21,7 @@ from dpf.controller.kube.informer import Handler, Informer, key_of, key_of_event
 from dpf.controller.kube.rest import Kind, Obj
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
+from dpf.controller.reconcilers.keys import KindObjectKey
 from dpf.controller.reconcilers.kinds import BFB, DPU, DPU_FLAVOR, DPU_SET
 
 FLAVOR_FINALIZER = "provisioning.dpu.nvidia.com/dpuflavor-protection"
@@ -92,7 +93,7 @@ class InUseProtectionReconciler(Reconciler):
         return changed
 
     def _enqueue(self, kind_name: str, namespace: str, name: str) -> None:
-        self.ctx.queue.add((self.name, kind_name, namespace, name))
+        self.ctx.queue.add(KindObjectKey(self.name, kind_name, namespace, name))
 
     def _on_user(self, funcs: Mapping[str, Callable[[Obj], list[str]]], old: Obj | None, new: Obj | None) -> None:
         # Both old and new references: dropping a reference may be what lets a deletion finish.
@@ -104,7 +105,8 @@ class InUseProtectionReconciler(Reconciler):
                     self._enqueue(kind_name, namespace, name)
 
     def all_keys(self) -> Iterable[Hashable]:
-        return [(self.name, k, *key_of(o)) for k, informer in self.protected.items() for o in informer.list()]
+        return [KindObjectKey(self.name, k, *key_of(o))
+                for k, informer in self.protected.items() for o in informer.list()]
 
     def synced(self) -> bool:
         informers = [*self.protected.values(), *(i for _, i in self.users)]
@@ -115,8 +117,8 @@ class InUseProtectionReconciler(Reconciler):
         return [f"{kind}/{obj['metadata']['name']}" for kind, informer in self.users
                 for obj in informer.by_index(protected.index, f"{namespace}/{name}")]
 
-    async def reconcile(self, key: tuple) -> float | None:
-        _, kind_name, namespace, name = key
+    async def reconcile(self, key: KindObjectKey) -> float | None:
+        kind_name, namespace, name = key.kind, key.namespace, key.name
         protected = PROTECTED[kind_name]
         obj = self.protected[kind_name].get(namespace, name)
         if obj is None:

@@ -1,8 +1,7 @@
 """Work-queue keys as types: what a key asks for is its class, never a tag string or a tuple length.
 
 Every key names the reconciler that handles it (`reconciler`), which is how the manager routes it. Keys are
-frozen (hashable, so the queue deduplicates them) and compare by value. Reconcilers that predate these keep
-plain tuples whose first element is the reconciler's name; the manager routes both.
+frozen (hashable, so the queue deduplicates them) and compare by value.
 """
 
 from __future__ import annotations
@@ -40,16 +39,29 @@ class ClusterObjectKey(WorkKey):
 
 @dataclass(frozen=True)
 class ObjectKey(WorkKey):
-    """One namespaced object in the host cluster (a DPUServiceIPAM)."""
+    """One namespaced object in the host cluster (a DPUServiceIPAM, a BFB, a DPUSet, ...)."""
 
     namespace: str
     name: str
 
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class KindObjectKey(WorkKey):
+    """One namespaced host-cluster object of one of several kinds a reconciler serves (in-use protection)."""
+
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class SweepKey(WorkKey):
+    """A whole-cluster pass with no object of its own (the orphan sweep)."""
+
 
 def reconciler_of(key: object) -> str | None:
     """The name of the reconciler a key belongs to (None: not a key any reconciler made)."""
-    if isinstance(key, WorkKey):
-        return key.reconciler
-    if isinstance(key, tuple) and key and isinstance(key[0], str):
-        return key[0]
-    return None
+    return key.reconciler if isinstance(key, WorkKey) else None

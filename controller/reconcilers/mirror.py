@@ -32,6 +32,7 @@ from dpf.controller.kube.informer import Informer, key_of
 from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.keys import ObjectKey
 from dpf.controller.reconcilers.kinds import NAMESPACE
 
 log = logging.getLogger(__name__)
@@ -125,19 +126,19 @@ class MirrorReconciler(Reconciler):
     def _on_child(self, _type: str, old: Obj | None, new: Obj | None) -> None:
         namespace, name = key_of(new or old)  # type: ignore[arg-type]
         if self.parents.get(namespace, name) is not None:
-            self.ctx.queue.add((self.name, namespace, name))
+            self.ctx.queue.add(ObjectKey(self.name, namespace, name))
 
     def _enqueue(self, parent: Obj) -> None:
-        self.ctx.queue.add((self.name, *key_of(parent)))
+        self.ctx.queue.add(ObjectKey(self.name, *key_of(parent)))
 
     def all_keys(self) -> Iterable[Hashable]:
-        return [(self.name, *key_of(o)) for o in self.parents.list()]
+        return [ObjectKey(self.name, *key_of(o)) for o in self.parents.list()]
 
     def synced(self) -> bool:
         return self.parents.synced.is_set() and dpu_clusters_synced(self.ctx.clusters)
 
-    async def reconcile(self, key: tuple) -> float | None:
-        _, namespace, name = key
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        namespace, name = key.namespace, key.name
         parent = self.parents.get(namespace, name)
         if parent is None:
             return None

@@ -34,6 +34,7 @@ from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
 from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
 from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
+from dpf.controller.reconcilers.keys import SweepKey
 from dpf.controller.reconcilers.mirror import MirrorKinds, claimed_owner, read_live
 from dpf.controller.reconcilers.nodeset import SetKinds
 from dpf.controller.reconcilers.servicechainset import ServiceChainSetReconciler
@@ -41,7 +42,7 @@ from dpf.controller.reconcilers.serviceinterfaceset import ServiceInterfaceSetRe
 
 log = logging.getLogger(__name__)
 
-KEY = ("orphans",)
+KEY = SweepKey("orphans")
 UNSYNCED_RETRY = 1.0
 
 
@@ -106,7 +107,7 @@ class OrphanSweeper(Reconciler):
     def synced(self) -> bool:
         return all(i.synced.is_set() for i in self.parents.values()) and dpu_clusters_synced(self.ctx.clusters)
 
-    async def reconcile(self, key: tuple) -> float | None:
+    async def reconcile(self, key: SweepKey) -> float | None:
         if not self.synced():
             return UNSYNCED_RETRY  # a partial cache would make every object look orphaned
         owners: dict[tuple[int, Kind, str], dict[str, str]] = {}

@@ -238,7 +238,8 @@ class FlowMonitor:
             child = self._child
         if child and child.poll() is None:
             child.terminate()
-        self._thread.join(5)
+        if self._thread.is_alive():  # a monitor stopped before it started (start-up failed) has no thread
+            self._thread.join(5)
 
     def _run(self) -> None:
         # This thread forks the child and outlives it (the child is ended in `finally` before the thread leaves),

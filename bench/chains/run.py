@@ -48,8 +48,9 @@ from dpf.agent.sfc.model import (  # noqa: E402
 )
 from dpf.agent.sfc.programmer import SfcProgrammer  # noqa: E402
 from dpf.agent.sfc.settings import SfcSettings  # noqa: E402
-from dpf.lab.bed.netns import NetnsBed  # noqa: E402
+from dpf.lab.bed.netns import NetnsBed, reap_stale  # noqa: E402
 from dpf.lab.bed.ovs import OvsSwitch  # noqa: E402
+from dpf.lab.bed.process import exit_on_sigterm  # noqa: E402
 
 NS = "bench"
 SPARES = 4  # service interfaces in no chain, for the one-chain updates
@@ -196,6 +197,8 @@ def main() -> int:
 
     service = args.chains * args.switches * 2 - args.physical + SPARES
     work = Path(tempfile.mkdtemp(prefix="dpf-bench-chains-"))
+    exit_on_sigterm()
+    reap_stale("b")  # namespaces of an earlier run that was SIGKILLed (its finally never ran)
     bed = NetnsBed(owner="b")
     ovs = OvsSwitch(netns=bed.namespace("ovs"), rundir=work / "ovs")
     results: dict[str, object] = {"chains": args.chains, "flows": args.chains * args.switches * 2,

@@ -36,9 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dpf.lab.bed.netns import NetnsBed
+from dpf.lab.bed.netns import NetnsBed, reap_stale
 from dpf.lab.bed.ovs import OvsSwitch
-from dpf.lab.bed.process import Child, wait_until
+from dpf.lab.bed.process import Child, exit_on_sigterm, wait_until
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -213,6 +213,8 @@ def main() -> int:
     ours_bin = _load(REPO / "packaging" / "pyinstaller" / "build.py", "dpf_cni_build").ensure_binary()
     ovs_cni = ensure_ovs_cni()
     work = Path(tempfile.mkdtemp(prefix="dpf-bench-cni-"))
+    exit_on_sigterm()
+    reap_stale("b")  # namespaces of an earlier run that was SIGKILLed (its finally never ran)
     bed = NetnsBed(owner="b")
     switch = OvsSwitch(netns=bed.namespace("ovs"), rundir=work / "ovs")
     agents: list[Child] = []

@@ -17,6 +17,7 @@ from kubernetes import client as k8s  # noqa: E402
 
 from dpf.lab.bed.kube import ControlPlane  # noqa: E402
 from dpf.lab.bed.netns import NetnsBed, reap_stale  # noqa: E402
+from dpf.lab.bed.process import exit_on_sigterm  # noqa: E402
 from tests.reliability.livebed import Live, live_chain  # noqa: E402
 
 OWNER = "r"  # network namespaces are dpf-r<pid>-*: a crashed run's are reaped by the next
@@ -24,6 +25,7 @@ OWNER = "r"  # network namespaces are dpf-r<pid>-*: a crashed run's are reaped b
 
 @contextlib.contextmanager
 def live_bed(workdir: Path | None = None) -> Iterator[Live]:
+    exit_on_sigterm()
     reap_stale(OWNER)
     with contextlib.ExitStack() as stack:
         root = workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="dpf-reliability-")))

@@ -174,3 +174,12 @@ def free_port() -> int:
     with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a script's `finally` (stopping daemons, removing namespaces) runs when
+    it is stopped with a plain `kill`, as it does on Ctrl-C; the default action would skip it."""
+    def _exit(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)

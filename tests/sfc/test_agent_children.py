@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from dpf.agent.sfc.flows import monitor_argv
+from dpf.agent.sfc.flows import FlowMonitor, monitor_argv
 from dpf.agent.sfc.settings import SfcSettings
 from dpf.lab.bed.netns import NetnsBed
 from dpf.lab.bed.process import wait_until
@@ -68,3 +68,10 @@ def test_a_killed_agent_takes_its_flow_monitor_along_and_a_new_agent_ends_leftov
                 leftover.wait()
     finally:
         dpu.stop()
+
+
+def test_a_monitor_stopped_before_it_started_stops_quietly(tmp_path: Path) -> None:
+    """A programmer whose start-up failed is stopped in `finally`; raising there skipped the rest of the
+    clean-up (a benchmark killed during start-up left its OVS and namespaces behind)."""
+    monitor = FlowMonitor(SfcSettings(ovs_rundir=tmp_path), lambda _fresh: None, lambda _ports: None)
+    monitor.stop()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from kubernetes.client.exceptions import ApiException
 
 from dpf.lab import chains
-from dpf.lab.bed.process import wait_until
+from dpf.lab.bed.process import Child, wait_until
 from dpf.lab.bed.tools import tool
 from tests.reliability import livebed
 from tests.reliability.livebed import CHAIN, Live, PingResult, ReadyWatch
@@ -106,17 +106,21 @@ def _stays_ready(live: Live, hold: float, timeout: float) -> bool:
     return False
 
 
+def _sigkill_then_restart(child: Child | None, down: float, restart: Callable[[], None]) -> Callable[[], None]:
+    """The fault: SIGKILL `child`, reap it, leave it down `down` seconds, then `restart` (as a supervisor would;
+    `restart` also makes its owner forget the dead child)."""
+    def fault() -> None:
+        assert child is not None
+        livebed.kill(child.pid)
+        child.proc.wait(10)
+        time.sleep(down)
+        restart()
+    return fault
+
+
 def kill_agent(live: Live, down: float = 1.0) -> FaultResult:
     dpu = live.bed.dpus[live.a]
-
-    def fault() -> None:
-        assert dpu.agent is not None
-        livebed.kill(dpu.agent.pid)
-        dpu.agent.proc.wait(10)
-        dpu.stop_agent()
-        time.sleep(down)
-        live.bed.start_agent(live.a)
-
+    fault = _sigkill_then_restart(dpu.agent, down, lambda: (dpu.stop_agent(), live.bed.start_agent(live.a)))
     result = _measure(live, "SIGKILL DPU agent", fault)
     result.orphans = livebed.orphaned_ofctl(live)
     return result
@@ -124,44 +128,23 @@ def kill_agent(live: Live, down: float = 1.0) -> FaultResult:
 
 def kill_controller(live: Live, down: float = 1.0) -> FaultResult:
     controller = live.bed.controller
-
-    def fault() -> None:
-        assert controller.child is not None
-        livebed.kill(controller.child.pid)
-        controller.child.proc.wait(10)
-        controller.stop()
-        time.sleep(down)
-        controller.start()
-
+    fault = _sigkill_then_restart(controller.child, down, lambda: (controller.stop(), controller.start()))
     return _measure(live, "SIGKILL controller", fault)
 
 
 def kill_ovsdb(live: Live, down: float = 1.0) -> FaultResult:
     ovs = live.bed.dpus[live.a].ovs
     assert ovs is not None
-
-    def fault() -> None:
-        child = ovs.children["ovsdb-server"]
-        livebed.kill(child.pid)
-        child.proc.wait(10)
-        time.sleep(down)
-        ovs.restart_ovsdb()  # pops the dead child, starts a new one on the same database
-
+    # restart_ovsdb pops the dead child and starts a new one on the same database.
+    fault = _sigkill_then_restart(ovs.children["ovsdb-server"], down, ovs.restart_ovsdb)
     return _measure(live, "SIGKILL ovsdb-server", fault)
 
 
 def kill_vswitchd(live: Live, down: float = 5.0) -> FaultResult:
     ovs = live.bed.dpus[live.a].ovs
     assert ovs is not None
-
-    def fault() -> None:
-        child = ovs.children["ovs-vswitchd"]
-        livebed.kill(child.pid)
-        child.proc.wait(10)
-        time.sleep(down)
-        ovs.stop_vswitchd()  # forgets the dead child
-        ovs.start_vswitchd()
-
+    fault = _sigkill_then_restart(ovs.children["ovs-vswitchd"], down,
+                                  lambda: (ovs.stop_vswitchd(), ovs.start_vswitchd()))
     return _measure(live, f"SIGKILL ovs-vswitchd ({down:.0f}s down)", fault)
 
 

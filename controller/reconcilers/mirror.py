@@ -150,9 +150,19 @@ class MirrorReconciler(Reconciler):
             # within the term's grace (a DPUCluster that never connects must not silence status for good).
             raise TemporaryError(f"{self.kinds.parent.kind} {namespace}/{name}: DPU clusters not synced yet",
                                  delay=0.5)
+        clusters = sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name)
+        if any(c.informer(self.kinds.child).get(namespace, name) is None for c in clusters):
+            # About to create a child: only for the parent as it is now. A cached parent can be an incarnation
+            # already deleted (watch lag under create/delete churn); a child made for it would outlive it.
+            live = await read_live(self.ctx.clusters.host.rest, self.kinds.parent, namespace, name)
+            if live is None:
+                return None
+            if live["metadata"]["uid"] != parent["metadata"]["uid"] or live["metadata"].get("deletionTimestamp"):
+                raise TemporaryError(f"{self.kinds.parent.kind} {namespace}/{name} changed since it was cached; "
+                                     "looking again", delay=0.2)
+            parent = live
         parent = await objects.add_finalizer(self.ctx.clusters.host.rest, self.kinds.parent, parent,
                                              self.kinds.finalizer)
-        clusters = sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name)
         errors = []
         for cluster in clusters:
             try:

@@ -14,6 +14,7 @@ from dpf.controller.cache.serviceinterfaces import SERVICE_LABEL
 from dpf.controller.kube.informer import Informer
 from dpf.controller.kube.rest import Kind, Rest
 from dpf.controller.manager import Controller
+from dpf.controller.reconcilers.keys import ObjectKey
 from dpf.controller.reconcilers.kinds import (
     DPU_SERVICE_CHAIN,
     DPU_SERVICE_INTERFACE,
@@ -285,6 +286,46 @@ def test_deleting_a_chain_whose_set_the_cache_has_not_seen_yet_deletes_the_set(
             await eventually(lambda: _gone(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric"), "the chain deleted")
             assert await rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace) is None, "the set outlived its chain"
             assert await rest.get(SERVICE_CHAIN, f"hbn-to-fabric-{a}", namespace) is None
+        finally:
+            await rest.delete(NODE, a)
+            await controller.stop()
+            await rest.close()
+
+    run(scenario())
+
+
+def test_a_cached_parent_already_deleted_gets_no_new_set(kube: ControlPlane, namespace: str) -> None:
+    """The other half of churn leaks: under create/delete churn the cache can still show an incarnation that is
+    already gone (with our finalizer on it, so nothing is written before the set is made). The mirror confirms
+    the parent live before creating a child, so no set is made for it. Made deterministic by putting the
+    deleted chain back into the controller's cache, as a lagging watch would show it."""
+    group = uuid.uuid4().hex[:6]
+    a = f"dpu-a-{group}"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+        try:
+            await node(rest, a, group, hbn=True)
+            await rest.create(DPU_SERVICE_CHAIN, manifests(namespace, group)["hbn-to-fabric"], namespace)
+            await eventually(lambda: rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace), "the set")
+            chains_cache = controller.clusters.host.informer(DPU_SERVICE_CHAIN)
+            stale = chains_cache.get(namespace, "hbn-to-fabric")
+            assert stale is not None
+            assert "svc.dpu.nvidia.com/dpuservicechain" in (stale["metadata"].get("finalizers") or ())
+            await rest.delete(DPU_SERVICE_CHAIN, "hbn-to-fabric", namespace)
+            await eventually(lambda: _gone(rest, DPU_SERVICE_CHAIN, namespace, "hbn-to-fabric"), "the chain deleted")
+            await eventually(lambda: _gone(rest, SERVICE_CHAIN_SET, namespace, "hbn-to-fabric"), "the set deleted")
+
+            key = (namespace, "hbn-to-fabric")
+            chains_cache._store[key] = stale  # the watch "has not delivered" the deletion yet
+            chains_cache._index(key, None, stale)
+            controller.ctx.queue.add(ObjectKey("dpuservicechain", namespace, "hbn-to-fabric"))
+            await asyncio.sleep(3.0)  # several reconciles (retries are 0.2 s apart)
+            assert await rest.get(SERVICE_CHAIN_SET, "hbn-to-fabric", namespace) is None, \
+                "a set was made for a chain that no longer exists"
+            _forget(chains_cache, key)
         finally:
             await rest.delete(NODE, a)
             await controller.stop()

@@ -183,5 +183,7 @@ def test_rshim_holder_is_visible_to_a_second_claimant(host: EmulatedHost) -> Non
     finally:
         os.killpg(other.pid, signal.SIGKILL)  # flock and the sleep it runs, which inherited the lock
         other.wait()
+    # The lock goes when the last process holding it has exited; `sleep` is not our child to wait for.
+    wait_until(lambda: holder(rshim) is None, 5, "the killed flock tool's lock released")
     with claim(rshim, "dpf-host-agent"):
         pass  # the lock died with its holder

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64pf/proto/v1/nodestate.proto\x12\x06\x64pf.v1\x1a\x19google/protobuf/any.proto\"\x8f\x01\n\rStreamRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.dpf.v1.HelloH\x00\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x18.dpf.v1.DiscoveryRequestH\x00\x12&\n\x06status\x18\x03 \x01(\x0b\x32\x14.dpf.v1.StatusReportH\x00\x42\t\n\x07message\"n\n\x0eStreamResponse\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.dpf.v1.WelcomeH\x00\x12-\n\x08response\x18\x02 \x01(\x0b\x32\x19.dpf.v1.DiscoveryResponseH\x00\x42\t\n\x07message\"H\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.dpf.v1.Role\x12\x15\n\ragent_version\x18\x03 \x01(\t\"G\n\x07Welcome\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.dpf.v1.Role\x12\x12\n\ncontroller\x18\x03 \x01(\t\"\x81\x02\n\x10\x44iscoveryRequest\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12)\n\x0c\x65rror_detail\x18\x04 \x01(\x0b\x32\x13.dpf.v1.ErrorDetail\x12I\n\x11resource_versions\x18\x05 \x03(\x0b\x32..dpf.v1.DiscoveryRequest.ResourceVersionsEntry\x1a\x37\n\x15ResourceVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x0b\x45rrorDetail\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x35\n\tresources\x18\x02 \x03(\x0b\x32\".dpf.v1.ErrorDetail.ResourcesEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\x11\x44iscoveryResponse\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\t\x12\x12\n\nfull_state\x18\x04 \x01(\x08\x12#\n\tresources\x18\x05 \x03(\x0b\x32\x10.dpf.v1.Resource\x12\x19\n\x11removed_resources\x18\x06 \x03(\t\"M\n\x08Resource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\"\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"U\n\x0cStatusReport\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12%\n\x07objects\x18\x02 \x03(\x0b\x32\x14.dpf.v1.ObjectStatus\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\"\xf4\x01\n\x0cObjectStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.dpf.v1.ObjectState\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x34\n\x08observed\x18\x05 \x03(\x0b\x32\".dpf.v1.ObjectStatus.ObservedEntry\x12 \n\x07verdict\x18\x06 \x01(\x0e\x32\x0f.dpf.v1.Verdict\x1a/\n\rObservedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*9\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_HOST\x10\x01\x12\x0c\n\x08ROLE_DPU\x10\x02*z\n\x0bObjectState\x12\x1c\n\x18OBJECT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12OBJECT_STATE_READY\x10\x01\x12\x1c\n\x18OBJECT_STATE_PROGRESSING\x10\x02\x12\x17\n\x13OBJECT_STATE_FAILED\x10\x03*y\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x16\n\x12VERDICT_PROGRAMMED\x10\x01\x12\x13\n\x0fVERDICT_PENDING\x10\x02\x12\x14\n\x10VERDICT_REJECTED\x10\x03\x12\x12\n\x0eVERDICT_FAILED\x10\x04\x32H\n\tNodeState\x12;\n\x06Stream\x12\x15.dpf.v1.StreamRequest\x1a\x16.dpf.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64pf/proto/v1/nodestate.proto\x12\x06\x64pf.v1\x1a\x19google/protobuf/any.proto\"\x8f\x01\n\rStreamRequest\x12\x1e\n\x05hello\x18\x01 \x01(\x0b\x32\r.dpf.v1.HelloH\x00\x12+\n\x07request\x18\x02 \x01(\x0b\x32\x18.dpf.v1.DiscoveryRequestH\x00\x12&\n\x06status\x18\x03 \x01(\x0b\x32\x14.dpf.v1.StatusReportH\x00\x42\t\n\x07message\"n\n\x0eStreamResponse\x12\"\n\x07welcome\x18\x01 \x01(\x0b\x32\x0f.dpf.v1.WelcomeH\x00\x12-\n\x08response\x18\x02 \x01(\x0b\x32\x19.dpf.v1.DiscoveryResponseH\x00\x42\t\n\x07message\"H\n\x05Hello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.dpf.v1.Role\x12\x15\n\ragent_version\x18\x03 \x01(\t\"G\n\x07Welcome\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x1a\n\x04role\x18\x02 \x01(\x0e\x32\x0c.dpf.v1.Role\x12\x12\n\ncontroller\x18\x03 \x01(\t\"\x81\x02\n\x10\x44iscoveryRequest\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\x16\n\x0eresponse_nonce\x18\x03 \x01(\t\x12)\n\x0c\x65rror_detail\x18\x04 \x01(\x0b\x32\x13.dpf.v1.ErrorDetail\x12I\n\x11resource_versions\x18\x05 \x03(\x0b\x32..dpf.v1.DiscoveryRequest.ResourceVersionsEntry\x1a\x37\n\x15ResourceVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x87\x01\n\x0b\x45rrorDetail\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\x35\n\tresources\x18\x02 \x03(\x0b\x32\".dpf.v1.ErrorDetail.ResourcesEntry\x1a\x30\n\x0eResourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\x11\x44iscoveryResponse\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\x14\n\x0cversion_info\x18\x02 \x01(\t\x12\r\n\x05nonce\x18\x03 \x01(\t\x12\x12\n\nfull_state\x18\x04 \x01(\x08\x12#\n\tresources\x18\x05 \x03(\x0b\x32\x10.dpf.v1.Resource\x12\x19\n\x11removed_resources\x18\x06 \x03(\t\"M\n\x08Resource\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\"\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.google.protobuf.Any\"U\n\x0cStatusReport\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12%\n\x07objects\x18\x02 \x03(\x0b\x32\x14.dpf.v1.ObjectStatus\x12\x0c\n\x04\x66ull\x18\x03 \x01(\x08\"\x9a\x02\n\x0cObjectStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10resource_version\x18\x02 \x01(\t\x12\"\n\x05state\x18\x03 \x01(\x0e\x32\x13.dpf.v1.ObjectState\x12\x0f\n\x07message\x18\x04 \x01(\t\x12\x34\n\x08observed\x18\x05 \x03(\x0b\x32\".dpf.v1.ObjectStatus.ObservedEntry\x12 \n\x07verdict\x18\x06 \x01(\x0e\x32\x0f.dpf.v1.Verdict\x12$\n\x06\x64\x65tail\x18\x07 \x01(\x0b\x32\x14.google.protobuf.Any\x1a/\n\rObservedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*9\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_HOST\x10\x01\x12\x0c\n\x08ROLE_DPU\x10\x02*z\n\x0bObjectState\x12\x1c\n\x18OBJECT_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12OBJECT_STATE_READY\x10\x01\x12\x1c\n\x18OBJECT_STATE_PROGRESSING\x10\x02\x12\x17\n\x13OBJECT_STATE_FAILED\x10\x03*y\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x16\n\x12VERDICT_PROGRAMMED\x10\x01\x12\x13\n\x0fVERDICT_PENDING\x10\x02\x12\x14\n\x10VERDICT_REJECTED\x10\x03\x12\x12\n\x0eVERDICT_FAILED\x10\x04\x32H\n\tNodeState\x12;\n\x06Stream\x12\x15.dpf.v1.StreamRequest\x1a\x16.dpf.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,12 +38,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERRORDETAIL_RESOURCESENTRY']._serialized_options = b'8\001'
   _globals['_OBJECTSTATUS_OBSERVEDENTRY']._loaded_options = None
   _globals['_OBJECTSTATUS_OBSERVEDENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1444
-  _globals['_ROLE']._serialized_end=1501
-  _globals['_OBJECTSTATE']._serialized_start=1503
-  _globals['_OBJECTSTATE']._serialized_end=1625
-  _globals['_VERDICT']._serialized_start=1627
-  _globals['_VERDICT']._serialized_end=1748
+  _globals['_ROLE']._serialized_start=1482
+  _globals['_ROLE']._serialized_end=1539
+  _globals['_OBJECTSTATE']._serialized_start=1541
+  _globals['_OBJECTSTATE']._serialized_end=1663
+  _globals['_VERDICT']._serialized_start=1665
+  _globals['_VERDICT']._serialized_end=1786
   _globals['_STREAMREQUEST']._serialized_start=68
   _globals['_STREAMREQUEST']._serialized_end=211
   _globals['_STREAMRESPONSE']._serialized_start=213
@@ -67,9 +67,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREPORT']._serialized_start=1110
   _globals['_STATUSREPORT']._serialized_end=1195
   _globals['_OBJECTSTATUS']._serialized_start=1198
-  _globals['_OBJECTSTATUS']._serialized_end=1442
-  _globals['_OBJECTSTATUS_OBSERVEDENTRY']._serialized_start=1395
-  _globals['_OBJECTSTATUS_OBSERVEDENTRY']._serialized_end=1442
-  _globals['_NODESTATE']._serialized_start=1750
-  _globals['_NODESTATE']._serialized_end=1822
+  _globals['_OBJECTSTATUS']._serialized_end=1480
+  _globals['_OBJECTSTATUS_OBSERVEDENTRY']._serialized_start=1433
+  _globals['_OBJECTSTATUS_OBSERVEDENTRY']._serialized_end=1480
+  _globals['_NODESTATE']._serialized_start=1788
+  _globals['_NODESTATE']._serialized_end=1860
 # @@protoc_insertion_point(module_scope)

@@ -152,7 +152,7 @@ class StatusReport(_message.Message):
     def __init__(self, type_url: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[ObjectStatus, _Mapping]]] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class ObjectStatus(_message.Message):
-    __slots__ = ("name", "resource_version", "state", "message", "observed", "verdict")
+    __slots__ = ("name", "resource_version", "state", "message", "observed", "verdict", "detail")
     class ObservedEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -166,10 +166,12 @@ class ObjectStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_FIELD_NUMBER: _ClassVar[int]
     VERDICT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
     name: str
     resource_version: str
     state: ObjectState
     message: str
     observed: _containers.ScalarMap[str, str]
     verdict: Verdict
-    def __init__(self, name: _Optional[str] = ..., resource_version: _Optional[str] = ..., state: _Optional[_Union[ObjectState, str]] = ..., message: _Optional[str] = ..., observed: _Optional[_Mapping[str, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ...) -> None: ...
+    detail: _any_pb2.Any
+    def __init__(self, name: _Optional[str] = ..., resource_version: _Optional[str] = ..., state: _Optional[_Union[ObjectState, str]] = ..., message: _Optional[str] = ..., observed: _Optional[_Mapping[str, str]] = ..., verdict: _Optional[_Union[Verdict, str]] = ..., detail: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...

@@ -75,6 +75,7 @@ class Seen:
     message: str
     version: str
     detail: Any
+    full: bool
 
 
 @dataclass
@@ -127,7 +128,7 @@ class MiniController:
                 detail = ppb.HostInfo() if type_url == HOST_INFO_TYPE else ppb.DPUProvisioningStatus()
                 obj.detail.Unpack(detail)
             self.seen.setdefault((type_url, obj.name), []).append(
-                Seen(time.monotonic(), obj.verdict, obj.message, obj.resource_version, detail))
+                Seen(time.monotonic(), obj.verdict, obj.message, obj.resource_version, detail, report.full))
 
     def history(self, name: str, type_url: str = PROVISIONING) -> list[Seen]:
         return self.seen.get((type_url, name), [])
@@ -191,3 +192,54 @@ def agent_process(controller: MiniController, sysroot: Path, state: Path, bfb_di
             "--insecure", "--state-dir", str(state), "--sysroot", str(sysroot), "--bfb-dir", str(bfb_dir),
             "--power-command", str(sysroot / "usr/bin/ipmitool"), "--poll-interval", "0.3", "--log-level", "info"]
     return Child("host-agent", argv, log)
+
+
+class EmulatorProcess:
+    """An emulated host in a process of its own (`python -m dpf.lab.emulator`), for tests that power-cycle it:
+    a power action rebuilds netdevs through pyroute2, which forks, and a fork is unsafe in a process running
+    gRPC threads (the controller and agent of these tests)."""
+
+    def __init__(self, root: Path, log: Path) -> None:
+        self.root = root
+        self.child = Child("emulator", [sys.executable, "-m", "dpf.lab.emulator", str(root), "--name", host_name(),
+                                        "--dpus", "1", "--owner", "t"], log)
+
+    async def started(self) -> EmulatorProcess:
+        await eventually(lambda: self.control.exists() and self.boot_id_file.exists(), "the emulated host",
+                         timeout=60)
+        return self
+
+    @property
+    def control(self) -> Path:
+        return self.root / "run/emulator/control.sock"
+
+    @property
+    def boot_id_file(self) -> Path:
+        return self.root / "proc/sys/kernel/random/boot_id"
+
+    @property
+    def boot_id(self) -> str:
+        return self.boot_id_file.read_text().strip()
+
+    @property
+    def ipmitool(self) -> Path:
+        return self.root / "usr/bin/ipmitool"
+
+    def power_actions(self) -> list[str]:
+        try:
+            return [line.split()[1] for line in (self.root / "run/emulator/power.log").read_text().splitlines()]
+        except FileNotFoundError:
+            return []
+
+    async def status(self) -> dict[str, Any]:
+        from dpf.lab.emulator.control import request
+
+        return await asyncio.to_thread(request, self.control, {"op": "status"})
+
+    async def power(self, action: str) -> dict[str, Any]:
+        from dpf.lab.emulator.control import request
+
+        return await asyncio.to_thread(request, self.control, {"op": "power", "action": action})
+
+    def stop(self) -> None:
+        self.child.stop()

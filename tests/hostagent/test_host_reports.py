@@ -13,7 +13,16 @@ from dpf.agent.host.main import HOST_INFO_TYPE
 from dpf.lab.emulator import EmulatedHost
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
-from tests.hostagent.harness import MiniController, RunningAgent, agent_settings, eventually, image, provisioning, run
+from tests.hostagent.harness import (
+    EmulatorProcess,
+    MiniController,
+    RunningAgent,
+    agent_settings,
+    eventually,
+    image,
+    provisioning,
+    run,
+)
 
 
 def detect_boot_id_only(sysroot: Path, oob_bridge: str = "br-dpu") -> ppb.HostInfo:
@@ -42,20 +51,22 @@ class RecordingHostNetwork:
             self.calls.append(("release", pci_address, spec.num_vfs))
 
 
-def test_host_info_is_reported_at_start_on_change_and_on_each_new_stream(host: EmulatedHost, tmp_path: Path) -> None:
+def test_host_info_is_reported_at_start_on_change_and_on_each_new_stream(tmp_path: Path) -> None:
     async def scenario() -> None:
+        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
         controller = await MiniController(tmp_path / "bfb").start()
-        agent = RunningAgent(agent_settings(controller, host.root, tmp_path / "state", tmp_path / "bfb"),
+        agent = RunningAgent(agent_settings(controller, emulator.root, tmp_path / "state", tmp_path / "bfb"),
                              detect=detect_boot_id_only)
         try:
             first = await eventually(lambda: controller.latest("host", HOST_INFO_TYPE), "HostInfo")
-            assert first.detail.boot_id == host.boot_id
+            assert first.detail.boot_id == emulator.boot_id
             assert first.verdict == pb.VERDICT_PROGRAMMED
+            assert first.full  # HostInfo is never desired: every report is the whole of it
             assert first.detail.devices[0].pci_address == "0000:08:00.0"
-            await asyncio.to_thread(host.power_action, "cycle")
+            assert (await emulator.power("cycle"))["ok"]
             changed = await eventually(lambda: (s := controller.latest("host", HOST_INFO_TYPE)) and
                                        s.detail.boot_id != first.detail.boot_id and s, "the new boot id")
-            assert changed.detail.boot_id == host.boot_id
+            assert changed.detail.boot_id == emulator.boot_id
             count = len(controller.history("host", HOST_INFO_TYPE))
             await asyncio.sleep(1.0)  # several polls, nothing changed: nothing sent
             assert len(controller.history("host", HOST_INFO_TYPE)) == count
@@ -66,10 +77,12 @@ def test_host_info_is_reported_at_start_on_change_and_on_each_new_stream(host: E
             controller = MiniController(tmp_path / "bfb", port=port)
             await controller.start()
             again = await eventually(lambda: controller.latest("host", HOST_INFO_TYPE), "HostInfo re-announced")
-            assert again.detail.boot_id == host.boot_id
+            assert again.detail.boot_id == emulator.boot_id
+            assert again.full
         finally:
             await agent.stop()
             await controller.stop()
+            emulator.stop()
 
     run(scenario())
 

@@ -12,6 +12,7 @@ from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
 from tests.hostagent.harness import (
     SAMPLE_BFCFG,
+    EmulatorProcess,
     MiniController,
     RunningAgent,
     agent_process,
@@ -23,10 +24,6 @@ from tests.hostagent.harness import (
 )
 
 DONE, FAILED, FLASHING = ppb.INSTALL_STATE_DONE, ppb.INSTALL_STATE_FAILED, ppb.INSTALL_STATE_FLASHING
-
-
-def power_actions(host: EmulatedHost) -> list[str]:
-    return [e.action for e in host.power_events]
 
 
 def test_an_agent_killed_mid_flash_flashes_again_after_its_restart_and_reaches_done(host: EmulatedHost,
@@ -62,16 +59,14 @@ def test_an_agent_killed_mid_flash_flashes_again_after_its_restart_and_reaches_d
     assert dpu.boots[-1].reason == "install"
 
 
-def test_a_done_install_is_not_flashed_again_after_a_restart_and_reboots_run_once_per_id(host: EmulatedHost,
-                                                                                          tmp_path: Path) -> None:
+def test_a_done_install_is_not_flashed_again_after_an_agent_restart(host: EmulatedHost, tmp_path: Path) -> None:
     dpu = host.dpus[0]
-    state = tmp_path / "state"
 
     async def scenario() -> None:
         bfb_dir = tmp_path / "bfb"
         image(bfb_dir)
         controller = await MiniController(bfb_dir).start()
-        settings = agent_settings(controller, host.root, state, bfb_dir)
+        settings = agent_settings(controller, host.root, tmp_path / "state", bfb_dir)
         agent = RunningAgent(settings)
         try:
             controller.publish({"dpf/dpu-a": provisioning(install="uid-1/1")})
@@ -79,44 +74,72 @@ def test_a_done_install_is_not_flashed_again_after_a_restart_and_reboots_run_onc
             assert not controller.latest("dpf/dpu-a").detail.install.host_rebooted
             await agent.stop()
 
-            # A new agent with the same state: DONE at once, no second stream.
             reported = len(controller.history("dpf/dpu-a"))
-            agent = RunningAgent(settings)
+            agent = RunningAgent(settings)  # same state directory
             await eventually(lambda: len(controller.history("dpf/dpu-a")) > reported, "the new agent's report")
-            assert controller.latest("dpf/dpu-a").detail.install.state == DONE
+            seen = controller.latest("dpf/dpu-a")
+            assert seen.detail.install.state == DONE
+            assert seen.verdict == pb.VERDICT_PROGRAMMED
+            assert not seen.detail.install.host_rebooted  # same boot of the host
             await asyncio.sleep(1.0)  # a few of the worker's passes
             assert len(dpu.rshim.streams) == 1
+        finally:
+            await agent.stop()
+            await controller.stop()
 
-            # Reboot: one power cycle per id, the install then says the host rebooted.
+    run(scenario())
+    assert len(dpu.rshim.streams) == 1
+    assert len(dpu.boots) == 1
+
+
+def test_reboots_run_once_per_id_and_the_install_then_says_the_host_rebooted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        bfb_dir = tmp_path / "bfb"
+        image(bfb_dir)
+        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
+        controller = await MiniController(bfb_dir).start()
+        settings = agent_settings(controller, emulator.root, tmp_path / "state", bfb_dir)
+        agent = RunningAgent(settings)
+        try:
+            controller.publish({"dpf/dpu-a": provisioning(install="uid-1/1")})
+            await eventually(lambda: controller.install_state("dpf/dpu-a") == DONE, "the install")
+            booted_at_install = emulator.boot_id
+
             controller.publish({"dpf/dpu-a": provisioning(install="uid-1/1", reboot="uid-1/r1")})
             await eventually(lambda: controller.latest("dpf/dpu-a").detail.install.host_rebooted,
                              "host_rebooted after the power cycle")
             seen = controller.latest("dpf/dpu-a")
             assert seen.detail.reboot == ppb.RebootStatus(id="uid-1/r1", error="")
             assert seen.verdict == pb.VERDICT_PROGRAMMED
-            assert power_actions(host) == ["cycle"]
+            assert emulator.power_actions() == ["cycle"]
+            assert emulator.boot_id != booted_at_install
             await agent.stop()
             agent = RunningAgent(settings)  # restarted after the reboot, as on a real host
             await eventually(lambda: agent.agent.runtime.connected.is_set(), "the agent to reconnect")
             await asyncio.sleep(1.0)
-            assert power_actions(host) == ["cycle"]
+            assert emulator.power_actions() == ["cycle"]
             assert controller.latest("dpf/dpu-a").detail.install.host_rebooted
 
             # A new id with another method runs once more; a refused one reports ipmitool's error.
             controller.publish({"dpf/dpu-a": provisioning(install="uid-1/1", reboot="uid-1/r2",
                                                           method=ppb.REBOOT_METHOD_POWER_RESET)})
-            await eventually(lambda: power_actions(host) == ["cycle", "reset"], "the reset")
-            await asyncio.to_thread(host.power_action, "off")
+            await eventually(lambda: emulator.power_actions() == ["cycle", "reset"], "the reset")
+            for _ in range(100):  # the DPU boots after the reset: install, cycle, reset
+                if (await emulator.status())["dpus"][0]["boots"] == 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert (await emulator.status())["dpus"][0]["boots"] == 3
+            assert (await emulator.power("off"))["ok"]
             controller.publish({"dpf/dpu-a": provisioning(install="uid-1/1", reboot="uid-1/r3")})
             await eventually(lambda: controller.latest("dpf/dpu-a").detail.reboot.error, "the refused reboot")
             seen = controller.latest("dpf/dpu-a")
             assert "Command not supported in present state" in seen.detail.reboot.error
             assert seen.verdict == pb.VERDICT_FAILED
             assert "reboot uid-1/r3 failed" in seen.message
+            assert emulator.power_actions() == ["cycle", "reset", "off"]  # the refused cycle did nothing
         finally:
             await agent.stop()
             await controller.stop()
+            emulator.stop()
 
     run(scenario())
-    assert power_actions(host) == ["cycle", "reset", "off"]  # the refused cycle did nothing
-    assert len(dpu.rshim.streams) == 1

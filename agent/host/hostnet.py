@@ -32,8 +32,9 @@ from dpf.agent.host.detect import PCI_DEVICES, bluefield_model, get_link, link_k
 from dpf.proto.v1 import provisioning_pb2 as pb
 
 DEFAULT_BRIDGE = "br-dpu"
-BUDGET_SECONDS = 0.8
-"""Longest wait of one call (for a write's outcome, for VF netdevs); the caller calls again for the rest."""
+BUDGET_SECONDS = 0.5
+"""Longest wait of one call (for a write's outcome, for VF netdevs); the caller calls again for the rest. The
+other half of the second a call may take is for the netlink work on a loaded host."""
 RELEASE_SECONDS = 5.0
 """Longest wait of `release` for the VFs to go: it is called once, when the DPU is let go."""
 _POLL = 0.01
@@ -107,8 +108,11 @@ class HostNetworkConfigurator:
         except NotReady as e:
             status.message = "; ".join([str(e), *notes])
             return status
-        except OSError as e:
+        except OSError as e:  # sysfs under our feet (a device going away)
             status.message = "; ".join([f"{e.filename or 'sysfs'}: {e.strerror or e}", *notes])
+            return status
+        except NetlinkError as e:
+            status.message = "; ".join([f"netlink: {os.strerror(e.code)}", *notes])
             return status
         status.ready = True
         status.message = "; ".join(notes)

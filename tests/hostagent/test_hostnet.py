@@ -223,3 +223,22 @@ def test_an_unknown_device_is_named(host: EmulatedHost) -> None:
     status = Agent(host).ensure(pci="0000:0a:00")
     assert not status.ready
     assert status.message == "no BlueField PCI function 0000:0a:00.0 under /sys/bus/pci/devices"
+
+
+def test_vf_netdevs_still_coming_are_counted_in_the_message(host: EmulatedHost) -> None:
+    make_bridge(host)
+    spec = pb.HostNetwork(num_vfs=8, vf_mtu=1500, bridge="br-dpu")
+    agent = Agent(host)
+    agent.configurator = HostNetworkConfigurator(host.root, budget_seconds=0.05)  # less than 8 VFs take here
+    status = agent.ensure(spec)
+    assert not status.ready
+    assert status.message.startswith("waiting for the VF netdevs of 0000:08:00.0: ")
+    assert f"{status.num_vfs} of 8 present" in status.message
+    assert agent.ensure_until("", spec=spec).num_vfs == 8
+
+
+def test_a_bridge_name_on_another_kind_of_link_is_refused(host: EmulatedHost) -> None:
+    with ns_ipr(host.netns) as ipr:
+        ipr.link("add", ifname="br-dpu", kind="veth", peer={"ifname": "br-dpu-peer"})
+    status = Agent(host).ensure_until("br-dpu")
+    assert status.message == "br-dpu is a veth link, not a Linux bridge"

@@ -41,6 +41,8 @@ LOG_LINES = 20
 MISC_POLL_SECONDS = 0.2
 OPEN_RETRY_SECONDS = 10.0
 READY_LINE = "DPU is ready"
+LOG_BANNER = "Log Messages"
+SHOW_LOG_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Cancelled(Exception):
 
 def misc_log(text: str) -> list[str]:
     """The log lines of a `misc` snapshot (shown below the "Log Messages" banner at DISPLAY_LEVEL 2)."""
-    marker = "Log Messages\n"
+    marker = LOG_BANNER + "\n"
     if marker not in text:
         return []
     return [line for line in text.split(marker, 1)[1].split("\n", 1)[-1].splitlines() if line.strip()]
@@ -83,6 +85,7 @@ class Flasher:
     _progress: FlashProgress = field(default_factory=lambda: FlashProgress(ppb.INSTALL_STATE_FLASHING))
     _started: float = 0.0
     _reported_at: float = 0.0
+    _shown_at: float = 0.0
 
     @property
     def boot(self) -> Path:
@@ -96,8 +99,8 @@ class Flasher:
         """Flash; returns the final progress (DONE or FAILED). Raises Cancelled."""
         total = self.image.stat().st_size + len(self.bf_cfg)
         self._progress = FlashProgress(ppb.INSTALL_STATE_FLASHING, 0, total)
-        self.misc.write_text("DISPLAY_LEVEL 2\n")
         self._started = time.monotonic()
+        self._show_log()
         self._report(force=True)
         try:
             self._stream()
@@ -108,6 +111,21 @@ class Flasher:
         self._progress = replace(self._progress, state=ppb.INSTALL_STATE_BOOTING, eta_seconds=0.0)
         self._report(force=True)
         return self._watch_boot()
+
+    def _show_log(self) -> None:
+        """`echo "DISPLAY_LEVEL 2" > misc` and wait (briefly) until misc shows the log: a setting lost on the way
+        (the device busy, rshim restarted) would leave the boot's outcome unreadable."""
+        deadline = time.monotonic() + SHOW_LOG_SECONDS
+        while True:
+            self.misc.write_text("DISPLAY_LEVEL 2\n")
+            self._shown_at = time.monotonic()
+            for _ in range(10):
+                if LOG_BANNER in self.misc.read_text(errors="replace"):
+                    return
+                self._check(wait=0.05)
+            if time.monotonic() > deadline:
+                log.warning("%s does not show the boot log after DISPLAY_LEVEL 2; streaming anyway", self.misc)
+                return
 
     # ---- the stream ---------------------------------------------------------------------------------------
     def _open_boot(self) -> int:
@@ -221,9 +239,13 @@ class Flasher:
 
     def _read_log(self) -> list[str]:
         try:
-            lines = misc_log(self.misc.read_text(errors="replace"))
+            text = self.misc.read_text(errors="replace")
         except OSError:
             return list(self._progress.log)
+        if LOG_BANNER not in text and time.monotonic() - self._shown_at > 1.0:
+            self.misc.write_text("DISPLAY_LEVEL 2\n")  # lost, or reset with the device: ask again
+            self._shown_at = time.monotonic()
+        lines = misc_log(text)
         self._progress = replace(self._progress, log=tuple(lines[-LOG_LINES:]))
         self._report()
         return lines

@@ -55,14 +55,17 @@ def run(coro: Awaitable[Any], timeout: float = 120.0) -> Any:
         gc.collect()  # grpc's objects of this scenario, now (see tests/controlplane/harness.py)
 
 
-async def eventually(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> Any:  # noqa: ASYNC109
+async def eventually(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT,  # noqa: ASYNC109
+                     detail: Callable[[], str] | None = None) -> Any:
+    """Poll `predicate` until truthy; fail naming `what` (and `detail()`, the state worth seeing)."""
     deadline = time.monotonic() + timeout
     while True:
         result = predicate()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                                 + (f": {detail()}" if detail else ""))
         await asyncio.sleep(0.05)
 
 
@@ -88,6 +91,8 @@ class MiniController:
     seen: dict[tuple[str, str], list[Seen]] = field(default_factory=dict)
     bfb_store: BFBStoreServer | None = None
     port: int = 0
+    listen: str = ""
+    """Where to listen instead of 127.0.0.1:<port> (e.g. "unix:/path", reachable from any namespace)."""
     _server: grpc.aio.Server | None = None
 
     async def start(self, bfb_store: BFBStoreServer | None = None) -> MiniController:
@@ -100,7 +105,7 @@ class MiniController:
         pb_grpc.add_NodeStateServicer_to_server(streams, self._server)
         self.bfb_store = bfb_store or BFBStoreServer(self.bfb_dir, insecure=True)
         ppb_grpc.add_BFBStoreServicer_to_server(self.bfb_store, self._server)
-        self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = self._server.add_insecure_port(self.listen or f"127.0.0.1:{self.port}")
         await self._server.start()
         return self
 
@@ -110,7 +115,7 @@ class MiniController:
 
     @property
     def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return self.listen or f"127.0.0.1:{self.port}"
 
     def publish(self, dpus: Mapping[str, ppb.DPUProvisioning], node: str = NODE) -> None:
         self.cache.set(node, Snapshot.build(PROVISIONING, dpus.items()))
@@ -201,8 +206,14 @@ class EmulatorProcess:
 
     def __init__(self, root: Path, log: Path) -> None:
         self.root = root
-        self.child = Child("emulator", [sys.executable, "-m", "dpf.lab.emulator", str(root), "--name", host_name(),
+        self.name = host_name()
+        self.child = Child("emulator", [sys.executable, "-m", "dpf.lab.emulator", str(root), "--name", self.name,
                                         "--dpus", "1", "--owner", "t"], log)
+
+    @property
+    def netns(self) -> str:
+        """The host's network namespace (`dpf-<owner><pid>-<name>`, as EmulatedHost names it)."""
+        return f"dpf-t{self.child.pid}-{self.name}"
 
     async def started(self) -> EmulatorProcess:
         await eventually(lambda: self.control.exists() and self.boot_id_file.exists(), "the emulated host",

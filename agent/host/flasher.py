@@ -255,7 +255,7 @@ class Flasher:
             self._read_log()  # the last lines tell the story
         self._progress = replace(self._progress, state=state, error=error, eta_seconds=0.0)
         log.info("flash of %s into %s: %s %s", self.image.name, self.rshim,
-                 ppb.InstallState.Name(state), error)  # type: ignore[arg-type]
+                 ppb.InstallState.Name(state), error)
         return self._progress
 
     def _report(self, force: bool = False) -> None:

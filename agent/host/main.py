@@ -71,7 +71,7 @@ def _host_network(sysroot: Path) -> HostNetwork | None:
         from dpf.agent.host.hostnet import HostNetworkConfigurator
     except ImportError:
         return None
-    return HostNetworkConfigurator(sysroot)  # type: ignore[no-any-return]
+    return HostNetworkConfigurator(sysroot)
 
 
 class HostAgent:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from dpf.agent.host.bfb import BfbFiles, BfbState
 from dpf.agent.host.flasher import Cancelled, Flasher, FlashProgress
@@ -39,6 +39,7 @@ from dpf.proto.v1 import provisioning_pb2 as ppb
 log = logging.getLogger(__name__)
 
 CLAIM_NAME = "dpf-host-agent"
+_T = TypeVar("_T")
 
 
 class HostNetwork(Protocol):
@@ -88,7 +89,8 @@ class DpuWorker:
         self.outcomes: dict[str, FlashProgress] = {}  # attempts that ended while this agent runs
         self.hostnet: ppb.HostNetworkStatus | None = None
         self.hostnet_spec: ppb.HostNetwork | None = None  # what was last ensured (to release)
-        self.rebooting = ""
+        # ensure() may still run on its thread after the loop was cancelled: release() waits for it.
+        self._hostnet_lock = threading.Lock()
         self.wake = asyncio.Event()
         self._sent: tuple[int, str, bytes] | None = None
         self._stopped = False
@@ -109,7 +111,8 @@ class DpuWorker:
         await self._cut_flash()
         if release_network and self.hostnet_spec is not None and self.ctx.hostnet is not None:
             try:
-                await asyncio.to_thread(self.ctx.hostnet.release, self.spec.pci_address, self.hostnet_spec)
+                await asyncio.to_thread(self._locked, self.ctx.hostnet.release, self.spec.pci_address,
+                                        self.hostnet_spec)
             except Exception:
                 log.exception("%s: releasing the host network failed", self.name)
         if self.claim is not None:
@@ -227,12 +230,17 @@ class DpuWorker:
             self.hostnet_spec = ppb.HostNetwork()
             self.hostnet_spec.CopyFrom(spec.host_network)
             try:
-                self.hostnet = await asyncio.to_thread(hostnet.ensure, spec.pci_address, spec.host_network)
+                self.hostnet = await asyncio.to_thread(self._locked, hostnet.ensure, spec.pci_address,
+                                                       spec.host_network)
             except Exception as exc:  # noqa: BLE001 - reported; the next pass tries again
                 self.hostnet = ppb.HostNetworkStatus(message=f"configuring the host network failed: {exc}")
         elif self.hostnet_spec is not None and hostnet is not None:
-            await asyncio.to_thread(hostnet.release, spec.pci_address, self.hostnet_spec)
+            await asyncio.to_thread(self._locked, hostnet.release, spec.pci_address, self.hostnet_spec)
             self.hostnet_spec, self.hostnet = None, None
+
+    def _locked(self, call: Callable[..., _T], *args: object) -> _T:
+        with self._hostnet_lock:
+            return call(*args)
 
     # ---- status ------------------------------------------------------------------------------------------
     def status(self) -> tuple[int, str, ppb.DPUProvisioningStatus]:

@@ -143,8 +143,12 @@ def test_removing_the_resource_mid_flash_stops_the_stream_and_releases_the_rshim
             controller.publish({"dpf/dpu-a": provisioning(install="uid-1/1")})
             await eventually(lambda: dpu.rshim.bytes_accepted > 1 << 20, "the device to take a MiB")
             assert holder(dpu.rshim_dir) is not None
+            removed_at = time.monotonic()
             controller.publish({})
             await eventually(lambda: dpu.rshim.streams[-1].outcome is not None, "the stream to end")
+            # 32 MiB at 4 MB/s would take 8 s more: the stream was cut, not finished.
+            assert time.monotonic() - removed_at < 3.0
+            assert dpu.rshim.streams[-1].bytes < 24 << 20
             await eventually(lambda: holder(dpu.rshim_dir) is None, "the rshim to be released")
             outcome = dpu.rshim.streams[-1].outcome
             assert outcome is not None

@@ -165,8 +165,10 @@ class DpuWorker:
         if (not wanted or self.flash is not None or wanted in self.ctx.records.installs
                 or wanted in self.outcomes or self.claim is None or not self.bfb.ready):
             return
-        run = self.flash = _FlashRun(wanted)
         assert self.bfb.path is not None
+        run = self.flash = _FlashRun(wanted)
+        total = self.bfb.path.stat().st_size + len(spec.install.bf_cfg)
+        run.progress = FlashProgress(ppb.INSTALL_STATE_FLASHING, 0, total)
         timeout = float(spec.install.timeout_seconds or self.ctx.install_timeout)
         loop = asyncio.get_running_loop()
 

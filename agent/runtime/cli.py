@@ -46,7 +46,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Connect to the controller's NodeState stream as one node, apply its desired state through "
                     "the registered handlers, persist what was applied (re-asserted at start-up, even with the "
                     "controller down) and report ACK/NACK and status. `dpf agent dpu` is the DPU agent "
-                    "(OVS ports and flows, CNI server); plain `dpf agent` only records (--record).",
+                    "(OVS ports and flows, CNI server), `dpf agent host` the host agent (flash, reboot, host "
+                    "network); plain `dpf agent` only records (--record).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_connection_flags(parser, required=False)  # required unless a subcommand is given; checked in _run
     parser.add_argument("--role", choices=("host", "dpu"), help="agent role")
@@ -58,8 +59,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run, agent_parser=parser)
     kinds = parser.add_subparsers(dest="agent_kind", metavar="KIND")
     from dpf.agent.dpu import cli as dpu_cli  # light: argparse only, the agent is imported when it runs
+    from dpf.agent.host import cli as host_cli
 
     dpu_cli.register(kinds)
+    host_cli.register(kinds)
 
 
 def _handlers(args: argparse.Namespace) -> list:

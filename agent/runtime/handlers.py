@@ -43,8 +43,9 @@ class TransientError(Exception):
 
 
 class Reporter(Protocol):
+    # `detail`: a typed observation (e.g. DPUProvisioningStatus), sent packed in `ObjectStatus.detail`.
     def report(self, name: str, version: str, verdict: pb.Verdict, message: str = "",
-               observed: Mapping[str, str] | None = None) -> None: ...
+               observed: Mapping[str, str] | None = None, detail: Message | None = None) -> None: ...
 
 
 class Handler:

@@ -67,6 +67,11 @@ class AgentRuntime:
         self._http: HealthServer | None = None
 
     # ---- credentials -------------------------------------------------------------------------------------
+    def channel(self, endpoint: str) -> grpc.aio.Channel:
+        """A channel to one controller replica with the agent's credentials (for services beside the stream,
+        e.g. the host agent's BFBStore reads)."""
+        return self._channel(endpoint)
+
     def _channel(self, endpoint: str) -> grpc.aio.Channel:
         options: list[tuple[str, int | str]] = [("grpc.keepalive_time_ms", 20000), ("grpc.keepalive_timeout_ms", 10000),
                    ("grpc.keepalive_permit_without_calls", 1), ("grpc.enable_retries", 0),

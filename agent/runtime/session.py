@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import grpc
+from google.protobuf.message import Message
 
 from dpf.agent.runtime.applier import Desync, TypeApplier
 from dpf.agent.runtime.metrics import AgentMetrics
@@ -28,11 +29,15 @@ STATUS_FLUSH_SECONDS = 0.05
 
 class StatusBuffer:
     """Collects object statuses per type; flushed as StatusReports (the latest per object wins). Keeps the
-    latest of every live object too, re-announced as a full report on each new stream."""
+    latest of every live object too, re-announced as a full report on each new stream.
+
+    Besides the statuses of subscribed types, an agent may publish reports of its own (`publish_full`, e.g.
+    the host agent's dpf.v1.HostInfo): always sent whole (`full`), at once and again on each new stream."""
 
     def __init__(self) -> None:
         self.pending: dict[str, dict[str, pb.ObjectStatus]] = {}
         self.latest: dict[str, dict[str, pb.ObjectStatus]] = {}
+        self.full_types: set[str] = set()
         self.wake = asyncio.Event()
 
     def reporter(self, type_url: str) -> TypeReporter:
@@ -41,6 +46,13 @@ class StatusBuffer:
     def add(self, type_url: str, status: pb.ObjectStatus) -> None:
         self.latest.setdefault(type_url, {})[status.name] = status
         self.pending.setdefault(type_url, {})[status.name] = status
+        self.wake.set()
+
+    def publish_full(self, type_url: str, objects: Sequence[pb.ObjectStatus]) -> None:
+        """Replace everything reported of `type_url` (a type nobody subscribes to) with `objects`."""
+        self.full_types.add(type_url)
+        self.latest[type_url] = {o.name: o for o in objects}
+        self.pending[type_url] = dict(self.latest[type_url])
         self.wake.set()
 
     def forget(self, type_url: str, names: Iterable[str]) -> None:
@@ -57,8 +69,11 @@ class TypeReporter:
         self._buffer, self._type_url = buffer, type_url
 
     def report(self, name: str, version: str, verdict: pb.Verdict, message: str = "",
-               observed: Mapping[str, str] | None = None) -> None:
-        self._buffer.add(self._type_url, object_status(name, version, verdict, message, observed))
+               observed: Mapping[str, str] | None = None, detail: Message | None = None) -> None:
+        status = object_status(name, version, verdict, message, observed)
+        if detail is not None:
+            status.detail.Pack(detail)
+        self._buffer.add(self._type_url, status)
 
 
 class Session:
@@ -123,6 +138,9 @@ class Session:
         assert self._call is not None
         for type_url in list(self.appliers):
             self.add_type(type_url)
+        for type_url in sorted(self.statuses.full_types - set(self.appliers)):  # the controller may be new
+            objects = list(self.statuses.latest.get(type_url, {}).values())
+            await self._send(pb.StreamRequest(status=pb.StatusReport(type_url=type_url, objects=objects, full=True)))
         flusher = asyncio.create_task(self._status_flusher(), name="agent/status-flusher")
         try:
             while True:
@@ -178,7 +196,10 @@ class Session:
             self.statuses.wake.clear()
             pending, self.statuses.pending = self.statuses.pending, {}
             for type_url, objects in pending.items():
-                await self._send(pb.StreamRequest(status=pb.StatusReport(type_url=type_url,
+                full = type_url in self.statuses.full_types
+                if full:
+                    objects = self.statuses.latest.get(type_url, {})
+                await self._send(pb.StreamRequest(status=pb.StatusReport(type_url=type_url, full=full,
                                                                          objects=list(objects.values()))))
 
     async def close(self) -> None:

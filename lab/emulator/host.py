@@ -8,6 +8,7 @@ filesystem prefix runs unchanged:
     <root>/usr/bin/ipmitool            `ipmitool chassis power ...` for this host
     <root>/run/emulator/control.sock   power and faults from another process (see control.py)
     <root>/run/emulator/power.log      one line per power action
+    <root>/proc/sys/kernel/random/boot_id   a fresh uuid at creation and on every power on, cycle and reset
 
 Netdevs live in the host's namespace (`netns`); each DPU's representors in the DPU's (`dpu.netns`).
 `close()` removes the namespaces, stops every thread and deletes `root`.
@@ -16,10 +17,12 @@ Netdevs live in the host's namespace (`netns`); each DPU's representors in the D
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import sys
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +77,7 @@ class EmulatedHost:
             for index, spec in enumerate(self.dpus_spec):
                 self.dpus.append(self._add_dpu(index, spec))
             self._install_ipmitool()
+            self._new_boot_id()
             self._control = ControlServer(self.run_dir / "control.sock", self._handle)
         except BaseException:
             self.close()
@@ -82,6 +86,21 @@ class EmulatedHost:
     @property
     def run_dir(self) -> Path:
         return self.root / "run" / "emulator"
+
+    @property
+    def boot_id_file(self) -> Path:
+        return self.root / "proc" / "sys" / "kernel" / "random" / "boot_id"
+
+    @property
+    def boot_id(self) -> str:
+        return self.boot_id_file.read_text().strip()
+
+    def _new_boot_id(self) -> None:
+        """The host booted: a new /proc/sys/kernel/random/boot_id, replaced atomically (readers never see it empty)."""
+        self.boot_id_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.boot_id_file.with_name(".boot_id.new")
+        tmp.write_text(f"{uuid.uuid4()}\n")
+        os.replace(tmp, self.boot_id_file)
 
     @property
     def ipmitool(self) -> Path:
@@ -137,9 +156,11 @@ class EmulatedHost:
                 time.sleep(self.power_off_seconds)
             if action in ("on", "cycle") and self.power == "off":
                 self.power = "on"
+                self._new_boot_id()
                 for dpu in self.dpus:
                     dpu.boot("power-cycle" if action == "cycle" else "power-on")
             if action == "reset":
+                self._new_boot_id()
                 self._reset_vfs()
                 for dpu in self.dpus:
                     dpu.boot("reset")

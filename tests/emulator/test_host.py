@@ -90,6 +90,7 @@ def test_ipmitool_power_cycle_reboots_the_dpus_and_is_recorded(host: EmulatedHos
     sh(f"echo 2 > {pf}/sriov_numvfs")
     wait_until(lambda: "ens1f0v1" in links(host.netns), 10, "2 VFs")
     ipmitool = str(host.ipmitool)
+    boot_ids = [host.boot_id]
     status = sh(f"{ipmitool} -I lanplus -H 10.0.0.9 -U admin -P admin chassis power status")
     assert (status.returncode, status.stdout) == (0, "Chassis Power is on\n")
     cycle = sh(f"{ipmitool} chassis power cycle")
@@ -103,8 +104,10 @@ def test_ipmitool_power_cycle_reboots_the_dpus_and_is_recorded(host: EmulatedHos
     assert "cycle" in (host.root / "run/emulator/power.log").read_text()
     assert (pf / "sriov_numvfs").read_text() == "0\n"  # the host rebooted: no VFs until written again
     assert "ens1f0v0" not in links(host.netns)
+    boot_ids.append(host.boot_id)
 
     assert sh(f"{ipmitool} chassis power off").stdout == "Chassis Power Control: Down/Off\n"
+    assert host.boot_id == boot_ids[-1]  # off is no boot
     assert sh(f"{ipmitool} chassis power status").stdout == "Chassis Power is off\n"
     refused = sh(f"{ipmitool} chassis power cycle")
     assert refused.returncode == 1
@@ -112,6 +115,13 @@ def test_ipmitool_power_cycle_reboots_the_dpus_and_is_recorded(host: EmulatedHos
     assert host.dpus[0].state == "off"
     assert sh(f"{ipmitool} chassis power on").returncode == 0
     assert host.dpus[0].wait_ready(after=1).reason == "power-on"
+    boot_ids.append(host.boot_id)
+    assert sh(f"{ipmitool} chassis power reset").returncode == 0
+    boot_ids.append(host.boot_id)
+    # The host's boot identity as /proc/sys/kernel/random/boot_id shows it: new on every boot, one uuid per line.
+    assert len(set(boot_ids)) == 4, boot_ids
+    assert all(len(b) == 36 for b in boot_ids)
+    assert host.boot_id_file.read_text().endswith("\n")
 
 
 def test_faults_and_status_over_the_control_socket(host: EmulatedHost) -> None:

@@ -1,0 +1,78 @@
+"""The whole host agent, as it runs on a host: `dpf agent host` in the emulated host's network namespace
+with the real detection and host network configurator, over a unix-socket NodeState stream (the namespace
+has its own loopback). It reports the host's BlueField, flashes it, wires VF0 into br-dpu, and undoes the
+host network when the DPU goes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from dpf.agent.host.main import HOST_INFO_TYPE
+from dpf.lab.bed.process import Child
+from dpf.proto.v1 import nodestate_pb2 as pb
+from dpf.proto.v1 import provisioning_pb2 as ppb
+from tests.hostagent.harness import (
+    NODE,
+    EmulatorProcess,
+    MiniController,
+    eventually,
+    image,
+    provisioning,
+    run,
+)
+
+
+def ip(netns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_the_agent_in_the_hosts_namespace_reports_flashes_and_wires_the_host_network(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        bfb_dir = tmp_path / "bfb"
+        image(bfb_dir)
+        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
+        netns = emulator.netns
+        ip(netns, "link", "add", "br-dpu", "type", "bridge")
+        ip(netns, "addr", "add", "192.0.2.1/24", "dev", "br-dpu")
+        ip(netns, "link", "set", "br-dpu", "up")
+        socket = tmp_path / "controller.sock"
+        controller = await MiniController(bfb_dir, listen=f"unix:{socket}").start()
+        agent = Child("host-agent", ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent", "host",
+                                     "--node", NODE, "--controller", f"unix:{socket}", "--insecure",
+                                     "--state-dir", str(tmp_path / "state"), "--sysroot", str(emulator.root),
+                                     "--bfb-dir", str(bfb_dir), "--power-command", str(emulator.ipmitool),
+                                     "--poll-interval", "0.5"], tmp_path / "agent.log")
+        try:
+            info = (await eventually(lambda: controller.latest("host", HOST_INFO_TYPE), "HostInfo")).detail
+            assert info.oob_bridge_configured
+            assert info.boot_id == emulator.boot_id
+            (device,) = info.devices
+            assert (device.pci_address, device.model, device.pf0_name) == ("0000:08:00.0", "BlueField-3", "ens1f0np0")
+            assert device.rshim.endswith("rshim0")
+
+            network = ppb.HostNetwork(num_vfs=4, vf_mtu=1400, bridge="br-dpu")
+            controller.publish({"dpf/dpu-a": provisioning(install="uid-1/1", host_network=network)})
+            seen = await eventually(lambda: (s := controller.latest("dpf/dpu-a")) and s.verdict ==
+                                    pb.VERDICT_PROGRAMMED and s, "the DPU provisioned and wired", timeout=60,
+                                    detail=lambda: f"last status {controller.latest('dpf/dpu-a')}; agent log:\n"
+                                                   f"{agent.log_tail()}")
+            assert seen.detail.install.state == ppb.INSTALL_STATE_DONE
+            assert seen.detail.host_network == ppb.HostNetworkStatus(ready=True, num_vfs=4, vf0="ens1f0v0")
+            vf0 = ip(netns, "-d", "link", "show", "ens1f0v0")
+            assert "master br-dpu" in vf0
+            assert "mtu 1400" in vf0
+            assert (emulator.root / "sys/bus/pci/devices/0000:08:00.0/sriov_numvfs").read_text().strip() == "4"
+
+            controller.publish({})
+            await eventually(lambda: "ens1f0v0" not in ip(netns, "link", "show"), "the VFs to go", timeout=30)
+            assert (emulator.root / "sys/bus/pci/devices/0000:08:00.0/sriov_numvfs").read_text().strip() == "0"
+            await eventually(lambda: not (emulator.root / "dev/rshim0/.holder").exists(), "the rshim released")
+            agent.check_alive()
+        finally:
+            agent.stop()
+            await controller.stop()
+            emulator.stop()
+
+    run(scenario())

@@ -16,7 +16,7 @@
 Several DPUs on one host share the Node, so taints and the cordon are reference-counted in the Node annotation
 `provisioning.dpu.nvidia.com/node-effect` (JSON):
 
-    {"holders": {"<namespace>/<dpu>": {"taint": "<key>"} | {"drain": "<RFC 3339 start>"}},
+    {"holders": {"<namespace>/<dpu>": {"taint": "<key>"} | {"drain": "<ISO 8601 start, ms>"}},
      "added": {"taints": ["<key>", ...], "cordon": true}}
 
 `holders` says which DPU needs which effect; `added` what this module put on the Node. Undoing one DPU's effect
@@ -279,13 +279,15 @@ class _Left:
 async def _drain(rest: Rest, node_name: str, key: str, bound: float) -> EffectState:
     now = datetime.now(UTC)
     node, since_text = await _change_node(rest, node_name,
-                                          lambda view: _cordon(view, key, now.strftime("%Y-%m-%dT%H:%M:%SZ")))
+                                          lambda view: _cordon(view, key, now.isoformat(timespec="milliseconds")))
     if node is None:
         return EffectState(False, f"host node {node_name} not found")
     try:
         since = datetime.fromisoformat(since_text)
     except ValueError:
         since = now
+    if since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
     elapsed = max(0.0, (now - since).total_seconds())
     pods = (await rest.list(POD, field_selector=f"spec.nodeName={node_name}"))["items"]
     skipped = {"DaemonSet": 0, "mirror": 0}

@@ -177,7 +177,11 @@ async def _change_node(rest: Rest, node_name: str, change: Callable[[NodeView], 
         except KubeError as exc:
             if not exc.conflict:
                 raise
-    raise KubeError(409, "Conflict", f"node {node_name} kept changing during {CONFLICT_RETRIES} attempts")
+    raise _Busy(f"node {node_name} changed under each of {CONFLICT_RETRIES} attempts to write it; trying again")
+
+
+class _Busy(Exception):
+    """Every guarded write lost a race: not an error, the next pass tries again."""
 
 
 # ---- apply / undo ----------------------------------------------------------------------------------------
@@ -203,6 +207,8 @@ async def apply_node_effect(rest: Rest, node_name: str, dpu: Obj, *,
         if mode == "taint":
             return EffectState(True, f"node {node_name} tainted {_taint_text(value)}")
         return EffectState(True, f"no node effect on node {node_name}")
+    except _Busy as exc:
+        return EffectState(False, str(exc))
     except KubeError as exc:
         return EffectState(False, f"applying the {mode} node effect to node {node_name}: {exc}", failed=True)
 
@@ -229,6 +235,8 @@ async def undo_node_effect(rest: Rest, node_name: str, dpu: Obj) -> EffectState:
 
     try:
         node, removed = await _change_node(rest, node_name, release)
+    except _Busy as exc:
+        return EffectState(False, str(exc))
     except KubeError as exc:
         return EffectState(False, f"undoing the node effect on node {node_name}: {exc}", failed=True)
     if node is None:

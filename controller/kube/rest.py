@@ -122,7 +122,7 @@ class Rest:
             raise
 
     async def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None,
-                   limit: int = 500) -> Obj:
+                   limit: int = 500, field_selector: str | None = None) -> Obj:
         """A consistent list (all pages); returns {"items": [...], "metadata": {"resourceVersion": ...}}."""
         items: list[Obj] = []
         cont = ""
@@ -130,6 +130,8 @@ class Rest:
             query: list[tuple[str, Any]] = [("limit", limit)]
             if label_selector:
                 query.append(("labelSelector", label_selector))
+            if field_selector:
+                query.append(("fieldSelector", field_selector))
             if cont:
                 query.append(("continue", cont))
             page = await self._call("GET", kind.path(namespace), query=query)
@@ -183,8 +185,11 @@ class Rest:
         finally:
             response.release()
 
-    async def create(self, kind: Kind, body: Obj, namespace: str | None = None) -> Obj:
-        return await self._call("POST", kind.path(namespace), body=body)
+    async def create(self, kind: Kind, body: Obj, namespace: str | None = None,
+                     subresource: str | None = None) -> Obj:
+        """POST `body`; with `subresource` (e.g. a pod's "eviction"), to that subresource of `body`'s object."""
+        path = kind.path(namespace, body["metadata"]["name"], subresource) if subresource else kind.path(namespace)
+        return await self._call("POST", path, body=body)
 
     async def apply(self, kind: Kind, body: Obj, field_manager: str, *, subresource: str | None = None,
                     force: bool = True) -> Obj:

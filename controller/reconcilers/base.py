@@ -95,6 +95,7 @@ def default_reconcilers() -> list[type[Reconciler]]:
     from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
     from dpf.controller.reconcilers.dpuserviceipam import DPUServiceIPAMReconciler
     from dpf.controller.reconcilers.dpuset import DPUSetReconciler
+    from dpf.controller.reconcilers.hostnode import HostNodeReconciler
     from dpf.controller.reconcilers.inuse_protection import InUseProtectionReconciler
     from dpf.controller.reconcilers.orphans import OrphanSweeper
     from dpf.controller.reconcilers.servicechain import ServiceChainReconciler
@@ -105,4 +106,4 @@ def default_reconcilers() -> list[type[Reconciler]]:
     return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetReconciler,
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
             DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
-            DPUSetReconciler, OrphanSweeper]
+            DPUSetReconciler, HostNodeReconciler, OrphanSweeper]

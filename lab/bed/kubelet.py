@@ -179,6 +179,59 @@ def _release_sysctls() -> None:
         _saved_sysctls.clear()
 
 
+# -- cgroups -------------------------------------------------------------------------------------------
+
+
+def cgroup_hierarchies() -> list[Path]:
+    return sorted(p for p in CGROUP_ROOT.iterdir()
+                  if p.is_dir() and not p.is_symlink() and p.name != "unified" and (p / "cgroup.procs").exists())
+
+
+def _cgroup_pids(cgroup: str) -> set[int]:
+    pids: set[int] = set()
+    for hierarchy in cgroup_hierarchies():
+        top = hierarchy / cgroup.lstrip("/")
+        for procs in top.rglob("cgroup.procs") if top.exists() else ():
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in procs.read_text().split())
+    return pids
+
+
+def _remove_cgroup(cgroup: str) -> None:
+    for hierarchy in cgroup_hierarchies():
+        top = hierarchy / cgroup.lstrip("/")
+        if not top.exists():
+            continue
+        for path in [*sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), top]:
+            try:
+                path.rmdir()
+            except OSError as exc:
+                log.warning("cannot remove cgroup %s: %s", path, exc)
+
+
+def reap_stale() -> list[str]:
+    """Kill what nodes of a crashed (SIGKILLed) run left behind and remove their cgroups: kubelet and containerd
+    die with their parent, containerd's shims and the containers they run do not. Found by their cgroup
+    `/dpf-<pid>-<node>` whose pid is gone."""
+    reaped = []
+    for top in (CGROUP_ROOT / "pids").glob("dpf-*-*"):
+        owner = top.name.split("-")[1]
+        if not owner.isdigit() or Path(f"/proc/{owner}").exists():
+            continue
+        cgroup = f"/{top.name}"
+        for _ in range(50):
+            pids = _cgroup_pids(cgroup)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
+        _remove_cgroup(cgroup)
+        reaped.append(cgroup)
+    return reaped
+
+
 # -- the node ----------------------------------------------------------------------------------------
 
 
@@ -209,6 +262,7 @@ class Kubelet:
 
     def start(self) -> Kubelet:
         self.server, ca_pem = discover(self.join)  # refuses before anything runs
+        reap_stale()
         self.node_ip = self._source_address(self.join.endpoint.rsplit(":", 1)[0])
         try:
             self._write_files(ca_pem)
@@ -282,6 +336,8 @@ state = "{d / 'containerd/state'}"
       [{cri}.containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "{d / 'runc'}"
+        # Shims daemonize away from containerd: in the DPU's cgroup, stop() and reap_stale() find them there.
+        ShimCgroup = "{self.cgroup}/shims"
   [{cri}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{d / 'cni/conf'}"
@@ -308,38 +364,22 @@ state = "{d / 'containerd/state'}"
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         }))
 
-    def _hierarchies(self) -> list[Path]:
-        return sorted(p for p in CGROUP_ROOT.iterdir()
-                      if p.is_dir() and not p.is_symlink() and p.name != "unified" and (p / "cgroup.procs").exists())
-
     def _make_cgroups(self) -> None:
         # The kubelet requires its cgroup root in every v1 hierarchy; cpuset children start empty, so copy.
-        for hierarchy in self._hierarchies():
-            path = hierarchy / self.cgroup.lstrip("/")
-            path.mkdir(exist_ok=True)
-            for name in ("cpuset.cpus", "cpuset.mems"):
-                if (path / name).exists():
-                    (path / name).write_text((hierarchy / name).read_text())
+        for hierarchy in cgroup_hierarchies():
+            parent = hierarchy
+            for path in (hierarchy / self.cgroup.lstrip("/"), hierarchy / self.cgroup.lstrip("/") / "shims"):
+                path.mkdir(exist_ok=True)
+                for name in ("cpuset.cpus", "cpuset.mems"):
+                    if (path / name).exists():
+                        (path / name).write_text((parent / name).read_text())
+                parent = path
 
     def _remove_cgroups(self) -> None:
-        for hierarchy in self._hierarchies():
-            top = hierarchy / self.cgroup.lstrip("/")
-            if not top.exists():
-                continue
-            for path in [*sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), top]:
-                try:
-                    path.rmdir()
-                except OSError as exc:
-                    log.warning("cannot remove cgroup %s: %s", path, exc)
+        _remove_cgroup(self.cgroup)
 
-    def _cgroup_pids(self) -> set[int]:
-        pids: set[int] = set()
-        for hierarchy in self._hierarchies():
-            top = hierarchy / self.cgroup.lstrip("/")
-            for procs in top.rglob("cgroup.procs") if top.exists() else ():
-                with contextlib.suppress(OSError):
-                    pids.update(int(p) for p in procs.read_text().split())
-        return pids
+    def cgroup_pids(self) -> set[int]:
+        return _cgroup_pids(self.cgroup)
 
     def _shim_pids(self) -> set[int]:
         """containerd shims of this DPU's containerd (they daemonize away from it; found by its socket)."""
@@ -356,14 +396,14 @@ state = "{d / 'containerd/state'}"
     def _kill_leftovers(self) -> None:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            pids = self._cgroup_pids() | self._shim_pids()
+            pids = self.cgroup_pids() | self._shim_pids()
             if not pids:
                 return
             for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.1)
-        log.warning("%s: processes survived SIGKILL: %s", self.node_name, self._cgroup_pids() | self._shim_pids())
+        log.warning("%s: processes survived SIGKILL: %s", self.node_name, self.cgroup_pids() | self._shim_pids())
 
     def _start_holder(self) -> Child:
         mounts = " && ".join(

@@ -26,7 +26,7 @@ from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
 from dpf.controller.reconcilers.kinds import DPU
 from dpf.lab.bed.dpucluster import DPUCluster, NodeNetwork
 from dpf.lab.bed.kube import ControlPlane
-from dpf.lab.bed.kubelet import HOST_SYSCTLS, JoinRefused, Kubelet
+from dpf.lab.bed.kubelet import HOST_SYSCTLS, JoinRefused, Kubelet, cgroup_hierarchies
 from dpf.lab.bed.netns import NetnsBed
 from dpf.lab.bed.pki import Authority
 from tests.controlplane.harness import controller_settings, eventually, host_rest, run, started
@@ -151,13 +151,16 @@ def test_dpus_join_and_only_a_known_dpu_gets_its_serving_certificate(
         assert failed.returncode != 0
         assert "tls" in failed.stderr.lower(), failed.stderr
         assert not _serving_csrs(dpu_cluster, "dpu-b")[0].get("status", {}).get("conditions")
+        # Shims outlive containerd; in the node's cgroup they are found even after a crash (reap_stale).
+        comms = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in kubelets["dpu-a"].cgroup_pids()}
+        assert "containerd-shim" in comms, comms
     finally:
         for kubelet in kubelets.values():
             kubelet.stop()
     for name, kubelet in kubelets.items():
         assert _in_netns(namespaces[name]) == [], f"{name}: processes left in its network namespace"
-        assert kubelet._cgroup_pids() == set()
-        assert not any((h / kubelet.cgroup.lstrip("/")).exists() for h in kubelet._hierarchies())
+        assert kubelet.cgroup_pids() == set()
+        assert not any((h / kubelet.cgroup.lstrip("/")).exists() for h in cgroup_hierarchies())
     assert _sysctls() == before
 
 

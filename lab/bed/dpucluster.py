@@ -91,11 +91,11 @@ def _free_subnet() -> ipaddress.IPv4Network:
     with IPRoute() as ipr:
         used = [ipaddress.ip_interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}").network
                 for a in ipr.get_addr(family=2)]
-    pool = ipaddress.ip_network("172.16.0.0/12")
+    pool = ipaddress.IPv4Network("172.16.0.0/12")
     subnets = 2 ** (24 - pool.prefixlen)
     start = os.getpid() % subnets
     for i in range(subnets):
-        candidate = ipaddress.ip_network(f"{pool.network_address + ((start + i) % subnets) * 256}/24")
+        candidate = ipaddress.IPv4Network(f"{pool.network_address + ((start + i) % subnets) * 256}/24")
         if not any(candidate.overlaps(u) for u in used):
             return candidate
     raise RuntimeError("no free /24 in 172.16.0.0/12 for a DPU cluster's node network")

@@ -1,9 +1,10 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
 
-TLS with a generated CA, RBAC, service-account keys and an admin kubeconfig. The controller
+TLS with a generated CA, RBAC, service-account keys and an admin kubeconfig. By default the controller
 manager runs only the garbage collector (ownerReference cascades) and the namespace controller
 (namespace deletion): no scheduler and no kubelet, since DPF's objects are custom resources and
-our own controller reconciles them.
+our own controller reconciles them. A DPU cluster that real kubelets join (`dpucluster.py`) sets the
+options for more: listen address, authorization mode, controllers.
 """
 
 from __future__ import annotations

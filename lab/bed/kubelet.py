@@ -236,7 +236,10 @@ def reap_stale() -> list[str]:
 
 
 class Kubelet:
-    """containerd + kubelet for one DPU (`netns`), joined with `join_command` as Node `node_name`."""
+    """containerd + kubelet for one DPU (`netns`), joined with `join_command` as Node `node_name`.
+
+    `netns` must reach the apiserver in the command (e.g. attached to the DPU cluster's `NodeNetwork`). Call
+    `start()` from the main thread: its children die with the thread that started them (see `process.py`)."""
 
     def __init__(self, netns: str, node_name: str, join_command: str, workdir: Path,
                  pod_subnet: str = "10.244.0.0/24", image_tar: Path | None = None) -> None:

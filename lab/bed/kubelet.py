@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 HOST_SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
+SYSCTL_RECORDS = Path("/run/dpf-kubelet-sysctls")
 # Paths the kubelet uses whatever its flags say (device-plugin socket, default cert dir, container log links).
 PRIVATE_DIRS = ("/var/lib/kubelet", "/var/log/containers")
 DISCOVERY_TIMEOUT = 60.0
@@ -160,10 +161,26 @@ _saved_sysctls: dict[str, str] = {}
 _running = 0
 
 
+def _sysctl_record(pid: int) -> Path:
+    """Where a process keeps the host values it will restore, so that a run killed before it could is undone by
+    the next one (`reap_stale`)."""
+    return SYSCTL_RECORDS / f"{pid}.json"
+
+
+def _restore_sysctls(values: dict[str, str]) -> None:
+    for key, value in values.items():
+        try:
+            Path("/proc/sys", key).write_text(value)
+        except OSError as exc:
+            log.warning("cannot restore sysctl %s=%s: %s", key, value, exc)
+
+
 def _hold_sysctls() -> None:
     global _running
     if _running == 0:
         _saved_sysctls.update({k: Path("/proc/sys", k).read_text().strip() for k in HOST_SYSCTLS})
+        SYSCTL_RECORDS.mkdir(parents=True, exist_ok=True)
+        _sysctl_record(os.getpid()).write_text(json.dumps(_saved_sysctls))
     _running += 1
 
 
@@ -171,12 +188,9 @@ def _release_sysctls() -> None:
     global _running
     _running -= 1
     if _running == 0:
-        for key, value in _saved_sysctls.items():
-            try:
-                Path("/proc/sys", key).write_text(value)
-            except OSError as exc:
-                log.warning("cannot restore sysctl %s=%s: %s", key, value, exc)
+        _restore_sysctls(_saved_sysctls)
         _saved_sysctls.clear()
+        _sysctl_record(os.getpid()).unlink(missing_ok=True)
 
 
 # -- cgroups -------------------------------------------------------------------------------------------
@@ -212,7 +226,7 @@ def _remove_cgroup(cgroup: str) -> None:
 def reap_stale() -> list[str]:
     """Kill what nodes of a crashed (SIGKILLed) run left behind and remove their cgroups: kubelet and containerd
     die with their parent, containerd's shims and the containers they run do not. Found by their cgroup
-    `/dpf-<pid>-<node>` whose pid is gone."""
+    `/dpf-<pid>-<node>` whose pid is gone; the host sysctls such a run changed are restored from its record."""
     reaped = []
     for top in (CGROUP_ROOT / "pids").glob("dpf-*-*"):
         owner = top.name.split("-")[1]
@@ -229,6 +243,12 @@ def reap_stale() -> list[str]:
             time.sleep(0.1)
         _remove_cgroup(cgroup)
         reaped.append(cgroup)
+    for record in SYSCTL_RECORDS.glob("*.json") if SYSCTL_RECORDS.is_dir() else ():
+        if not Path(f"/proc/{record.stem}").exists():
+            with contextlib.suppress(OSError, ValueError):
+                _restore_sysctls(json.loads(record.read_text()))
+            record.unlink(missing_ok=True)
+            reaped.append(f"sysctls of {record.stem}")
     return reaped
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -26,9 +28,10 @@ from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
 from dpf.controller.reconcilers.kinds import DPU
 from dpf.lab.bed.dpucluster import DPUCluster, NodeNetwork
 from dpf.lab.bed.kube import ControlPlane
-from dpf.lab.bed.kubelet import HOST_SYSCTLS, JoinRefused, Kubelet, cgroup_hierarchies
+from dpf.lab.bed.kubelet import HOST_SYSCTLS, JoinRefused, Kubelet, cgroup_hierarchies, reap_stale
 from dpf.lab.bed.netns import NetnsBed
 from dpf.lab.bed.pki import Authority
+from dpf.lab.bed.process import wait_until
 from tests.controlplane.harness import controller_settings, eventually, host_rest, run, started
 from tests.controlplane.harness import dpu_cluster as create_dpu_cluster
 
@@ -192,3 +195,54 @@ async def _controller_approves(cluster: DPUCluster, kube: ControlPlane, namespac
         if controller is not None:
             await controller.stop()
         await rest.close()
+
+
+# A run that starts a node and is then SIGKILLed, as a crashed test or lab would be.
+NODE_PROCESS = """
+import sys, time
+from pathlib import Path
+from dpf.lab.bed.kubelet import Kubelet
+netns, name, command, workdir, image = sys.argv[1:]
+Kubelet(netns, name, command, Path(workdir), image_tar=Path(image)).start()
+print("started", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_killed_run_leaves_nothing_once_reaped(dpu_cluster: DPUCluster, node_network: NodeNetwork,
+                                                 netns: NetnsBed, busybox_image: Path, tmp_path: Path) -> None:
+    before = _sysctls()
+    ns = netns.namespace("cdpu")
+    node_network.attach(ns)
+    node = subprocess.Popen([sys.executable, "-c", NODE_PROCESS, ns, "dpu-c", run(_join(dpu_cluster)),
+                             str(tmp_path / "c"), str(busybox_image)], stdout=subprocess.PIPE, text=True)
+    cgroup = f"/dpf-{node.pid}-dpu-c"
+    try:
+        assert node.stdout is not None
+        assert node.stdout.readline().strip() == "started"
+        dpu_cluster.wait_node_ready("dpu-c", READY_TIMEOUT)
+        dpu_cluster.kubectl("apply", "-f", "-", input=_pod("hello-dpu-c", "dpu-c"))
+        dpu_cluster.kubectl("wait", "--for=jsonpath={.status.phase}=Running", "pod/hello-dpu-c", "--timeout=60s",
+                            timeout=70)
+    finally:
+        node.kill()
+        node.wait()
+        if node.stdout is not None:
+            node.stdout.close()
+
+    def daemons_gone() -> bool:
+        comms = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in _in_netns(ns)
+                 if Path(f"/proc/{pid}/comm").exists()}
+        return not comms & {"kubelet", "containerd", "sleep"}
+    wait_until(daemons_gone, 10, "kubelet, containerd and the mount-namespace holder to die with their parent")
+    stale = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in _cgroup_pids_of(cgroup)}
+    assert "containerd-shim" in stale, stale  # what only reap_stale() takes down
+    assert cgroup in reap_stale()
+    assert _in_netns(ns) == []
+    assert not any((h / cgroup.lstrip("/")).exists() for h in cgroup_hierarchies())
+    assert _sysctls() == before
+
+
+def _cgroup_pids_of(cgroup: str) -> set[int]:
+    procs = Path("/sys/fs/cgroup/pids") / cgroup.lstrip("/")
+    return {int(p) for f in procs.rglob("cgroup.procs") for p in f.read_text().split()}

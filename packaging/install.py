@@ -42,6 +42,12 @@ DEBIAN_PACKAGES = (
     "iperf3",
     "tcpdump",
     "python3-venv",  # Debian's python3 cannot create a virtualenv without it
+    # A real kubelet per emulated DPU (lab/bed/kubelet.py):
+    "containerd",
+    "runc",
+    "busybox-static",  # rootfs of the local pod and sandbox image (lab/bed/images.py)
+    "conntrack",  # kubelet and kube-proxy expect these on a node
+    "socat",
 )
 
 

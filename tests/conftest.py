@@ -24,7 +24,8 @@ from dpf.lab.bed.ovs import OvsSwitch
 from dpf.lab.bed.process import descendants, live_children
 
 # Processes the bed starts; the leak check looks for any left running by this test process.
-BED_PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "ovsdb-server", "ovs-vswitchd")
+BED_PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "containerd",
+                 "ovsdb-server", "ovs-vswitchd")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

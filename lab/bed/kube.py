@@ -1,9 +1,10 @@
 """A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager.
 
-TLS with a generated CA, RBAC, service-account keys and an admin kubeconfig. The controller
+TLS with a generated CA, RBAC, service-account keys and an admin kubeconfig. By default the controller
 manager runs only the garbage collector (ownerReference cascades) and the namespace controller
 (namespace deletion): no scheduler and no kubelet, since DPF's objects are custom resources and
-our own controller reconciles them.
+our own controller reconciles them. A DPU cluster that real kubelets join (`dpucluster.py`) sets the
+options for more: listen address, authorization mode, controllers.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ class ControlPlane:
 
     workdir: Path
     name: str = "host"
+    address: str = "127.0.0.1"
+    """Where kube-apiserver listens and what it advertises (also an IP SAN of its serving certificate): a DPU
+    cluster's is a bridge address its nodes' network namespaces reach."""
+    authorization_mode: str = "RBAC"
     extra_apiserver_args: list[str] = field(default_factory=list)
+    controllers: tuple[str, ...] = ("garbagecollector", "namespace")
+    """kube-controller-manager's `--controllers`."""
+    extra_controller_manager_args: list[str] = field(default_factory=list)
     crd_dir: Path | None = CRD_DIR
     """CRDs installed by `start()` before kube-controller-manager starts (its garbage collector then knows the
     custom kinds at once instead of at its first 30 s discovery resync); None installs none."""
@@ -53,6 +61,7 @@ class ControlPlane:
     children: list[Child] = field(default_factory=list)
     server: str = ""
     kubeconfig: Path = field(init=False)
+    authority: Authority = field(init=False)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -92,10 +101,10 @@ class ControlPlane:
     # -- pieces --------------------------------------------------------------------------------
 
     def _write_pki(self) -> dict[str, Path]:
-        ca = Authority(self.workdir / "pki", common_name=f"dpf-{self.name}-ca")
+        ca = self.authority = Authority(self.workdir / "pki", common_name=f"dpf-{self.name}-ca")
         serving = ca.issue("apiserver", "kube-apiserver", server=True,
                            dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-                           ips=("127.0.0.1", "10.96.0.1"))
+                           ips=tuple(dict.fromkeys(("127.0.0.1", self.address, "10.96.0.1"))))
         admin = ca.issue("admin", "dpf-admin", organizations=("system:masters",), client=True)
         sa = write_keypair(self.workdir / "pki", "sa")
         return {"ca": ca.cert_path, "serving_cert": serving.cert, "serving_key": serving.key,
@@ -119,11 +128,11 @@ class ControlPlane:
 
     def _start_apiserver(self, pki: dict[str, Path], etcd_url: str) -> None:
         port = free_port()
-        self.server = f"https://127.0.0.1:{port}"
+        self.server = f"https://{self.address}:{port}"
         apiserver = Child(f"kube-apiserver ({self.name})", [
             tool("kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            f"--bind-address={self.address}", f"--advertise-address={self.address}", f"--secure-port={port}",
             f"--cert-dir={self.workdir / 'pki'}",
             f"--tls-cert-file={pki['serving_cert']}", f"--tls-private-key-file={pki['serving_key']}",
             f"--client-ca-file={pki['ca']}",
@@ -131,7 +140,7 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki['sa_key']}",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--authorization-mode=RBAC",
+            f"--authorization-mode={self.authorization_mode}",
             # No kube-controller-manager here: the endpoint reconciler would wait for it in vain.
             "--endpoint-reconciler-type=none",
             "--enable-priority-and-fairness=false",
@@ -143,9 +152,10 @@ class ControlPlane:
     def _start_controller_manager(self) -> None:
         self.children.append(Child(f"kube-controller-manager ({self.name})", [
             tool("kube-controller-manager"), f"--kubeconfig={self.kubeconfig}",
-            "--controllers=garbagecollector,namespace", "--leader-elect=false",
+            f"--controllers={','.join(self.controllers)}", "--leader-elect=false",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
             f"--cert-dir={self.workdir / 'kcm'}",
+            *self.extra_controller_manager_args,
         ], self.workdir / "kube-controller-manager.log"))
 
     def _write_kubeconfig(self, pki: dict[str, Path]) -> None:

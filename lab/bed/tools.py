@@ -9,7 +9,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 # Built from the pinned wrapper modules in packaging/upstream/ by packaging/install.py.
-GO_TOOLS = ("kube-apiserver", "kube-controller-manager", "kubectl", "etcd", "cnitool", "multus")
+GO_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "etcd", "cnitool",
+            "multus")
 
 
 class ToolMissing(RuntimeError):

@@ -130,7 +130,7 @@ def build(dpusets: Sequence[Obj], dpus: Sequence[Obj]) -> Tree:
     orphans: list[DPUNode] = []
     for dpu in sorted(dpus, key=_sort_key):
         key = _set_key_of(dpu, sets_by_uid)
-        (children.get(key, orphans)).append(dpu_node(dpu))
+        (children[key] if key is not None and key in children else orphans).append(dpu_node(dpu))
     nodes = []
     for dpuset in sorted(dpusets, key=_sort_key):
         meta, status = dpuset["metadata"], dpuset.get("status") or {}

@@ -16,13 +16,18 @@ from kubernetes.config import new_client_from_config
 from dpf.controller.kube.leader_label import LEADER_LABEL
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import wait_until
-from tests.packaging.rbac import CONTROLLER_SA, MANIFESTS, NAMESPACE, documents, user
+from tests.packaging.rbac import CONTROLLER_SA, MANIFESTS, NAMESPACE, can_i, documents, user
 
 REFUSAL = f"dpf-controller may only set or remove the label {LEADER_LABEL}=true on Pods"
 
 
 def test_controller_may_move_the_leader_label_and_nothing_else(installed: ControlPlane) -> None:
     kube = installed
+    controller = user(CONTROLLER_SA)
+    assert can_i(kube, controller, "list", "pods", "-n", NAMESPACE)
+    assert can_i(kube, controller, "patch", "pods", "-n", NAMESPACE)
+    assert not can_i(kube, controller, "patch", "pods", "-n", "default"), "its own namespace only"
+    assert not can_i(kube, controller, "create", "pods", "-n", NAMESPACE)
     (deployment,) = [d for d in documents(MANIFESTS / "deployment.yaml") if d["kind"] == "Deployment"]
     name = f"dpf-controller-{uuid.uuid4().hex[:6]}"
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE,

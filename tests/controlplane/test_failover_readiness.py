@@ -141,7 +141,9 @@ def test_service_reaches_the_leader_only_across_a_leader_crash(kube: ControlPlan
             leader = next(r for r in replicas if r.identity == leader_id)
             follower = next(r for r in replicas if r is not leader)
             await eventually(lambda: seen and seen[-1][1] == {leader.pod}, "the Service to select the leader's Pod")
-            assert await follower.ready(http), "the follower is ready (warm): rollouts and the PDB work as usual"
+            # The follower gets ready too once its caches are warm (rollouts and the PDB work as usual), unselected.
+            await eventually(lambda: follower.ready(http), "the follower to be ready (caches warm)")
+            assert seen[-1][1] == {leader.pod}
 
             await rest.create(SERVICE_INTERFACE, service_interface(namespace, "uplink", node, "p0"), namespace)
             await eventually(lambda: handler.ports == {f"{namespace}/uplink": "p0"}, "the leader's push applied")

@@ -62,8 +62,10 @@ def resolve(kubeconfig: Path | None, context: str | None, namespace: str | None)
     wanted = context or document.get("current-context") or ""
     contexts = {c.get("name"): c.get("context") or {} for c in document.get("contexts") or []}
     if wanted not in contexts:
-        where = f"context {wanted!r}" if wanted else "no current-context"
-        raise CtlError(f"kubeconfig {path}: {where} (contexts: {', '.join(map(str, contexts)) or 'none'})")
+        known = ", ".join(map(str, contexts)) or "none"
+        if not wanted:
+            raise CtlError(f"kubeconfig {path} sets no current-context: pass --context (its contexts: {known})")
+        raise CtlError(f"kubeconfig {path} has no context {wanted!r} (its contexts: {known})")
     return Target(path, context, namespace or contexts[wanted].get("namespace") or "default")
 
 

@@ -178,16 +178,26 @@ def test_one_dpuset_one_dpu_and_all_namespaces(kube: ControlPlane, namespace: st
         k8s.CoreV1Api(kube.client).delete_namespace(other)
 
 
-def test_namespace_defaults_to_the_kubeconfig_context(kube: ControlPlane, namespace: str, tmp_path: Path) -> None:
+def test_namespace_and_context_from_the_kubeconfig(kube: ControlPlane, namespace: str, tmp_path: Path) -> None:
     populate(kube, namespace)
     config = yaml.safe_load(kube.kubeconfig.read_text())
-    config["contexts"][0]["context"]["namespace"] = namespace
-    (tmp_path / "config").write_text(yaml.safe_dump(config))
-    # Found through $KUBECONFIG (its first existing file), namespace from the context.
+    admin = config["contexts"][0]
+    config["contexts"].append({"name": "tests", "context": {**admin["context"], "namespace": namespace}})
+    (tmp_path / "config").write_text(yaml.safe_dump({**config, "current-context": "tests"}))
+    # Found through $KUBECONFIG (its first existing file); the namespace is the current context's.
     env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", "KUBECONFIG": f"{tmp_path}/missing:{tmp_path}/config"}
     result = dpfctl("describe", "-o", "json", env=env)
     assert result.returncode == 0, result.stderr
     assert [s["name"] for s in json.loads(result.stdout)["dpuSets"]] == ["hbn"]
+    # --context picks another context of the file (and its namespace).
+    (tmp_path / "config").write_text(yaml.safe_dump({**config, "current-context": admin["name"]}))
+    chosen = dpfctl("describe", "-o", "json", "--context", "tests", kubeconfig=tmp_path / "config")
+    assert chosen.returncode == 0, chosen.stderr
+    assert [s["name"] for s in json.loads(chosen.stdout)["dpuSets"]] == ["hbn"]
+    unknown = dpfctl("describe", "--context", "nope", kubeconfig=tmp_path / "config")
+    assert unknown.returncode == 1
+    assert unknown.stderr == (f"dpfctl: kubeconfig {tmp_path}/config has no context 'nope' "
+                              f"(its contexts: {admin['name']}, tests)\n")
 
 
 def test_empty_namespace(kube: ControlPlane, namespace: str) -> None:

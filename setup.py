@@ -1,6 +1,6 @@
 """Map the repository's top-level folders under the single import root `dpf`.
 
-The design keeps `controller/`, `agent/`, `cni/`, `proto/` and `lab/` as top-level folders,
+The design keeps `controller/`, `agent/`, `cni/`, `proto/`, `lab/` and `ctl/` as top-level folders,
 but nothing may be importable under generic names such as `agent` or `proto`. setuptools'
 `package_dir` does the mapping; subpackages are discovered here so the list cannot drift.
 """
@@ -17,6 +17,7 @@ ROOTS = {
     "dpf.proto": "proto",
     "dpf.lab": "lab",
     "dpf.shared": "shared",
+    "dpf.ctl": "ctl",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -58,6 +59,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--retry-period", type=float, default=LeaderSettings.retry_period,
                      help="seconds between lease acquire/renew attempts")
     run.add_argument("--identity", default="", help="leader-election identity (default: hostname-random)")
+    run.add_argument("--pod-name", default=os.environ.get("POD_NAME", ""),
+                     help="this replica's Pod in --namespace (default: $POD_NAME): the leader labels it "
+                          "dpu.nvidia.com/controller-leader=true, which the Service selects")
     run.add_argument("--workers", type=int, default=QueueSettings.workers, help="concurrent reconciles")
     run.add_argument("--orphan-sweep-period", type=float, default=ControllerSettings.orphan_sweep_period,
                      help="seconds between sweeps that delete DPU-cluster sets and per-node objects whose owner is "
@@ -93,7 +97,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         queue=QueueSettings(workers=args.workers),
         leader=LeaderSettings(enabled=not args.no_leader_elect, lease_duration=args.lease_duration,
                               renew_deadline=args.renew_deadline, retry_period=args.retry_period,
-                              identity=args.identity),
+                              identity=args.identity, pod_name=args.pod_name),
         tls=TLSSettings(insecure=args.insecure, ca_secret=args.ca_secret,
                         server_names=tuple(args.tls_san) if args.tls_san else TLSSettings.server_names),
         server=ServerSettings(listen=args.listen),

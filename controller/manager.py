@@ -266,6 +266,8 @@ class Controller:
             return False, self.failure
         if not self.clusters.host.synced():
             return False, "host cluster caches not synced"
+        if self._elector is not None and not self._elector.pod_labelled:
+            return False, "leader label of this pod not yet written"
         if self._leading and not self.cache.ready.is_set():
             return False, "leader: initial reconcile in progress"
         return True, "leader" if self._leading else "follower (caches warm)"

@@ -60,6 +60,8 @@ class LeaderSettings:
     """How often candidates try to acquire and the leader renews, seconds."""
     identity: str = ""
     """This replica's identity in the Lease; empty means hostname plus a random suffix."""
+    pod_name: str = ""
+    """This replica's Pod (in dpf-operator-system); when set, the leader labels it so the Service selects it alone."""
 
 
 @dataclass(frozen=True)

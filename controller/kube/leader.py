@@ -5,6 +5,9 @@ seen no change of its record for lease_duration (measured on our own monotonic c
 between replicas does not matter). Writes carry the read resourceVersion, so two candidates cannot both
 win. A leader that could not renew for renew_deadline steps down. `release()` on clean shutdown empties
 the holder so a follower takes over at its next try instead of waiting out the lease.
+
+With `settings.pod_name` (in a Deployment: the Pod's own name), the leader's Pod is labelled so that the
+controller Service sends agents to the leader only (leader_label.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from dpf.controller.kube.leader_label import LeaderLabel
 from dpf.controller.kube.rest import LEASE, KubeError, Rest
 from dpf.controller.settings import LeaderSettings
 
@@ -46,8 +50,29 @@ class LeaderElector:
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
         self._renewed_at = 0.0
+        self.label = (LeaderLabel(rest, namespace, settings.pod_name, settings.retry_period)
+                      if settings.pod_name else None)
+
+    @property
+    def pod_labelled(self) -> bool:
+        """False until this replica's Pod label first matched its leadership (True without a Pod name): a
+        restarted ex-leader must not be selected by the Service as a ready endpoint while it still carries it."""
+        return self.label is None or self.label.written
 
     async def run(self) -> None:
+        if self.label is None:
+            await self._elect()
+            return
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.label.run(), name="leader-label")
+            group.create_task(self._elect(), name="leader-election")
+
+    def _set_leading(self, leading: bool) -> None:
+        self.is_leader = leading
+        if self.label is not None:
+            self.label.set_leading(leading)
+
+    async def _elect(self) -> None:
         while True:
             try:
                 ok = await self._try_acquire_or_renew()
@@ -58,12 +83,12 @@ class LeaderElector:
             if ok:
                 self._renewed_at = now
                 if not self.is_leader:
-                    self.is_leader = True
+                    self._set_leading(True)
                     log.info("leader election: %s became leader", self.identity)
                     await self._on_started()
             elif self.is_leader and (now - self._renewed_at >= self.settings.renew_deadline
                                      or self.holder not in ("", self.identity)):
-                self.is_leader = False
+                self._set_leading(False)
                 log.warning("leader election: %s lost the lease (holder %r, last renewed %.1fs ago); stepping down",
                             self.identity, self.holder, now - self._renewed_at)
                 await self._on_stopped()
@@ -121,7 +146,7 @@ class LeaderElector:
         """Give the lease up (clean shutdown): followers may take it at their next try."""
         if not self.is_leader:
             return
-        self.is_leader = False
+        self._set_leading(False)
         try:
             lease = await self.rest.get(LEASE, self.settings.lease_name, self.namespace)
             if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
@@ -130,4 +155,9 @@ class LeaderElector:
                 await self.rest.replace(LEASE, lease)
         except KubeError as exc:
             log.warning("leader election: could not release the lease: %s", exc)
+        if self.label is not None:
+            try:
+                await self.label.sync(False)
+            except KubeError as exc:
+                log.warning("leader election: could not remove the leader label: %s", exc)
         await self._on_stopped()

@@ -33,6 +33,7 @@ from dpf.controller.kube.workqueue import WorkQueue
 from dpf.controller.metrics import Metrics
 from dpf.controller.reconcilers.base import Context, Reconciler, default_reconcilers
 from dpf.controller.reconcilers.keys import reconciler_of
+from dpf.controller.server import bfb_store
 from dpf.controller.server.node_status import Nack, NodeRegistry
 from dpf.controller.server.stream_server import NodeStateServer
 from dpf.controller.settings import ControllerSettings
@@ -110,6 +111,7 @@ class Controller:
                    ("grpc.so_reuseport", 0)]
         self._server = grpc.aio.server(options=options)
         pb_grpc.add_NodeStateServicer_to_server(self.stream_server, self._server)
+        bfb_store.register(self._server, s.bfb.directory, s.tls.insecure)  # host agents without the shared dir
         if s.tls.insecure:
             self.grpc_port = self._server.add_insecure_port(s.server.listen)
         else:

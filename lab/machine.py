@@ -1,0 +1,113 @@
+"""`python -m dpf.lab.machine ROOT --name h1 --dpus 1 ...`: one emulated server with its BlueFields, hardware and
+software, in a process of its own, until SIGTERM/SIGINT.
+
+Hardware: `lab/emulator` (PCI sysfs with SR-IOV, rshim, power) under ROOT. Software: per DPU a `DpuOs`
+(`lab/dpu_os.py`) that, on every boot with a bf.cfg, writes its files, runs its OVS script and joins the DPU cluster
+as kubeadm would, with a real containerd + kubelet (`lab/bed/kubelet.py`) in the DPU's network namespace, wired
+into the DPU cluster's node network (`--node-bridge`, one `--node-address` per DPU).
+
+Its own process because a power action rebuilds netdevs through pyroute2, which forks, and a fork is unsafe in a
+process running gRPC threads (the tests' and the lab's controller clients); and because the kubelets it starts
+must die with it. It prints one line per event (`<dpu>: joined as <node>`), which the lab shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from pyroute2 import IPRoute
+
+from dpf.lab.bed.kubelet import Kubelet
+from dpf.lab.bed.netns import ns_ipr
+from dpf.lab.dpu_os import DpuOs
+from dpf.lab.emulator.dpu import BootEvent
+from dpf.lab.emulator.host import DpuSpec, EmulatedHost
+from dpf.lab.emulator.pci import DEVICE_IDS
+from dpf.lab.emulator.rshim import StageTimings
+
+NODE_IFNAME = "k8s0"
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def attach(netns: str, bridge: str, address: str, host_end: str) -> None:
+    """A veth from the DPU's namespace (`k8s0`, `address`) into the DPU cluster's node bridge; once per DPU
+    (the namespace outlives the DPU's reboots, and so does its link)."""
+    with ns_ipr(netns) as ipr:
+        if ipr.link_lookup(ifname=NODE_IFNAME):
+            return
+    interface = ipaddress.ip_interface(address)
+    with IPRoute() as ipr:
+        ipr.link("add", ifname=host_end, kind="veth", peer={"ifname": NODE_IFNAME, "net_ns_fd": netns})
+        index = ipr.link_lookup(ifname=host_end)[0]
+        ipr.link("set", index=index, master=ipr.link_lookup(ifname=bridge)[0], state="up")
+    with ns_ipr(netns) as ipr:
+        index = ipr.link_lookup(ifname=NODE_IFNAME)[0]
+        ipr.addr("add", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen)
+        ipr.link("set", index=index, state="up")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dpf.lab.machine", description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="the host's root directory (created; removed on exit)")
+    parser.add_argument("--name", default="h1", help="short name; names the network namespaces")
+    parser.add_argument("--dpus", type=int, default=1)
+    parser.add_argument("--model", choices=sorted(DEVICE_IDS), default="BlueField-3")
+    parser.add_argument("--owner", default="lab", help="namespace owner tag (dpf-<owner><pid>-<name>)")
+    parser.add_argument("--install-seconds", type=float, default=StageTimings.install)
+    parser.add_argument("--workdir", type=Path, required=True, help="the DPUs' software state (OVS, kubelet)")
+    parser.add_argument("--node-bridge", required=True, help="the DPU cluster's node network bridge")
+    parser.add_argument("--node-address", action="append", default=[],
+                        help="CIDR of DPU i on the node network (once per DPU, in order)")
+    parser.add_argument("--image-tar", type=Path, help="OCI image tar imported into each DPU's containerd")
+    args = parser.parse_args(argv)
+    if len(args.node_address) != args.dpus:
+        parser.error(f"--node-address must be given once per DPU ({args.dpus}), got {len(args.node_address)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    systems: list[DpuOs] = []
+    with EmulatedHost(args.name, args.root, [DpuSpec(args.model)] * args.dpus, owner=args.owner,
+                      timings=StageTimings(install=args.install_seconds)) as host:
+        try:
+            for index, dpu in enumerate(host.dpus):
+                workdir = args.workdir / dpu.name
+                address = args.node_address[index]
+                host_end = f"kn{os.getpid() % 100000}x{index}"
+
+                def join(event: BootEvent, netns: str, workdir: Path = workdir, address: str = address,
+                         host_end: str = host_end) -> Kubelet:
+                    assert event.bfcfg is not None
+                    assert event.bfcfg.join_command is not None
+                    attach(netns, args.node_bridge, address, host_end)
+                    node = event.hostname or event.dpu
+                    kubelet = Kubelet(netns, node, event.bfcfg.join_command, workdir / "kubelet",
+                                      image_tar=args.image_tar).start()
+                    say(f"{event.dpu}: joined the DPU cluster as node {node} ({address})")
+                    return kubelet
+
+                systems.append(DpuOs(dpu, workdir, join=join, say=say).start())
+                say(f"{dpu.name}: {dpu.pci_address} rshim {dpu.rshim.directory} netns {dpu.netns}")
+            say(f"host {host.name}: netns {host.netns}, ipmitool {host.ipmitool}, "
+                f"control {host.run_dir / 'control.sock'}")
+            done.wait()
+        finally:
+            for system in systems:
+                system.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

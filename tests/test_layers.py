@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FOLDERS = {"dpf.controller": "controller", "dpf.agent": "agent", "dpf.cni": "cni", "dpf.proto": "proto",
-           "dpf.lab": "lab", "dpf.shared": "shared"}
+           "dpf.lab": "lab", "dpf.shared": "shared", "dpf.ctl": "ctl"}
 
 # package -> (forbidden import prefixes, why)
 CONTRACTS = {
@@ -23,6 +23,8 @@ CONTRACTS = {
     "dpf.cni": (("dpf.agent", "dpf.controller", "dpf.lab", "dpf.proto", "pyroute2", "ovs", "grpc", "kubernetes"),
                 "the CNI shim stays thin and starts fast: stdlib and its own wire module only"),
     "dpf.proto": (("dpf.agent", "dpf.controller", "dpf.lab", "dpf.cni"), "the contract depends on nothing of ours"),
+    "dpf.ctl": (("dpf.agent", "dpf.cni", "dpf.lab", "dpf.proto", "grpc", "ovs", "pyroute2"),
+                "dpfctl is a kubectl-like client: it reads the API, never node code, the proto or the lab"),
     "dpf.shared": (("dpf.agent", "dpf.controller", "dpf.lab", "dpf.cni", "dpf.proto", "kubernetes",
                     "kubernetes_asyncio", "grpc", "ovs", "pyroute2"),
                    "the shared runtime serves the controller and the agents, so it depends on neither"),

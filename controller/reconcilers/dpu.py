@@ -32,6 +32,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from dpf.controller.api.provisioning import DPUFlavorSpec
 from dpf.controller.cache.provisioning import TYPE_URL, HostProvisioning
 from dpf.controller.clusters import Cluster
@@ -184,8 +186,8 @@ class DPUReconciler(Reconciler):
 
     # ---- stream callbacks ----------------------------------------------------------------------------
     def on_connect(self, node: str, role: str) -> None:
-        if role == "host":
-            self.provisioning.ensure_node(node)
+        if role == "host" and not self.dpus.by_index(NODE_INDEX, node):
+            self.provisioning.ensure_node(node)  # its DPUs' reconciles publish the others
         self._enqueue_node(node)
 
     def on_disconnect(self, node: str) -> None:
@@ -243,6 +245,11 @@ class DPUReconciler(Reconciler):
         if not (spec.get("cluster") or {}).get("name"):
             allocated, allocation_error = _allocate(self.clusters.list(), self._dpus_with_allocations())
         record = phases.record_of(dpu, now)
+        if record.phase == phases.OS_INSTALLING and record.install and record.since <= now \
+                and record.install not in self._bfcfg and record.install not in self._bfcfg_errors:
+            # A new term (restart, failover) mid-install: render before anything is published, so that the
+            # agent never sees this install withdrawn (it keeps flashing; the id is the same attempt).
+            await self._render(dpu, host_node, flavor, record.install)
         return phases.Observed(
             dpu=dpu, now=now, settings=self.ctx.settings.provisioning, host_node=host_node, bfb=bfb,
             flavor=flavor, allocated=allocated, allocation_error=allocation_error, agent=self._agent_view(dpu),
@@ -382,7 +389,7 @@ class DPUReconciler(Reconciler):
         if isinstance(effect, phases.SetCluster):
             return await self._set_cluster(dpu)
         if isinstance(effect, phases.RenderBfCfg):
-            await self._render(dpu, obs, effect.install_id)
+            await self._render(dpu, obs.host_node, obs.flavor, effect.install_id)
             return 0.0
         if isinstance(effect, phases.MergeDPUNodeLabels):
             cluster = self.ctx.clusters.dpu.get(obs.cluster.name)
@@ -427,35 +434,48 @@ class DPUReconciler(Reconciler):
             log.info("DPU %s: assigned to DPU cluster %s/%s", objects.name_of(dpu), *chosen)
         return None
 
-    async def _render(self, dpu: Obj, obs: phases.Observed, install_id: str) -> None:
-        """bf.cfg for one install: the flavor's configuration plus a join command for the DPU's cluster."""
+    async def _render(self, dpu: Obj, host_node: Obj | None, flavor_obj: Obj | None, install_id: str) -> None:
+        """bf.cfg for one install: the flavor's configuration plus a join command for the DPU's cluster. What
+        no retry can fix (a flavor the models refuse, a bf.cfg over 128 KiB) fails the attempt."""
+        flavor_name = (dpu.get("spec") or {}).get("dpuFlavor")
+        if flavor_name and flavor_obj is None:
+            raise TemporaryError(f"DPUFlavor {key_of(dpu)[0]}/{flavor_name} does not exist", delay=5.0)
         try:
-            server, ca_pem, cluster = await self._join_target(dpu)
-            command = await _join(cluster.rest, server, ca_pem, self.ctx.settings.provisioning.join_token_ttl)
-            flavor = DPUFlavorSpec.model_validate(obs.flavor["spec"]) if obs.flavor is not None else None
-            if flavor is None and (dpu.get("spec") or {}).get("dpuFlavor"):
-                raise TemporaryError(f"DPUFlavor {key_of(dpu)[0]}/{dpu['spec']['dpuFlavor']} does not exist",
-                                     delay=5.0)
-            skip = phases.reboot_command(dpu, obs.host_node)[1] == "skip"
+            flavor = DPUFlavorSpec.model_validate(flavor_obj["spec"]) if flavor_obj is not None else None
+        except ValidationError as exc:
+            self._bfcfg_errors[install_id] = f"DPUFlavor {flavor_name} is invalid: {exc.errors()[0].get('msg')}"
+            return
+        command = await self._join_command(dpu)
+        skip = phases.reboot_command(dpu, host_node)[1] == "skip"
+        try:
             text = bfcfg.render_bfcfg(flavor, dpu["metadata"]["name"], command, reboot_skip=skip)
         except bfcfg.BfCfgTooLarge as exc:
             self._bfcfg_errors[install_id] = str(exc)
             return
         self._bfcfg[install_id] = text.encode()
 
-    async def _join_target(self, dpu: Obj) -> tuple[str, bytes, Cluster]:
-        """The DPU cluster's API server and CA (from its DPUCluster's kubeconfig Secret) and its client."""
+    async def _join_command(self, dpu: Obj) -> str:
+        """A join command for the DPU's cluster: its API server and CA from the DPUCluster's kubeconfig Secret,
+        the bootstrap token created there. Early in a term the cluster's client may not be connected yet; a
+        short-lived one from the same Secret is used then (a restart mid-install must not wait for it)."""
         name = self._cluster_name(dpu)
-        cluster = self.ctx.clusters.dpu.get(name)
         obj = self.clusters.get(*name.split("/", 1)) if name else None
         secret_name = ((obj or {}).get("spec") or {}).get("kubeconfig")
-        if cluster is None or obj is None or not secret_name:
-            raise TemporaryError(f"DPU cluster {name or '(none)'} is not connected; cannot make a join command",
-                                 delay=5.0)
+        if obj is None or not secret_name:
+            raise TemporaryError(f"DPU cluster {name or '(none)'} does not exist or has no kubeconfig; cannot make "
+                                 f"a join command", delay=5.0)
         secret = await self.ctx.clusters.host.rest.get(SECRET, secret_name, key_of(obj)[0])
         if secret is None:
             raise TemporaryError(f"Secret {key_of(obj)[0]}/{secret_name} of DPU cluster {name} is gone", delay=5.0)
         document = clients.parse_admin_conf(secret)
         entry = document["clusters"][0]["cluster"]
-        ca = entry.get("certificate-authority-data")
-        return entry["server"], base64.b64decode(ca) if ca else b"", cluster
+        ca = base64.b64decode(entry["certificate-authority-data"]) if entry.get("certificate-authority-data") else b""
+        ttl = self.ctx.settings.provisioning.join_token_ttl
+        connected = self.ctx.clusters.dpu.get(name)
+        if connected is not None:
+            return await _join(connected.rest, entry["server"], ca, ttl)
+        rest = await clients.from_kubeconfig_dict(document, f"dpu/{name}/join", self.ctx.settings.kube.request_timeout)
+        try:
+            return await _join(rest, entry["server"], ca, ttl)
+        finally:
+            await rest.close()

@@ -159,6 +159,9 @@ class ProvisioningSettings:
     """The host bridge the DPU's VF0 joins (upstream's fixed br-dpu)."""
     join_token_ttl: int = 3600
     """Lifetime of the bootstrap token in a DPU's bf.cfg, seconds."""
+    progress_interval: float = 2.0
+    """A DPU's status is rewritten at most this often when only a condition message changed (flash progress,
+    boot log lines), seconds: a thousand flashing DPUs must not write their status on every agent report."""
 
 
 @dataclass(frozen=True)

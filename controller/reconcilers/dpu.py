@@ -28,6 +28,7 @@ import asyncio
 import base64
 import copy
 import logging
+import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,10 @@ try:
     from dpf.controller.provisioning.join import join_command  # type: ignore
 except ImportError:  # pragma: no cover - until join.py is merged
     join_command = None  # type: ignore[assignment]
+
+
+class _RenderError(Exception):
+    """bf.cfg cannot be made for this install (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,7 @@ class DPUReconciler(Reconciler):
         self.dpus.add_index(NODE_INDEX, lambda o: [n] if (n := (o.get("spec") or {}).get("nodeName")) else [])
         self.dpus.add_index(BFB_INDEX, lambda o: [f"{key_of(o)[0]}/{(o.get('spec') or {}).get('bfb', '')}"])
         self.dpus.add_index(NAME_INDEX, lambda o: [o["metadata"]["name"]])
-        self.dpus.add_handler(lambda _t, old, new: self._enqueue(new or old))
+        self.dpus.add_handler(self._on_dpu)
         self.nodes.add_handler(lambda _t, old, new: self._enqueue_node((new or old)["metadata"]["name"]))
         self.bfbs.add_handler(lambda _t, old, new: self._enqueue_all(
             self.dpus.by_index(BFB_INDEX, "/".join(key_of(new or old)))))
@@ -153,10 +158,18 @@ class DPUReconciler(Reconciler):
         self._effects: dict[str, phases.EffectResult] = {}  # uid -> the last node-effect call's outcome
         self._bfcfg: dict[str, bytes] = {}  # install id -> rendered bf.cfg
         self._bfcfg_errors: dict[str, str] = {}
+        self._status_written: dict[str, float] = {}  # uid -> monotonic time of our last status write
 
     def _attach(self, cluster: Cluster) -> None:
         cluster.informer(NODE).add_handler(
             lambda _t, old, new: self._enqueue_all(self.dpus.by_index(NAME_INDEX, (new or old)["metadata"]["name"])))
+
+    def _on_dpu(self, _type: str, old: Obj | None, new: Obj | None) -> None:
+        self._enqueue(new or old)
+        if new is None and old is not None and ((old.get("spec") or {}).get("cluster") or {}).get("name"):
+            # Its allocator slot is free: DPUs still waiting for a cluster may take it.
+            self._enqueue_all(d for d in self.dpus.list()
+                              if not ((d.get("spec") or {}).get("cluster") or {}).get("name"))
 
     def _enqueue(self, dpu: Obj | None) -> None:
         if dpu is not None:
@@ -183,6 +196,7 @@ class DPUReconciler(Reconciler):
         self._effects.clear()
         self._bfcfg.clear()
         self._bfcfg_errors.clear()
+        self._status_written.clear()
 
     # ---- stream callbacks ----------------------------------------------------------------------------
     def on_connect(self, node: str, role: str) -> None:
@@ -310,7 +324,7 @@ class DPUReconciler(Reconciler):
 
     def _forget_gone(self) -> None:
         live = {d["metadata"]["uid"] for d in self.dpus.list()}
-        for table in (self._allocating, self._effects):
+        for table in (self._allocating, self._effects, self._status_written):
             for uid in [u for u in table if u not in live]:
                 del table[uid]
         for install in [i for i in (*self._bfcfg, *self._bfcfg_errors) if i.split("/", 1)[0] not in live]:
@@ -334,7 +348,7 @@ class DPUReconciler(Reconciler):
         for effect in out.effects:
             if not isinstance(effect, phases.AddFinalizer | phases.RemoveFinalizer):
                 requeues.append(await self._perform(dpu, obs, effect))
-        dpu = await self._write_status(dpu, out)
+        requeues.append(await self._write_status(dpu, out))
         if not deleting:
             self.provisioning.set(node, resource, out.desired)
         for phase, seconds in out.left:
@@ -363,14 +377,26 @@ class DPUReconciler(Reconciler):
                                      objects.CACHE_LAG_RETRY) from None
             raise
 
-    async def _write_status(self, dpu: Obj, out: phases.Step) -> Obj:
+    async def _write_status(self, dpu: Obj, out: phases.Step) -> float | None:
+        """Server-side apply the status; a change of condition messages alone (flash progress) is written at
+        most every `progress_interval` (returns when to write it then)."""
+        status = out.status()
+        uid = dpu["metadata"]["uid"]
+        if _only_messages_differ(dpu.get("status") or {}, status):
+            wait = self._status_written.get(uid, -1e9) + self.ctx.settings.provisioning.progress_interval \
+                - time.monotonic()
+            if wait > 0:
+                return wait
         try:
-            await objects.write_status(self.ctx.clusters.host.rest, DPU, dpu, out.status(),
-                                       self.ctx.settings.kube.field_manager)
+            written = await objects.write_status(self.ctx.clusters.host.rest, DPU, dpu, status,
+                                                 self.ctx.settings.kube.field_manager)
         except KubeError as exc:
             if not exc.not_found:
                 raise
-        return dpu
+            return None
+        if written:
+            self._status_written[uid] = time.monotonic()
+        return None
 
     async def _perform(self, dpu: Obj, obs: phases.Observed, effect: phases.Effect) -> float | None:
         """Carry out one effect; returns when to look again (None: an event will tell)."""
@@ -435,21 +461,28 @@ class DPUReconciler(Reconciler):
         return None
 
     async def _render(self, dpu: Obj, host_node: Obj | None, flavor_obj: Obj | None, install_id: str) -> None:
-        """bf.cfg for one install: the flavor's configuration plus a join command for the DPU's cluster. What
-        no retry can fix (a flavor the models refuse, a bf.cfg over 128 KiB) fails the attempt."""
+        """bf.cfg for one install: the flavor's configuration plus a join command for the DPU's cluster. A
+        failure is recorded for the machine, which fails the attempt with its cause (and retries)."""
         flavor_name = (dpu.get("spec") or {}).get("dpuFlavor")
-        if flavor_name and flavor_obj is None:
-            raise TemporaryError(f"DPUFlavor {key_of(dpu)[0]}/{flavor_name} does not exist", delay=5.0)
         try:
-            flavor = DPUFlavorSpec.model_validate(flavor_obj["spec"]) if flavor_obj is not None else None
-        except ValidationError as exc:
-            self._bfcfg_errors[install_id] = f"DPUFlavor {flavor_name} is invalid: {exc.errors()[0].get('msg')}"
-            return
-        command = await self._join_command(dpu)
-        skip = phases.reboot_command(dpu, host_node)[1] == "skip"
-        try:
-            text = bfcfg.render_bfcfg(flavor, dpu["metadata"]["name"], command, reboot_skip=skip)
-        except bfcfg.BfCfgTooLarge as exc:
+            if flavor_name and flavor_obj is None:
+                raise _RenderError(f"DPUFlavor {key_of(dpu)[0]}/{flavor_name} does not exist")
+            try:
+                flavor = DPUFlavorSpec.model_validate(flavor_obj["spec"]) if flavor_obj is not None else None
+            except ValidationError as exc:
+                raise _RenderError(f"DPUFlavor {flavor_name} is invalid: {exc.errors()[0].get('msg')}") from None
+            try:
+                command = await self._join_command(dpu)
+            except (KubeError, clients.KubeconfigError) as exc:
+                raise _RenderError(f"cannot make a join command for DPU cluster {self._cluster_name(dpu)}: {exc}") \
+                    from None
+            skip = phases.reboot_command(dpu, host_node)[1] == "skip"
+            try:
+                text = bfcfg.render_bfcfg(flavor, dpu["metadata"]["name"], command, reboot_skip=skip)
+            except bfcfg.BfCfgTooLarge as exc:
+                raise _RenderError(str(exc)) from None
+        except _RenderError as exc:
+            log.warning("DPU %s: bf.cfg for install %s: %s", objects.name_of(dpu), install_id, exc)
             self._bfcfg_errors[install_id] = str(exc)
             return
         self._bfcfg[install_id] = text.encode()
@@ -462,11 +495,10 @@ class DPUReconciler(Reconciler):
         obj = self.clusters.get(*name.split("/", 1)) if name else None
         secret_name = ((obj or {}).get("spec") or {}).get("kubeconfig")
         if obj is None or not secret_name:
-            raise TemporaryError(f"DPU cluster {name or '(none)'} does not exist or has no kubeconfig; cannot make "
-                                 f"a join command", delay=5.0)
+            raise _RenderError(f"DPU cluster {name or '(none)'} does not exist or has no kubeconfig")
         secret = await self.ctx.clusters.host.rest.get(SECRET, secret_name, key_of(obj)[0])
         if secret is None:
-            raise TemporaryError(f"Secret {key_of(obj)[0]}/{secret_name} of DPU cluster {name} is gone", delay=5.0)
+            raise _RenderError(f"Secret {key_of(obj)[0]}/{secret_name} of DPU cluster {name} does not exist")
         document = clients.parse_admin_conf(secret)
         entry = document["clusters"][0]["cluster"]
         ca = base64.b64decode(entry["certificate-authority-data"]) if entry.get("certificate-authority-data") else b""
@@ -479,3 +511,11 @@ class DPUReconciler(Reconciler):
             return await _join(rest, entry["server"], ca, ttl)
         finally:
             await rest.close()
+
+
+def _only_messages_differ(current: Obj, desired: Obj) -> bool:
+    """Same phase and fields, same condition statuses and reasons: only messages changed (progress)."""
+    def shape(status: Obj) -> tuple:
+        conditions = tuple((c.get("type"), c.get("status"), c.get("reason")) for c in status.get("conditions") or ())
+        return status.get("phase"), status.get("bfbVersion"), conditions
+    return shape(current) == shape(desired) and current.get("conditions") != desired.get("conditions")

@@ -279,6 +279,64 @@ def test_restart_mid_install_keeps_the_install_and_deletion_releases_the_dpu(
     run(scenario(), timeout=180)
 
 
+def test_allocation_never_exceeds_max_nodes_and_a_deleted_dpu_frees_its_slot(
+        kube: ControlPlane, namespace: str) -> None:
+    hosts = [f"{namespace}-h{i}" for i in range(8)]
+    names = [f"{host}-0000-08-00" for host in hosts]
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        controller = None
+        try:
+            await _bed(rest, kube, namespace, hosts[0])
+            for host in hosts[1:]:
+                await rest.create(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {
+                    "name": host, "labels": {ph.OOB_BRIDGE_LABEL: "true"}}})
+            await rest.merge_patch(DPU_CLUSTER, "dpu", {"spec": {"maxNodes": 3}}, namespace)
+            controller = await started(Controller(controller_settings(kube.kubeconfig, namespace),
+                                                  reconcilers=[DPUClusterReconciler, DPUReconciler]))
+            await asyncio.gather(*(rest.create(DPU, _dpu(namespace, name, host), namespace)
+                                   for name, host in zip(names, hosts, strict=True)))
+
+            async def settled() -> tuple[list[str], list[Obj]] | None:
+                dpus = [await rest.get(DPU, name, namespace) for name in names]
+                placed = [d["metadata"]["name"] for d in dpus if d and (d["spec"].get("cluster") or {}).get("name")]
+                waiting = [d for d in dpus if d and _condition(d, "Initialized").get("reason") == "DPUClusterNotReady"
+                           and "dpu" in _condition(d, "Initialized").get("message", "")
+                           and not (d["spec"].get("cluster") or {}).get("name")]
+                assert len(placed) <= 3, placed
+                return (placed, waiting) if len(placed) == 3 and len(waiting) == 5 else None
+
+            placed, waiting_dpus = await eventually(settled, "3 DPUs placed, 5 refused", SLOW)
+            await asyncio.sleep(1.0)  # nothing more is placed later either
+            assert [await _placed(rest, namespace, name) for name in names].count(True) == 3
+            assert {d["metadata"]["name"] for d in waiting_dpus} == set(names) - set(placed)
+            await rest.delete(DPU, placed[0], namespace)
+            remaining = [n for n in names if n != placed[0]]
+            await eventually(lambda: _placed_count(rest, namespace, remaining, 3), "a waiting DPU in the freed slot",
+                             SLOW)
+            await asyncio.sleep(1.0)
+            assert await _placed_count(rest, namespace, remaining, 3)
+        finally:
+            if controller is not None:
+                await controller.stop()
+            await _cleanup(rest, *hosts)
+            await rest.close()
+
+    run(scenario(), timeout=180)
+
+
+async def _placed_count(rest: Rest, namespace: str, names: list[str], count: int) -> bool:
+    placed = [n for n in names if await _placed(rest, namespace, n)]
+    assert len(placed) <= count, placed
+    return len(placed) == count
+
+
+async def _placed(rest: Rest, namespace: str, name: str) -> bool:
+    dpu = await rest.get(DPU, name, namespace)
+    return bool(dpu and (dpu["spec"].get("cluster") or {}).get("name"))
+
+
 async def _reason(rest: Rest, namespace: str, name: str, type_: str, reason: str) -> Obj | None:
     dpu = await rest.get(DPU, name, namespace)
     return dpu if dpu is not None and _condition(dpu, type_).get("reason") == reason else None

@@ -229,7 +229,15 @@ class DPUReconciler(Reconciler):
             self.provisioning.set(obs.dpu["spec"]["nodeName"], name, phases.desired_provisioning(obs, stored))
             return held
         out = phases.step(obs)
+        current = out.record or stored
+        self._drop_bfcfgs(dpu["metadata"]["uid"], current.install if current.phase == phases.OS_INSTALLING else "")
         return await self._carry_out(dpu, obs, out)
+
+    def _drop_bfcfgs(self, uid: str, keep: str) -> None:
+        """bf.cfg is sent only during OS Installing: keep the current attempt's, forget the DPU's others."""
+        for table in (self._bfcfg, self._bfcfg_errors):
+            for install in [i for i in table if i.split("/", 1)[0] == uid and i != keep]:
+                del table[install]
 
     def _hold(self, dpu: Obj, stored: phases.Record) -> float | None:
         """Seconds to hold status (publishing the stored desired state) while, early in a leadership term, the

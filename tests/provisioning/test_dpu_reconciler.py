@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from dpf.controller.provisioning import dpu_phases as ph
 from dpf.controller.reconcilers.dpu import DPUReconciler
 from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
 from dpf.controller.reconcilers.kinds import BFB, DPU, DPU_CLUSTER, NODE
+from dpf.controller.server.node_status import STATUS_GRACE
+from dpf.controller.settings import ProvisioningSettings
 from dpf.lab.bed.kube import ControlPlane
 from dpf.proto import status as object_status
 from dpf.proto import versioning
@@ -321,6 +324,51 @@ def test_allocation_never_exceeds_max_nodes_and_a_deleted_dpu_frees_its_slot(
             if controller is not None:
                 await controller.stop()
             await _cleanup(rest, *hosts)
+            await rest.close()
+
+    run(scenario(), timeout=180)
+
+
+def test_timeouts_retry_then_error_names_phase_and_cause_and_the_retry_annotation_restarts(
+        kube: ControlPlane, namespace: str) -> None:
+    host, name = f"{namespace}-host", f"{namespace}-0000-08-00"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        controller = None
+        base = controller_settings(kube.kubeconfig, namespace)
+        settings = dataclasses.replace(base, provisioning=ProvisioningSettings(
+            dms_timeout=1.0, max_attempts=2, retry_base=0.5, retry_max=0.5))
+        try:
+            await _bed(rest, kube, namespace, host)
+            controller = await started(Controller(settings, reconcilers=[DPUClusterReconciler, DPUReconciler]))
+            await rest.create(DPU, _dpu(namespace, name, host), namespace)  # no host agent ever connects
+            dpu = await eventually(lambda: _phase(rest, namespace, name, ph.ERROR), "phase Error",
+                                   SLOW + STATUS_GRACE)
+            reason = _condition(dpu, "DMSRunning")["reason"]
+            message = _condition(dpu, "Ready")["message"]
+            assert reason == _condition(dpu, "Ready")["reason"] == "DMSDeploymentTimeout"
+            assert message.startswith("DMS Deployment failed after 2 attempts: DMS Deployment did not finish within "
+                                      "1 s: waiting for the host agent of node")
+            assert ph.RETRY_ANNOTATION in message
+            await eventually(lambda: _notes(rest, namespace, name, "ProvisioningFailed"), "ProvisioningFailed")
+            retries = await _notes(rest, namespace, name, "Retrying")
+            assert retries == ["DMS Deployment attempt 1 of 2 failed (DMSDeploymentTimeout): DMS Deployment did not "
+                               f"finish within 1 s: waiting for the host agent of node {host} to connect; attempt 2 "
+                               "in 0.5 s"]
+            assert len(await _notes(rest, namespace, name, "ProvisioningFailed")) == 1
+            assert controller.metrics.registry.get_sample_value("dpf_controller_dpu_provisioning_retries_total", {
+                "phase": ph.DMS_DEPLOYMENT, "reason": "DMSDeploymentTimeout"}) == 2
+
+            await rest.merge_patch(DPU, name, {"metadata": {"annotations": {ph.RETRY_ANNOTATION: "1"}}}, namespace)
+            await eventually(lambda: _phase(rest, namespace, name, ph.DMS_DEPLOYMENT), "DMS Deployment again")
+            requested = await eventually(lambda: _notes(rest, namespace, name, "RetryRequested"), "RetryRequested")
+            assert requested == [f"{ph.RETRY_ANNOTATION}=1: starting phase DMS Deployment again (attempt 1 of 2)"]
+            await eventually(lambda: _phase(rest, namespace, name, ph.ERROR), "phase Error again", SLOW)
+        finally:
+            if controller is not None:
+                await controller.stop()
+            await _cleanup(rest, host)
             await rest.close()
 
     run(scenario(), timeout=180)

@@ -268,6 +268,7 @@ class DPUReconciler(Reconciler):
             allocated, allocation_error = _allocate(self.clusters.list(), self._dpus_with_allocations())
         record = phases.record_of(dpu, now)
         if record.phase == phases.OS_INSTALLING and record.install and record.since <= now \
+                and not dpu["metadata"].get("deletionTimestamp") \
                 and record.install not in self._bfcfg and record.install not in self._bfcfg_errors:
             # A new term (restart, failover) mid-install: render before anything is published, so that the
             # agent never sees this install withdrawn (it keeps flashing; the id is the same attempt).

@@ -101,7 +101,7 @@ class Record:
     attempt: int = 1
     install: str = ""
     """The current install attempt's id, "<dpu uid>/<n>"; kept after OS Installing (what the host agent's
-    host_rebooted refers to)."""
+    host_rebooted refers to, in Rebooting)."""
     installs: int = 0
     reboot: str = ""
     reboots: int = 0
@@ -777,9 +777,11 @@ def resource_name(dpu: Obj) -> str:
 
 
 def desired_provisioning(obs: Observed, record: Record) -> ppb.DPUProvisioning | None:
-    """Published from DMS Deployment on: the BFB always, the install only in OS Installing (and not while
-    backing off), the reboot only in an automatic Rebooting, the host network from Host Network Configuration
-    on. Phase Error keeps what the failed phase had reached past the install, and releases the DPU before."""
+    """Published from DMS Deployment on: the BFB always; the install in OS Installing (not while backing off)
+    and still in Rebooting, where its status carries `host_rebooted` (the agent flashes an id once and reports
+    a DONE id as DONE without flashing); the reboot only in an automatic Rebooting; the host network from Host
+    Network Configuration on. Phase Error keeps what the failed phase had reached past the install, and
+    releases the DPU before."""
     phase = record.phase
     if phase == ERROR:
         phase = record.failed_phase if record.failed_phase in ORDER else INITIALIZING
@@ -789,7 +791,7 @@ def desired_provisioning(obs: Observed, record: Record) -> ppb.DPUProvisioning |
         return None
     desired = ppb.DPUProvisioning(dpu_name=_name(obs.dpu), pci_address=_pci(obs.dpu), bfb=_bfb_source(obs))
     active = record.phase == phase and record.since <= obs.now
-    if phase == OS_INSTALLING and active and obs.bf_cfg is not None:
+    if obs.bf_cfg is not None and record.install and (phase == REBOOTING or (phase == OS_INSTALLING and active)):
         desired.install.CopyFrom(ppb.Install(id=record.install, bf_cfg=obs.bf_cfg,
                                              timeout_seconds=int(obs.settings.install_timeout)))
     if phase == REBOOTING and active and record.reboot:

@@ -59,6 +59,7 @@ EFFECT_RETRY = 2.0  # seconds between node-effect calls that are not done yet
 CACHE_RETRY = 0.5
 AGENT_PHASES = frozenset({phases.DMS_DEPLOYMENT, phases.OS_INSTALLING, phases.REBOOTING, phases.HOST_NETWORK})
 CLUSTER_PHASES = frozenset({phases.CLUSTER_CONFIG, phases.READY})
+INSTALL_PHASES = frozenset({phases.OS_INSTALLING, phases.REBOOTING})  # the phases that publish the install
 
 # ---- the pieces built alongside (node effect and allocator, join command): their interfaces, with a
 # stand-in while a build lacks them ------------------------------------------------------------------------
@@ -230,11 +231,11 @@ class DPUReconciler(Reconciler):
             return held
         out = phases.step(obs)
         current = out.record or stored
-        self._drop_bfcfgs(dpu["metadata"]["uid"], current.install if current.phase == phases.OS_INSTALLING else "")
+        self._drop_bfcfgs(dpu["metadata"]["uid"], current.install if current.phase in INSTALL_PHASES else "")
         return await self._carry_out(dpu, obs, out)
 
     def _drop_bfcfgs(self, uid: str, keep: str) -> None:
-        """bf.cfg is sent only during OS Installing: keep the current attempt's, forget the DPU's others."""
+        """bf.cfg is sent in OS Installing and Rebooting only: keep the current attempt's, forget the others."""
         for table in (self._bfcfg, self._bfcfg_errors):
             for install in [i for i in table if i.split("/", 1)[0] == uid and i != keep]:
                 del table[install]
@@ -267,11 +268,12 @@ class DPUReconciler(Reconciler):
         if not (spec.get("cluster") or {}).get("name"):
             allocated, allocation_error = _allocate(self.clusters.list(), self._dpus_with_allocations())
         record = phases.record_of(dpu, now)
-        if record.phase == phases.OS_INSTALLING and record.install and record.since <= now \
+        if record.phase in INSTALL_PHASES and record.install and record.since <= now \
                 and not dpu["metadata"].get("deletionTimestamp") \
                 and record.install not in self._bfcfg and record.install not in self._bfcfg_errors:
-            # A new term (restart, failover) mid-install: render before anything is published, so that the
-            # agent never sees this install withdrawn (it keeps flashing; the id is the same attempt).
+            # A new term (restart, failover) mid-install or mid-reboot: render before anything is published, so
+            # that the agent never sees this install withdrawn (it keeps flashing, or reporting host_rebooted;
+            # the id is the same attempt, which it never flashes twice).
             await self._render(dpu, host_node, flavor, record.install)
         return phases.Observed(
             dpu=dpu, now=now, settings=self.ctx.settings.provisioning, host_node=host_node, bfb=bfb,
@@ -482,7 +484,7 @@ class DPUReconciler(Reconciler):
                 raise _RenderError(f"DPUFlavor {flavor_name} is invalid: {exc.errors()[0].get('msg')}") from None
             try:
                 command = await self._join_command(dpu)
-            except (KubeError, clients.KubeconfigError) as exc:
+            except (KubeError, clients.KubeconfigError, ValueError) as exc:
                 raise _RenderError(f"cannot make a join command for DPU cluster {self._cluster_name(dpu)}: {exc}") \
                     from None
             skip = phases.reboot_command(dpu, host_node)[1] == "skip"

@@ -277,7 +277,8 @@ def test_done_moves_to_rebooting_and_records_the_bfb_version() -> None:
     assert step.record is not None
     assert step.record.install == f"{UID}/1"
     assert step.desired is not None
-    assert not step.desired.HasField("install")
+    # The install stays, same id: its status carries host_rebooted (an agent never flashes an id twice).
+    assert step.desired.install.id == f"{UID}/1"
     assert step.desired.reboot.method == ppb.REBOOT_METHOD_POWER_RESET  # warm reboot, default reset
 
 
@@ -579,13 +580,16 @@ def test_a_dpu_past_the_install_is_never_flashed_again() -> None:
     for phase in (ph.REBOOTING, ph.HOST_NETWORK, ph.CLUSTER_CONFIG, ph.READY):
         without_record = make_dpu()
         without_record["status"] = {"phase": phase}  # e.g. a DPU provisioned before this controller
-        for dpu in (at_phase(phase, install=f"{UID}/1"), without_record):
-            step = ph.step(observed(dpu, bf_cfg=None))
+        for dpu in (at_phase(phase, install=f"{UID}/1", installs=1), without_record):
+            step = ph.step(observed(dpu))
             assert step.phase == phase
             assert condition(step, "OSInstalled")["status"] == "True"
             assert step.desired is not None
-            assert not step.desired.HasField("install")
             assert ph.RenderBfCfg not in effects(step)
+            if phase == ph.REBOOTING and step.desired.HasField("install"):  # the DONE attempt, never a new one
+                assert step.desired.install.id == f"{UID}/1"
+            else:
+                assert not step.desired.HasField("install")
 
 
 def test_an_install_not_reported_done_is_not_reported_installed() -> None:

@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -484,7 +485,7 @@ class DPUReconciler(Reconciler):
                 raise _RenderError(f"DPUFlavor {flavor_name} is invalid: {exc.errors()[0].get('msg')}") from None
             try:
                 command = await self._join_command(dpu)
-            except (KubeError, clients.KubeconfigError, ValueError) as exc:
+            except (KubeError, clients.KubeconfigError, ValueError, OSError) as exc:
                 raise _RenderError(f"cannot make a join command for DPU cluster {self._cluster_name(dpu)}: {exc}") \
                     from None
             skip = phases.reboot_command(dpu, host_node)[1] == "skip"
@@ -512,7 +513,13 @@ class DPUReconciler(Reconciler):
             raise _RenderError(f"Secret {key_of(obj)[0]}/{secret_name} of DPU cluster {name} does not exist")
         document = clients.parse_admin_conf(secret)
         entry = document["clusters"][0]["cluster"]
-        ca = base64.b64decode(entry["certificate-authority-data"]) if entry.get("certificate-authority-data") else b""
+        if entry.get("certificate-authority-data"):
+            ca = base64.b64decode(entry["certificate-authority-data"])
+        elif entry.get("certificate-authority"):  # a file path: kubeconfigs written for one machine (the lab)
+            ca = await asyncio.to_thread(Path(entry["certificate-authority"]).read_bytes)
+        else:
+            raise _RenderError(f"the kubeconfig of DPU cluster {name} has no CA certificate (the DPU could not "
+                               f"check the cluster it joins)")
         ttl = self.ctx.settings.provisioning.join_token_ttl
         connected = self.ctx.clusters.dpu.get(name)
         if connected is not None:

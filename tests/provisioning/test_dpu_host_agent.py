@@ -1,0 +1,134 @@
+"""A DPU provisioned by the real pieces: the controller's DPU reconciler (with the host-node labeller and the
+DPUCluster connector) against the real apiserver, and the real host agent (`dpf agent host`, its own process in
+an emulated host's network namespace, over a unix-socket NodeState stream) flashing the emulated BlueField,
+rebooting the emulated host through its power interface and wiring VF0 into br-dpu. Only the DPU's Node in the
+DPU cluster is made by the test (the join itself is the lab's kubelet, tested elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# The host agent and the host-node labeller are built alongside; this runs once they are merged.
+pytest.importorskip("dpf.agent.host.main")
+pytest.importorskip("dpf.controller.reconcilers.hostnode")
+
+from dpf.controller.kube.rest import KubeError, Obj, Rest
+from dpf.controller.manager import Controller
+from dpf.controller.provisioning import dpu_phases as ph
+from dpf.controller.reconcilers.dpu import DPUReconciler
+from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
+from dpf.controller.reconcilers.hostnode import HostNodeReconciler
+from dpf.controller.reconcilers.kinds import BFB, DPU, DPU_CLUSTER, DPU_FLAVOR, NODE
+from dpf.controller.settings import ServerSettings
+from dpf.lab.bed.kube import ControlPlane
+from dpf.lab.bed.process import Child
+from tests.controlplane.harness import (
+    controller_settings,
+    dpu_cluster,
+    eventually,
+    host_rest,
+    insecure,
+    run,
+    started,
+)
+from tests.hostagent.harness import EmulatorProcess, image
+
+SLOW = 90.0
+
+
+def ip(netns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout
+
+
+async def _phase(rest: Rest, namespace: str, name: str, phase: str) -> Obj | None:
+    dpu = await rest.get(DPU, name, namespace)
+    return dpu if dpu is not None and (dpu.get("status") or {}).get("phase") == phase else None
+
+
+def test_the_host_agent_provisions_a_dpu_through_every_phase(kube: ControlPlane, namespace: str,
+                                                             tmp_path: Path) -> None:
+    host = f"{namespace}-host"[-63:]
+    name = f"{host}-0000-08-00"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        bfb_dir = tmp_path / "bfb"
+        image(bfb_dir, "os.bfb")
+        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
+        netns = emulator.netns
+        ip(netns, "link", "add", "br-dpu", "type", "bridge")
+        ip(netns, "addr", "add", "192.0.2.1/24", "dev", "br-dpu")
+        ip(netns, "link", "set", "br-dpu", "up")
+        socket = tmp_path / "controller.sock"
+        settings = insecure(controller_settings(kube.kubeconfig, namespace))
+        settings = dataclasses.replace(settings, server=ServerSettings(listen=f"unix:{socket}", hello_timeout=5.0))
+        controller = agent = None
+        try:
+            await rest.create(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": host}})
+            await dpu_cluster(rest, namespace, kube.kubeconfig)
+            await rest.merge_patch(DPU_CLUSTER, "dpu", {"status": {"phase": "Ready"}}, namespace,
+                                   subresource="status")
+            await rest.create(BFB, {"apiVersion": BFB.api_version, "kind": "BFB",
+                                    "metadata": {"name": "bf-bundle", "namespace": namespace},
+                                    "spec": {"url": "https://example.com/doca-2.9.bfb", "fileName": "os.bfb"}},
+                              namespace)
+            await rest.merge_patch(BFB, "bf-bundle", {"status": {"phase": "Ready"}}, namespace, subresource="status")
+            await rest.create(DPU_FLAVOR, {"apiVersion": DPU_FLAVOR.api_version, "kind": "DPUFlavor",
+                                           "metadata": {"name": "vfs", "namespace": namespace},
+                                           "spec": {"nvconfig": [{"device": "*", "parameters": ["NUM_OF_VFS=4"]}]}},
+                              namespace)
+            controller = await started(Controller(settings, reconcilers=[
+                DPUClusterReconciler, HostNodeReconciler, DPUReconciler]))
+            agent = Child("host-agent", ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent",
+                                         "host", "--node", host, "--controller", f"unix:{socket}", "--insecure",
+                                         "--state-dir", str(tmp_path / "state"), "--sysroot", str(emulator.root),
+                                         "--bfb-dir", str(bfb_dir), "--power-command", str(emulator.ipmitool),
+                                         "--poll-interval", "0.5"], tmp_path / "agent.log")
+            await rest.create(DPU, {"apiVersion": DPU.api_version, "kind": "DPU",
+                                    "metadata": {"name": name, "namespace": namespace},
+                                    "spec": {"nodeName": host, "bfb": "bf-bundle", "pciAddress": "0000-08-00",
+                                             "dpuFlavor": "vfs", "nodeEffect": {"noEffect": True}}}, namespace)
+            boot_id = emulator.boot_id
+            dpu = await eventually(lambda: _phase(rest, namespace, name, ph.CLUSTER_CONFIG),
+                                   "DPU Cluster Config, through the host agent", SLOW)
+            assert emulator.boot_id != boot_id  # rebooted through the power interface
+            assert emulator.power_actions() == ["reset"]
+            vf0 = ip(netns, "-d", "link", "show", "ens1f0v0")
+            assert "master br-dpu" in vf0
+            assert (emulator.root / "sys/bus/pci/devices/0000:08:00.0/sriov_numvfs").read_text().strip() == "4"
+
+            await rest.create(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+            await rest.merge_patch(NODE, name, {"status": {"conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready",
+                 "lastHeartbeatTime": "2026-12-04T20:00:00Z", "lastTransitionTime": "2026-12-04T20:00:00Z"}]}},
+                                   subresource="status")
+            dpu = await eventually(lambda: _phase(rest, namespace, name, ph.READY), "Ready", SLOW)
+            assert all(c["status"] == "True" for c in dpu["status"]["conditions"]), dpu["status"]
+
+            await rest.delete(DPU, name, namespace)
+            await eventually(lambda: _gone(rest, namespace, name), "the DPU gone", SLOW)
+            await eventually(lambda: "ens1f0v0" not in ip(netns, "link", "show"), "the host network undone", SLOW)
+            agent.check_alive()
+        finally:
+            if agent is not None:
+                agent.stop()
+            if controller is not None:
+                await controller.stop()
+            emulator.stop()
+            for node in (host, name):
+                with contextlib.suppress(KubeError):
+                    await rest.delete(NODE, node)
+            await rest.close()
+
+    run(scenario(), timeout=300)
+
+
+async def _gone(rest: Rest, namespace: str, name: str) -> bool:
+    return await rest.get(DPU, name, namespace) is None

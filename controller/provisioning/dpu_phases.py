@@ -165,6 +165,9 @@ class AgentView:
     connected: bool = False
     status: ppb.DPUProvisioningStatus | None = None
     """Its last DPUProvisioningStatus for this DPU's resource (None: nothing reported)."""
+    refused: str = ""
+    """The message of a FAILED or REJECTED verdict on the resource (what the agent cannot do: no rshim for
+    the PCI address, a resource it refuses), empty otherwise."""
 
 
 @dataclass(frozen=True)
@@ -525,12 +528,16 @@ def _agent_blocked(obs: Observed) -> _Wait | None:
     if not obs.agent.connected:
         return _Wait("HostAgentNotConnected", f"waiting for the host agent of node {node} to connect")
     status = obs.agent.status
+    if status is None and obs.agent.refused:
+        return _Wait("HostAgentFailed", f"the host agent on {node}: {obs.agent.refused}")
     if status is None:
         return _Wait("HostAgentNotConnected", f"waiting for the host agent of node {node} to report on this DPU")
     if status.rshim_holder:
         return _Wait("ExistingRshimInstallDetected",
                      f"the rshim of DPU {_pci(obs.dpu)} on {node} is held by {status.rshim_holder}; stop it "
                      f"(e.g. systemctl disable --now rshim) so that the host agent can take it")
+    if obs.agent.refused:
+        return _Wait("HostAgentFailed", f"the host agent on {node}: {obs.agent.refused}")
     return None
 
 

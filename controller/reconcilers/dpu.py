@@ -49,6 +49,8 @@ from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
 from dpf.controller.reconcilers.kinds import BFB, DPF_OPERATOR_CONFIG, DPU, DPU_CLUSTER, DPU_FLAVOR, NODE
+from dpf.proto.status import verdict_of
+from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
 
 log = logging.getLogger(__name__)
@@ -293,7 +295,10 @@ class DPUReconciler(Reconciler):
             message = ppb.DPUProvisioningStatus()
             if observed.detail.Unpack(message):
                 detail = message
-        return phases.AgentView(connected=status.connected, status=detail)
+        refused = ""
+        if observed is not None and verdict_of(observed) in (pb.VERDICT_FAILED, pb.VERDICT_REJECTED):
+            refused = observed.message or "failed"
+        return phases.AgentView(connected=status.connected, status=detail, refused=refused)
 
     def _cluster_name(self, dpu: Obj) -> str:
         cluster = (dpu.get("spec") or {}).get("cluster") or {}

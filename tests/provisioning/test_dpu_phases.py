@@ -218,6 +218,10 @@ def test_a_ready_bfb_starts_dms_deployment_which_publishes_the_bfb() -> None:
      "the rshim of DPU 0000-08-00 on worker1 is held by pid 4242 (rshim)"),
     (agent(bfb_ready=False, bfb_error="sha256 mismatch"), "BFBNotReadyOnHost",
      "the host agent is getting BFB file ns-bf-bundle.bfb: sha256 mismatch"),
+    (ph.AgentView(connected=True, refused="resource has no pci_address"), "HostAgentFailed",
+     "the host agent on worker1: resource has no pci_address"),
+    (replace(agent(bfb_ready=False), refused="no rshim device serves PCI 0000:08:00"), "HostAgentFailed",
+     "the host agent on worker1: no rshim device serves PCI 0000:08:00"),
 ])
 def test_dms_deployment_waits_for_the_host_agent(view: ph.AgentView, reason: str, words: str) -> None:
     step = ph.step(observed(at_phase(ph.DMS_DEPLOYMENT), agent=view))

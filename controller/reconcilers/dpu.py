@@ -211,8 +211,12 @@ class DPUReconciler(Reconciler):
     def on_disconnect(self, node: str) -> None:
         self._enqueue_node(node)
 
-    def on_status(self, node: str, type_url: str, report: Any) -> None:
-        self._enqueue_node(node)
+    def on_status(self, node: str, type_url: str, report: pb.StatusReport) -> None:
+        # Only the DPUs reported on (a host agent reports progress about twice a second per flashing DPU).
+        for obj in report.objects:
+            namespace, _, name = obj.name.partition("/")
+            if name:
+                self.ctx.queue.add(ObjectKey(self.name, namespace, name))
 
     # ---- reconcile -----------------------------------------------------------------------------------
     async def reconcile(self, key: ObjectKey) -> float | None:

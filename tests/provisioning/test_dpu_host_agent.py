@@ -24,11 +24,13 @@ from dpf.controller.manager import Controller
 from dpf.controller.provisioning import dpu_phases as ph
 from dpf.controller.reconcilers.dpu import DPUReconciler
 from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
+from dpf.controller.reconcilers.dpuset import DPUSetReconciler
 from dpf.controller.reconcilers.hostnode import HostNodeReconciler
-from dpf.controller.reconcilers.kinds import BFB, DPU, DPU_CLUSTER, DPU_FLAVOR, NODE
+from dpf.controller.reconcilers.kinds import BFB, DPU, DPU_CLUSTER, DPU_FLAVOR, DPU_SET, NODE
 from dpf.controller.settings import ServerSettings
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import Child
+from tests.api.helpers import example_documents
 from tests.controlplane.harness import (
     controller_settings,
     dpu_cluster,
@@ -132,3 +134,88 @@ def test_the_host_agent_provisions_a_dpu_through_every_phase(kube: ControlPlane,
 
 async def _gone(rest: Rest, namespace: str, name: str) -> bool:
     return await rest.get(DPU, name, namespace) is None
+
+
+def test_upstreams_dpuset_provisions_the_detected_dpu(kube: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    """As a user would: the hbn_only guide's BFB and DPUSet (the taint node effect) on a host whose agent
+    reports its BlueField; the host Node's labels come from that report, the DPUSet makes the DPU, the DPU
+    reconciler provisions it. The guide's flavor asks for 46 VFs, more than the emulated PF's 16: the test's
+    flavor of that name asks for 4."""
+    host = f"{namespace}-host"[-63:]
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        bfb_dir = tmp_path / "bfb"
+        image(bfb_dir, "os.bfb")
+        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
+        netns = emulator.netns
+        ip(netns, "link", "add", "br-dpu", "type", "bridge")
+        ip(netns, "addr", "add", "192.0.2.1/24", "dev", "br-dpu")
+        ip(netns, "link", "set", "br-dpu", "up")
+        socket = tmp_path / "controller.sock"
+        settings = insecure(controller_settings(kube.kubeconfig, namespace))
+        settings = dataclasses.replace(settings, server=ServerSettings(listen=f"unix:{socket}", hello_timeout=5.0))
+        controller = agent = None
+        name = ""
+        try:
+            await rest.create(NODE, {"apiVersion": "v1", "kind": "Node",
+                                     "metadata": {"name": host, "labels": {"dpf.test/fleet": namespace}}})
+            await dpu_cluster(rest, namespace, kube.kubeconfig)
+            await rest.merge_patch(DPU_CLUSTER, "dpu", {"status": {"phase": "Ready"}}, namespace,
+                                   subresource="status")
+            documents = {d["kind"]: d for d in example_documents("hbn_only.yaml", namespace)}
+            bfb = documents["BFB"]
+            bfb["spec"]["fileName"] = "os.bfb"  # the emulated image the agent finds in its BFB directory
+            await rest.create(BFB, bfb, namespace)
+            await rest.merge_patch(BFB, bfb["metadata"]["name"], {"status": {"phase": "Ready"}}, namespace,
+                                   subresource="status")
+            flavor = documents["DPUFlavor"]
+            await rest.create(DPU_FLAVOR, {**flavor, "spec": {"nvconfig": [{"device": "*", "parameters": [
+                "NUM_OF_VFS=4"]}]}}, namespace)
+            dpuset = documents["DPUSet"]
+            dpuset["spec"]["nodeSelector"]["matchLabels"]["dpf.test/fleet"] = namespace
+            controller = await started(Controller(settings, reconcilers=[
+                DPUClusterReconciler, HostNodeReconciler, DPUSetReconciler, DPUReconciler]))
+            agent = Child("host-agent", ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent",
+                                         "host", "--node", host, "--controller", f"unix:{socket}", "--insecure",
+                                         "--state-dir", str(tmp_path / "state"), "--sysroot", str(emulator.root),
+                                         "--bfb-dir", str(bfb_dir), "--power-command", str(emulator.ipmitool),
+                                         "--poll-interval", "0.5"], tmp_path / "agent.log")
+            await rest.create(DPU_SET, dpuset, namespace)
+            name = f"{host}-0000-08-00"
+            await eventually(lambda: _phase(rest, namespace, name, ph.CLUSTER_CONFIG), "DPU Cluster Config", SLOW)
+            tainted = await rest.get(NODE, host)
+            assert any(t["key"] == "dpu" for t in (tainted or {})["spec"].get("taints") or ())  # still provisioning
+            await rest.create(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}})
+            await rest.merge_patch(NODE, name, {"status": {"conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "ready",
+                 "lastHeartbeatTime": "2026-12-04T20:00:00Z", "lastTransitionTime": "2026-12-04T20:00:00Z"}]}},
+                                   subresource="status")
+            await eventually(lambda: _phase(rest, namespace, name, ph.READY), "Ready", SLOW)
+            await eventually(lambda: _untainted(rest, host), "the taint removed at Ready", SLOW)
+            status = await eventually(lambda: _dpuset_ready(rest, namespace), "the DPUSet counting a Ready DPU")
+            assert status["dpuStatistics"] == {"Ready": 1}
+            agent.check_alive()
+        finally:
+            if agent is not None:
+                agent.stop()
+            if controller is not None:
+                await controller.stop()
+            emulator.stop()
+            for node in (host, name):
+                if node:
+                    with contextlib.suppress(KubeError):
+                        await rest.delete(NODE, node)
+            await rest.close()
+
+    run(scenario(), timeout=300)
+
+
+async def _untainted(rest: Rest, host: str) -> bool:
+    node = await rest.get(NODE, host)
+    return node is not None and not any(t["key"] == "dpu" for t in node["spec"].get("taints") or ())
+
+
+async def _dpuset_ready(rest: Rest, namespace: str) -> Obj | None:
+    status = ((await rest.get(DPU_SET, "dpuset", namespace)) or {}).get("status") or {}
+    return status if (status.get("dpuStatistics") or {}).get("Ready") == 1 else None

@@ -7,10 +7,12 @@ DPU cluster is made by the test (the join itself is the lab's kubelet, tested el
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
 from dpf.controller.reconcilers.dpuset import DPUSetReconciler
 from dpf.controller.reconcilers.hostnode import HostNodeReconciler
 from dpf.controller.reconcilers.kinds import BFB, DPU, DPU_CLUSTER, DPU_FLAVOR, DPU_SET, NODE
-from dpf.controller.settings import ServerSettings
+from dpf.controller.settings import ControllerSettings, ServerSettings
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import Child
 from tests.api.helpers import example_documents
@@ -49,6 +51,32 @@ def ip(netns: str, *args: str) -> str:
     return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout
 
 
+def _emulated_host(tmp_path: Path) -> tuple[Path, Path]:
+    """The BFB directory with an 8 MiB emulated image `os.bfb`, and the controller's socket path."""
+    bfb_dir = tmp_path / "bfb"
+    image(bfb_dir, "os.bfb")
+    return bfb_dir, tmp_path / "controller.sock"
+
+
+def _oob_bridge(netns: str) -> None:
+    ip(netns, "link", "add", "br-dpu", "type", "bridge")
+    ip(netns, "addr", "add", "192.0.2.1/24", "dev", "br-dpu")
+    ip(netns, "link", "set", "br-dpu", "up")
+
+
+def _host_agent(emulator: EmulatorProcess, host: str, socket: Path, bfb_dir: Path, tmp_path: Path) -> Child:
+    return Child("host-agent", ["ip", "netns", "exec", emulator.netns, sys.executable, "-m", "dpf.cli", "agent",
+                                "host", "--node", host, "--controller", f"unix:{socket}", "--insecure",
+                                "--state-dir", str(tmp_path / "state"), "--sysroot", str(emulator.root),
+                                "--bfb-dir", str(bfb_dir), "--power-command", str(emulator.ipmitool),
+                                "--poll-interval", "0.5"], tmp_path / "agent.log")
+
+
+def _settings(kube: ControlPlane, namespace: str, socket: Path) -> ControllerSettings:
+    settings = insecure(controller_settings(kube.kubeconfig, namespace))
+    return dataclasses.replace(settings, server=ServerSettings(listen=f"unix:{socket}", hello_timeout=5.0))
+
+
 async def _phase(rest: Rest, namespace: str, name: str, phase: str) -> Obj | None:
     dpu = await rest.get(DPU, name, namespace)
     return dpu if dpu is not None and (dpu.get("status") or {}).get("phase") == phase else None
@@ -61,16 +89,11 @@ def test_the_host_agent_provisions_a_dpu_through_every_phase(kube: ControlPlane,
 
     async def scenario() -> None:
         rest = await host_rest(kube.kubeconfig)
-        bfb_dir = tmp_path / "bfb"
-        image(bfb_dir, "os.bfb")
+        bfb_dir, socket = _emulated_host(tmp_path)
         emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
         netns = emulator.netns
-        ip(netns, "link", "add", "br-dpu", "type", "bridge")
-        ip(netns, "addr", "add", "192.0.2.1/24", "dev", "br-dpu")
-        ip(netns, "link", "set", "br-dpu", "up")
-        socket = tmp_path / "controller.sock"
-        settings = insecure(controller_settings(kube.kubeconfig, namespace))
-        settings = dataclasses.replace(settings, server=ServerSettings(listen=f"unix:{socket}", hello_timeout=5.0))
+        _oob_bridge(netns)
+        settings = _settings(kube, namespace, socket)
         controller = agent = None
         try:
             await rest.create(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": host}})
@@ -88,11 +111,7 @@ def test_the_host_agent_provisions_a_dpu_through_every_phase(kube: ControlPlane,
                               namespace)
             controller = await started(Controller(settings, reconcilers=[
                 DPUClusterReconciler, HostNodeReconciler, DPUReconciler]))
-            agent = Child("host-agent", ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent",
-                                         "host", "--node", host, "--controller", f"unix:{socket}", "--insecure",
-                                         "--state-dir", str(tmp_path / "state"), "--sysroot", str(emulator.root),
-                                         "--bfb-dir", str(bfb_dir), "--power-command", str(emulator.ipmitool),
-                                         "--poll-interval", "0.5"], tmp_path / "agent.log")
+            agent = _host_agent(emulator, host, socket, bfb_dir, tmp_path)
             await rest.create(DPU, {"apiVersion": DPU.api_version, "kind": "DPU",
                                     "metadata": {"name": name, "namespace": namespace},
                                     "spec": {"nodeName": host, "bfb": "bf-bundle", "pciAddress": "0000-08-00",
@@ -145,16 +164,11 @@ def test_upstreams_dpuset_provisions_the_detected_dpu(kube: ControlPlane, namesp
 
     async def scenario() -> None:
         rest = await host_rest(kube.kubeconfig)
-        bfb_dir = tmp_path / "bfb"
-        image(bfb_dir, "os.bfb")
+        bfb_dir, socket = _emulated_host(tmp_path)
         emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
         netns = emulator.netns
-        ip(netns, "link", "add", "br-dpu", "type", "bridge")
-        ip(netns, "addr", "add", "192.0.2.1/24", "dev", "br-dpu")
-        ip(netns, "link", "set", "br-dpu", "up")
-        socket = tmp_path / "controller.sock"
-        settings = insecure(controller_settings(kube.kubeconfig, namespace))
-        settings = dataclasses.replace(settings, server=ServerSettings(listen=f"unix:{socket}", hello_timeout=5.0))
+        _oob_bridge(netns)
+        settings = _settings(kube, namespace, socket)
         controller = agent = None
         name = ""
         try:
@@ -176,11 +190,7 @@ def test_upstreams_dpuset_provisions_the_detected_dpu(kube: ControlPlane, namesp
             dpuset["spec"]["nodeSelector"]["matchLabels"]["dpf.test/fleet"] = namespace
             controller = await started(Controller(settings, reconcilers=[
                 DPUClusterReconciler, HostNodeReconciler, DPUSetReconciler, DPUReconciler]))
-            agent = Child("host-agent", ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent",
-                                         "host", "--node", host, "--controller", f"unix:{socket}", "--insecure",
-                                         "--state-dir", str(tmp_path / "state"), "--sysroot", str(emulator.root),
-                                         "--bfb-dir", str(bfb_dir), "--power-command", str(emulator.ipmitool),
-                                         "--poll-interval", "0.5"], tmp_path / "agent.log")
+            agent = _host_agent(emulator, host, socket, bfb_dir, tmp_path)
             await rest.create(DPU_SET, dpuset, namespace)
             name = f"{host}-0000-08-00"
             await eventually(lambda: _phase(rest, namespace, name, ph.CLUSTER_CONFIG), "DPU Cluster Config", SLOW)
@@ -219,3 +229,86 @@ async def _untainted(rest: Rest, host: str) -> bool:
 async def _dpuset_ready(rest: Rest, namespace: str) -> Obj | None:
     status = ((await rest.get(DPU_SET, "dpuset", namespace)) or {}).get("status") or {}
     return status if (status.get("dpuStatistics") or {}).get("Ready") == 1 else None
+
+
+def test_a_restart_mid_flash_does_not_flash_again_and_deletion_mid_flash_cuts_it(
+        kube: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    host = f"{namespace}-host"[-63:]
+    name = f"{host}-0000-08-00"
+
+    async def scenario() -> None:
+        from dpf.lab.emulator.control import request
+
+        rest = await host_rest(kube.kubeconfig)
+        bfb_dir, socket = _emulated_host(tmp_path)
+        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
+        _oob_bridge(emulator.netns)
+        settings = _settings(kube, namespace, socket)
+        controller = agent = None
+        try:
+            await rest.create(NODE, {"apiVersion": "v1", "kind": "Node", "metadata": {
+                "name": host, "annotations": {ph.REBOOT_COMMAND_ANNOTATION: "skip"}}})
+            await dpu_cluster(rest, namespace, kube.kubeconfig)
+            await rest.merge_patch(DPU_CLUSTER, "dpu", {"status": {"phase": "Ready"}}, namespace,
+                                   subresource="status")
+            await rest.create(BFB, {"apiVersion": BFB.api_version, "kind": "BFB",
+                                    "metadata": {"name": "bf-bundle", "namespace": namespace},
+                                    "spec": {"url": "https://example.com/doca-2.9.bfb", "fileName": "os.bfb"}},
+                              namespace)
+            await rest.merge_patch(BFB, "bf-bundle", {"status": {"phase": "Ready"}}, namespace, subresource="status")
+            await asyncio.to_thread(request, emulator.control, {"op": "faults", "dpu": 0, "set": {"rate": 1_000_000}})
+            boots = (await emulator.status())["dpus"][0]["boots"]
+            controller = await started(Controller(settings, reconcilers=[
+                DPUClusterReconciler, HostNodeReconciler, DPUReconciler]))
+            agent = _host_agent(emulator, host, socket, bfb_dir, tmp_path)
+            dpu_body = {"apiVersion": DPU.api_version, "kind": "DPU",
+                        "metadata": {"name": name, "namespace": namespace},
+                        "spec": {"nodeName": host, "bfb": "bf-bundle", "pciAddress": "0000-08-00",
+                                 "nodeEffect": {"noEffect": True}}}
+            await rest.create(DPU, dpu_body, namespace)
+            dpu = await eventually(lambda: _flashing(rest, namespace, name), "the flash under way", SLOW)
+            install = ph.record_of(dpu, _now()).install
+
+            await controller.stop()  # mid-flash: a new controller takes over
+            controller = await started(Controller(settings, reconcilers=[
+                DPUClusterReconciler, HostNodeReconciler, DPUReconciler]))
+            dpu = await eventually(lambda: _phase(rest, namespace, name, ph.CLUSTER_CONFIG), "the install done",
+                                   SLOW)
+            assert ph.record_of(dpu, _now()).install == install
+            status = (await emulator.status())["dpus"][0]
+            assert status["boots"] == boots + 1  # one flash, one boot of what it received
+            assert status["version"]
+
+            await rest.delete(DPU, name, namespace)
+            await eventually(lambda: _gone(rest, namespace, name), "the DPU gone", SLOW)
+            await rest.create(DPU, dpu_body, namespace)  # again, as a rolling update re-creates it
+            await eventually(lambda: _flashing(rest, namespace, name), "the second flash under way", SLOW)
+            await rest.delete(DPU, name, namespace)  # mid-flash
+            await eventually(lambda: _gone(rest, namespace, name), "the DPU deleted mid-flash gone", SLOW)
+            await eventually(lambda: not (emulator.root / "dev/rshim0/.holder").exists(), "the rshim released")
+            status = (await emulator.status())["dpus"][0]
+            assert status["bytes"] < 8 << 20  # the stream was cut, not finished
+            assert status["boots"] == boots + 1  # and nothing half-written booted
+            agent.check_alive()
+        finally:
+            if agent is not None:
+                agent.stop()
+            if controller is not None:
+                await controller.stop()
+            emulator.stop()
+            with contextlib.suppress(KubeError):
+                await rest.delete(NODE, host)
+            await rest.close()
+
+    run(scenario(), timeout=300)
+
+
+async def _flashing(rest: Rest, namespace: str, name: str) -> Obj | None:
+    dpu = await rest.get(DPU, name, namespace)
+    message = next((c.get("message", "") for c in ((dpu or {}).get("status") or {}).get("conditions") or ()
+                    if c["type"] == "OSInstalled"), "")
+    return dpu if message.startswith("flashing ") and " at " in message else None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

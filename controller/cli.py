@@ -17,6 +17,7 @@ from dpf.controller.settings import (
     IPAMSettings,
     KubeSettings,
     LeaderSettings,
+    ProvisioningSettings,
     QueueSettings,
     ServerSettings,
     TLSSettings,
@@ -70,6 +71,14 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="seconds between full level-triggered resyncs")
     run.add_argument("--ipam-release-grace", type=float, default=IPAMSettings.release_grace,
                      help="seconds a DPU node that left a DPUServiceIPAM keeps its block reserved")
+    run.add_argument("--dpu-install-timeout", type=float, default=ProvisioningSettings.install_timeout,
+                     help="seconds one DPU install attempt (flash and boot) may take")
+    run.add_argument("--dpu-max-attempts", type=int, default=ProvisioningSettings.max_attempts,
+                     help="attempts of a DPU provisioning phase before the DPU goes to phase Error")
+    run.add_argument("--dpu-retry-base", type=float, default=ProvisioningSettings.retry_base,
+                     help="seconds before a phase's second attempt; doubles per attempt up to --dpu-retry-max")
+    run.add_argument("--dpu-retry-max", type=float, default=ProvisioningSettings.retry_max,
+                     help="upper bound of the back-off between attempts, seconds")
     run.add_argument("--bfb-dir", type=Path, default=BFBSettings.directory,
                      help="directory BFB files are downloaded into (the BFB volume; must exist)")
     add_logging_flags(run)
@@ -104,6 +113,8 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         http=HTTPSettings(listen=args.health_listen),
         ipam=IPAMSettings(release_grace=args.ipam_release_grace),
         bfb=BFBSettings(directory=args.bfb_dir),
+        provisioning=ProvisioningSettings(install_timeout=args.dpu_install_timeout, max_attempts=args.dpu_max_attempts,
+                                          retry_base=args.dpu_retry_base, retry_max=args.dpu_retry_max),
         resync_period=args.resync_period,
         orphan_sweep_period=args.orphan_sweep_period,
     )

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Phases take from milliseconds (a skipped reboot) to most of an hour (a slow flash).
+_PHASE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -42,3 +44,9 @@ class Metrics:
         self.orphans_deleted = Counter("dpf_controller_orphans_deleted_total",
                                        "DPU-cluster objects the orphan sweep deleted because their owner is gone",
                                        ["kind"], registry=r)
+        self.dpu_phase_seconds = Histogram("dpf_controller_dpu_phase_seconds",
+                                           "Time a DPU spent in a provisioning phase, observed when it leaves it",
+                                           ["phase"], buckets=_PHASE_BUCKETS, registry=r)
+        self.dpu_provisioning_retries = Counter("dpf_controller_dpu_provisioning_retries_total",
+                                                "Failed attempts of a DPU provisioning phase (timeouts included)",
+                                                ["phase", "reason"], registry=r)

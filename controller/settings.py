@@ -127,6 +127,46 @@ class BFBSettings:
 
 
 @dataclass(frozen=True)
+class ProvisioningSettings:
+    """The DPU phase machine (`controller/provisioning/dpu_phases.py`): how long each phase may take and how
+    often it is tried again before the DPU goes to phase Error (upstream has no timeouts and no retries)."""
+
+    initializing_timeout: float = 900.0
+    """Seconds phase Initializing may wait for the host's OOB bridge label and a DPU cluster with room."""
+    node_effect_timeout: float = 900.0
+    """Seconds phase Node Effect may take (a drain waits for evictions)."""
+    pending_timeout: float = 1800.0
+    """Seconds phase Pending may wait for the BFB to become Ready (its download)."""
+    dms_timeout: float = 600.0
+    """Seconds phase DMS Deployment may wait for the host agent: connected, holding the rshim, BFB file ready."""
+    install_timeout: float = 1800.0
+    """Seconds one install attempt may take, stream and boot ("DPU is ready"); sent to the host agent too."""
+    reboot_timeout: float = 900.0
+    """Seconds an automatic host reboot may take until the host agent reports the host booted again."""
+    manual_reboot_timeout: float = 86400.0
+    """Seconds phase Rebooting waits for a manual power cycle or reboot (automaticNodeReboot false)."""
+    host_network_timeout: float = 300.0
+    """Seconds phase Host Network Configuration may wait for the host agent's VFs and bridge port."""
+    cluster_config_timeout: float = 900.0
+    """Seconds phase DPU Cluster Config may wait for the DPU's Node to join the DPU cluster and be Ready."""
+    max_attempts: int = 3
+    """Attempts per phase (a timeout or a failure ends one); phase Error once all are spent."""
+    retry_base: float = 10.0
+    """Back-off before the second attempt of a phase, seconds; doubles per attempt ..."""
+    retry_max: float = 300.0
+    """... up to this bound."""
+    default_num_vfs: int = 16
+    """VFs per PF when the DPUFlavor's nvconfig has no NUM_OF_VFS= (upstream's default)."""
+    oob_bridge: str = "br-dpu"
+    """The host bridge the DPU's VF0 joins (upstream's fixed br-dpu)."""
+    join_token_ttl: int = 3600
+    """Lifetime of the bootstrap token in a DPU's bf.cfg, seconds."""
+    progress_interval: float = 2.0
+    """A DPU's status is rewritten at most this often when only a condition message changed (flash progress,
+    boot log lines), seconds: a thousand flashing DPUs must not write their status on every agent report."""
+
+
+@dataclass(frozen=True)
 class ControllerSettings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -136,6 +176,7 @@ class ControllerSettings:
     http: HTTPSettings = field(default_factory=HTTPSettings)
     ipam: IPAMSettings = field(default_factory=IPAMSettings)
     bfb: BFBSettings = field(default_factory=BFBSettings)
+    provisioning: ProvisioningSettings = field(default_factory=ProvisioningSettings)
     resync_period: float = 600.0
     """Every object is reconciled again at least this often, seconds (level-triggered safety net)."""
     orphan_sweep_period: float = 60.0

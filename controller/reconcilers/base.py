@@ -91,6 +91,7 @@ def default_reconcilers() -> list[type[Reconciler]]:
     """The registry: every reconciler the controller runs, in setup order."""
     from dpf.controller.reconcilers.bfb import BFBReconciler
     from dpf.controller.reconcilers.csr import CSRReconciler
+    from dpf.controller.reconcilers.dpu import DPUReconciler
     from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
     from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
     from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
@@ -107,4 +108,4 @@ def default_reconcilers() -> list[type[Reconciler]]:
     return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetReconciler,
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
             DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
-            DPUSetReconciler, HostNodeReconciler, CSRReconciler, OrphanSweeper]
+            DPUSetReconciler, HostNodeReconciler, DPUReconciler, CSRReconciler, OrphanSweeper]

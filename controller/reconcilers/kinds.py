@@ -6,6 +6,7 @@ from dpf.controller.kube.rest import Kind
 
 PROVISIONING = "provisioning.dpu.nvidia.com"
 SVC = "svc.dpu.nvidia.com"
+OPERATOR = "operator.dpu.nvidia.com"
 V1ALPHA1 = "v1alpha1"
 
 DPU_CLUSTER = Kind(PROVISIONING, V1ALPHA1, "dpuclusters", "DPUCluster")
@@ -20,6 +21,7 @@ SERVICE_CHAIN = Kind(SVC, V1ALPHA1, "servicechains", "ServiceChain")
 SERVICE_CHAIN_SET = Kind(SVC, V1ALPHA1, "servicechainsets", "ServiceChainSet")
 DPU_SERVICE_CHAIN = Kind(SVC, V1ALPHA1, "dpuservicechains", "DPUServiceChain")
 DPU_SERVICE_IPAM = Kind(SVC, V1ALPHA1, "dpuserviceipams", "DPUServiceIPAM")
+DPF_OPERATOR_CONFIG = Kind(OPERATOR, V1ALPHA1, "dpfoperatorconfigs", "DPFOperatorConfig")
 NODE = Kind("", "v1", "nodes", "Node", namespaced=False)
 POD = Kind("", "v1", "pods", "Pod")
 NAMESPACE = Kind("", "v1", "namespaces", "Namespace", namespaced=False)

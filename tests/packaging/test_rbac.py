@@ -332,7 +332,6 @@ NEVER = [
     ("update", "leases/another-lease", "-n", NAMESPACE), ("delete", "leases/dpf-controller", "-n", NAMESPACE),
     ("create", "events", "-n", "default"),  # core v1 Events: it writes events.k8s.io only
     ("get", "dpusets.provisioning.dpu.nvidia.com", "-n", "default"),  # reads come from watch caches
-    ("patch", "dpus.provisioning.dpu.nvidia.com", "--subresource=status", "-n", "default"),  # the agent's to write
     ("delete", "dpusets.provisioning.dpu.nvidia.com", "--all-namespaces"),
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("*", "*", "--all-namespaces"),
@@ -344,18 +343,21 @@ NEEDED = [
     ("list", "dpusets.provisioning.dpu.nvidia.com", "--all-namespaces"),
     ("create", "dpus.provisioning.dpu.nvidia.com", "-n", "default"),
     ("patch", "dpuserviceinterfaces.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
+    ("patch", "dpus.provisioning.dpu.nvidia.com", "--subresource=status", "-n", "default"),  # the phase machine
     ("create", "events.events.k8s.io", "-n", "default"), ("watch", "nodes"),
 ]
 DPU_NEVER = [
     ("get", "secrets", "--all-namespaces"), ("list", "secrets", "-n", NAMESPACE),
-    ("create", "pods", "--all-namespaces"), ("delete", "pods", "--all-namespaces"), ("patch", "nodes"),
-    ("delete", "namespaces"), ("create", "dpus.provisioning.dpu.nvidia.com", "-n", NAMESPACE),
+    ("create", "pods", "--all-namespaces"), ("delete", "pods", "--all-namespaces"), ("update", "nodes"),
+    ("patch", "nodes", "--subresource=status"), ("delete", "namespaces"),
+    ("create", "dpus.provisioning.dpu.nvidia.com", "-n", NAMESPACE),
     ("bind", "clusterroles"), ("escalate", "clusterroles"), ("impersonate", "users"), ("*", "*", "--all-namespaces"),
 ]
 DPU_NEEDED = [
     ("create", "servicechains.svc.dpu.nvidia.com", "-n", "default"), ("watch", "pods", "--all-namespaces"),
     ("create", "namespaces"),
     ("patch", "serviceinterfacesets.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
+    ("patch", "nodes"), ("delete", "nodes"),  # a provisioned DPU's Node: labels, deleted with the DPU
 ]
 
 

@@ -29,8 +29,7 @@ import base64
 import copy
 import logging
 import time
-from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,9 @@ from dpf.controller.kube.informer import Informer, key_of
 from dpf.controller.kube.rest import SECRET, KubeError, Obj, Rest
 from dpf.controller.provisioning import bfcfg
 from dpf.controller.provisioning import dpu_phases as phases
+from dpf.controller.provisioning.allocator import Allocation, allocate
+from dpf.controller.provisioning.join import join_command
+from dpf.controller.provisioning.node_effect import EffectState, apply_node_effect, undo_node_effect
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
@@ -64,71 +66,30 @@ AGENT_PHASES = frozenset({phases.DMS_DEPLOYMENT, phases.OS_INSTALLING, phases.RE
 CLUSTER_PHASES = frozenset({phases.CLUSTER_CONFIG, phases.READY})
 INSTALL_PHASES = frozenset({phases.OS_INSTALLING, phases.REBOOTING})  # the phases that publish the install
 
-# ---- the pieces built alongside (node effect and allocator, join command): their interfaces, with a
-# stand-in while a build lacks them ------------------------------------------------------------------------
-try:
-    from dpf.controller.provisioning.node_effect import apply_node_effect, undo_node_effect  # type: ignore
-except ImportError:  # pragma: no cover - until node_effect.py is merged
-    apply_node_effect = undo_node_effect = None  # type: ignore[assignment]
-try:
-    from dpf.controller.provisioning.allocator import allocate  # type: ignore
-except ImportError:  # pragma: no cover - until allocator.py is merged
-    allocate = None  # type: ignore[assignment]
-try:
-    from dpf.controller.provisioning.join import join_command  # type: ignore
-except ImportError:  # pragma: no cover - until join.py is merged
-    join_command = None  # type: ignore[assignment]
-
-
 class _RenderError(Exception):
     """bf.cfg cannot be made for this install (the message says why)."""
 
 
-@dataclass(frozen=True)
-class _EffectState:
-    done: bool
-    message: str
-    failed: bool = False
-
-
-async def _node_effect(rest: Rest, node_name: str, dpu: Obj, undo: bool) -> Any:
-    function = undo_node_effect if undo else apply_node_effect
-    if function is not None:
-        return await function(rest, node_name, dpu)
-    mode = phases._effect_mode(dpu)  # stand-in: only "noEffect" is honest without node_effect.py
-    if mode == "noEffect" or undo:
-        return _EffectState(True, "")
-    return _EffectState(False, f"node effect {mode} is not available in this build", failed=True)
+async def _node_effect(rest: Rest, node_name: str, dpu: Obj, undo: bool) -> EffectState:
+    return await (undo_node_effect if undo else apply_node_effect)(rest, node_name, dpu)
 
 
 def _allocate(clusters: Sequence[Obj], dpus: Sequence[Obj]) -> tuple[tuple[str, str] | None, str]:
-    if allocate is not None:
-        result = allocate(clusters, dpus)
-        if hasattr(result, "name"):
-            return (result.namespace, result.name), ""
-        return None, result.message
-    # Stand-in: the first Ready cluster by namespace/name with fewer assigned DPUs than maxNodes.
-    refused = []
-    for cluster in sorted(clusters, key=key_of):
-        namespace, name = key_of(cluster)
-        if (cluster.get("status") or {}).get("phase") != "Ready":
-            refused.append(f"{namespace}/{name} is not Ready")
-            continue
-        used = sum(1 for d in dpus if ((d.get("spec") or {}).get("cluster") or {}).get("name") == name
-                   and (((d.get("spec") or {}).get("cluster") or {}).get("namespace") or key_of(d)[0]) == namespace)
-        limit = int((cluster.get("spec") or {}).get("maxNodes") or 1000)
-        if used >= limit:
-            refused.append(f"{namespace}/{name} is full ({used} of maxNodes {limit})")
-            continue
-        return (namespace, name), ""
-    return None, "no DPU cluster can take this DPU: " + ("; ".join(refused) or "there is no DPUCluster")
+    result = allocate(clusters, dpus)
+    if isinstance(result, Allocation):
+        return (result.namespace, result.name), ""
+    return None, result.message
+
+
+def _either(old: Obj | None, new: Obj | None) -> Obj:
+    """The object an informer event is about (the new one, or the old one of a deletion)."""
+    found = new if new is not None else old
+    assert found is not None
+    return found
 
 
 async def _join(rest: Rest, server: str, ca_pem: bytes, ttl: int) -> str:
-    if join_command is not None:
-        return await join_command(rest, server, ca_pem, ttl)
-    log.warning("join.py is not in this build: the bf.cfg join command has no bootstrap token")
-    return f"kubeadm join {server.removeprefix('https://')} --token unavailable.unavailable --v=5"
+    return await join_command(rest, server, ca_pem, ttl)
 
 
 class DPUReconciler(Reconciler):
@@ -148,9 +109,9 @@ class DPUReconciler(Reconciler):
         self.dpus.add_index(BFB_INDEX, lambda o: [f"{key_of(o)[0]}/{(o.get('spec') or {}).get('bfb', '')}"])
         self.dpus.add_index(NAME_INDEX, lambda o: [o["metadata"]["name"]])
         self.dpus.add_handler(self._on_dpu)
-        self.nodes.add_handler(lambda _t, old, new: self._enqueue_node((new or old)["metadata"]["name"]))
+        self.nodes.add_handler(lambda _t, old, new: self._enqueue_node(_either(old, new)["metadata"]["name"]))
         self.bfbs.add_handler(lambda _t, old, new: self._enqueue_all(
-            self.dpus.by_index(BFB_INDEX, "/".join(key_of(new or old)))))
+            self.dpus.by_index(BFB_INDEX, "/".join(key_of(_either(old, new))))))
         # A cluster turning Ready may take DPUs waiting for one; highSpeedMTU concerns every DPU.
         self.clusters.add_handler(lambda _t, _old, _new: self._enqueue_all(self.dpus.list()))
         self.configs.add_handler(lambda _t, _old, _new: self._enqueue_all(self.dpus.list()))
@@ -166,7 +127,8 @@ class DPUReconciler(Reconciler):
 
     def _attach(self, cluster: Cluster) -> None:
         cluster.informer(NODE).add_handler(
-            lambda _t, old, new: self._enqueue_all(self.dpus.by_index(NAME_INDEX, (new or old)["metadata"]["name"])))
+            lambda _t, old, new: self._enqueue_all(
+                self.dpus.by_index(NAME_INDEX, _either(old, new)["metadata"]["name"])))
 
     def _on_dpu(self, _type: str, old: Obj | None, new: Obj | None) -> None:
         self._enqueue(new or old)
@@ -481,7 +443,8 @@ class DPUReconciler(Reconciler):
             log.info("DPU %s: assigned to DPU cluster %s/%s", objects.name_of(dpu), *chosen)
         return None
 
-    async def _render(self, dpu: Obj, host_node: Obj | None, flavor_obj: Obj | None, install_id: str) -> None:
+    async def _render(self, dpu: Obj, host_node: Mapping[str, Any] | None, flavor_obj: Mapping[str, Any] | None,
+                      install_id: str) -> None:
         """bf.cfg for one install: the flavor's configuration plus a join command for the DPU's cluster. A
         failure is recorded for the machine, which fails the attempt with its cause (and retries)."""
         flavor_name = (dpu.get("spec") or {}).get("dpuFlavor")

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dpus", type=int, default=1)
     parser.add_argument("--model", choices=sorted(DEVICE_IDS), default="BlueField-3")
     parser.add_argument("--owner", default="lab", help="namespace owner tag (dpf-<owner><pid>-<name>)")
+    parser.add_argument("--totalvfs", type=int, default=16, help="sriov_totalvfs of each PF")
     parser.add_argument("--install-seconds", type=float, default=StageTimings.install)
     parser.add_argument("--workdir", type=Path, required=True, help="the DPUs' software state (OVS, kubelet)")
     parser.add_argument("--node-bridge", required=True, help="the DPU cluster's node network bridge")
@@ -79,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     systems: list[DpuOs] = []
-    with EmulatedHost(args.name, args.root, [DpuSpec(args.model)] * args.dpus, owner=args.owner,
+    specs = [DpuSpec(args.model, totalvfs=args.totalvfs)] * args.dpus
+    with EmulatedHost(args.name, args.root, specs, owner=args.owner,
                       timings=StageTimings(install=args.install_seconds)) as host:
         try:
             for index, dpu in enumerate(host.dpus):

@@ -323,7 +323,8 @@ NEVER = [
     ("update", "secrets", "-n", NAMESPACE), ("delete", "secrets", "-n", NAMESPACE),
     ("create", "pods", "-n", NAMESPACE), ("create", "pods", "--all-namespaces"),
     ("create", "pods", "--subresource=exec", "-n", NAMESPACE),
-    ("delete", "nodes"), ("patch", "nodes"), ("update", "nodes"), ("patch", "nodes", "--subresource=status"),
+    ("delete", "nodes"), ("update", "nodes"), ("patch", "nodes", "--subresource=status"),
+    ("delete", "pods", "--all-namespaces"), ("get", "pods", "-n", "default"),  # drain evicts, never deletes
     ("create", "deployments.apps", "-n", NAMESPACE),
     ("create", "serviceaccounts", "--subresource=token", "-n", NAMESPACE),
     ("bind", "clusterroles"), ("escalate", "clusterroles"), ("bind", "roles", "-n", NAMESPACE),
@@ -345,9 +346,11 @@ NEEDED = [
     ("patch", "dpuserviceinterfaces.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
     ("patch", "dpus.provisioning.dpu.nvidia.com", "--subresource=status", "-n", "default"),  # the phase machine
     ("create", "events.events.k8s.io", "-n", "default"), ("watch", "nodes"),
+    ("patch", "nodes"), ("create", "pods", "--subresource=eviction", "-n", "default"),  # labels, node effect
 ]
 DPU_NEVER = [
     ("get", "secrets", "--all-namespaces"), ("list", "secrets", "-n", NAMESPACE),
+    ("get", "secrets", "-n", "kube-system"), ("approve", "signers.certificates.k8s.io/kubernetes.io/kube-apiserver-client"),
     ("create", "pods", "--all-namespaces"), ("delete", "pods", "--all-namespaces"), ("update", "nodes"),
     ("patch", "nodes", "--subresource=status"), ("delete", "namespaces"),
     ("create", "dpus.provisioning.dpu.nvidia.com", "-n", NAMESPACE),
@@ -358,6 +361,8 @@ DPU_NEEDED = [
     ("create", "namespaces"),
     ("patch", "serviceinterfacesets.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
     ("patch", "nodes"), ("delete", "nodes"),  # a provisioned DPU's Node: labels, deleted with the DPU
+    ("create", "secrets", "-n", "kube-system"),  # the bootstrap token of a DPU's join
+    ("update", "certificatesigningrequests.certificates.k8s.io", "--subresource=approval"),
 ]
 
 

@@ -167,6 +167,17 @@ class ProvisioningSettings:
 
 
 @dataclass(frozen=True)
+class DPUClusterSettings:
+    """DPUCluster health (reconcilers/dpucluster.py)."""
+
+    health_period: float = 30.0
+    """Every DPUCluster is checked again this often, seconds: its kubeconfig Secret is read (a changed one
+    reconnects) and the cluster's /version asked."""
+    health_timeout: float = 10.0
+    """A DPU cluster that does not answer /version within this many seconds fails its health check."""
+
+
+@dataclass(frozen=True)
 class ControllerSettings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
@@ -177,6 +188,7 @@ class ControllerSettings:
     ipam: IPAMSettings = field(default_factory=IPAMSettings)
     bfb: BFBSettings = field(default_factory=BFBSettings)
     provisioning: ProvisioningSettings = field(default_factory=ProvisioningSettings)
+    dpucluster: DPUClusterSettings = field(default_factory=DPUClusterSettings)
     resync_period: float = 600.0
     """Every object is reconciled again at least this often, seconds (level-triggered safety net)."""
     orphan_sweep_period: float = 60.0

@@ -350,7 +350,8 @@ NEEDED = [
 ]
 DPU_NEVER = [
     ("get", "secrets", "--all-namespaces"), ("list", "secrets", "-n", NAMESPACE),
-    ("get", "secrets", "-n", "kube-system"), ("approve", "signers.certificates.k8s.io/kubernetes.io/kube-apiserver-client"),
+    ("get", "secrets", "-n", "kube-system"),
+    ("approve", "signers.certificates.k8s.io/kubernetes.io/kube-apiserver-client"),
     ("create", "pods", "--all-namespaces"), ("delete", "pods", "--all-namespaces"), ("update", "nodes"),
     ("patch", "nodes", "--subresource=status"), ("delete", "namespaces"),
     ("create", "dpus.provisioning.dpu.nvidia.com", "-n", NAMESPACE),

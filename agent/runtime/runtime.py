@@ -39,6 +39,8 @@ class RuntimeState:
 
     endpoint_index: int = 0
     failed_rounds: int = 0
+    stable_broke_at: float | None = None
+    """When (monotonic) the last stream that had been stable ended: the start of a likely failover."""
     connected_to: str = ""
     controller: str = ""
     last_error: str = ""
@@ -148,19 +150,26 @@ class AgentRuntime:
             endpoint = self.settings.endpoints[self.state.endpoint_index % len(self.settings.endpoints)]
             started = time.monotonic()
             code = await self._one_session(endpoint)
-            if time.monotonic() - started >= STABLE_SECONDS:
+            ended = time.monotonic()
+            if ended - started >= STABLE_SECONDS:
                 self.state.failed_rounds = 0
+                self.state.stable_broke_at = ended
             self.state.endpoint_index += 1
             if self.state.endpoint_index % len(self.settings.endpoints) == 0:
                 self.state.failed_rounds += 1
-            await asyncio.sleep(self._delay(code))
+            await asyncio.sleep(self._delay(code, time.monotonic()))
 
-    def _delay(self, code: grpc.StatusCode | None) -> float:
+    def _delay(self, code: grpc.StatusCode | None, now: float) -> float:
         if code in CONFIG_ERRORS:
             return self.settings.backoff_max * random.uniform(0.5, 1.0)
         if self.state.endpoint_index % len(self.settings.endpoints) != 0:
             return self.settings.backoff_base * random.uniform(0, 0.5)  # next replica: almost at once
         ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** self.state.failed_rounds)
+        broke_at = self.state.stable_broke_at
+        if broke_at is not None and now - broke_at < self.settings.failover_window:
+            # A working stream just broke: most likely the leader changed, and the next one is ready within a
+            # lease. Keep trying often through that window so the agent is back within a second of it.
+            ceiling = min(ceiling, self.settings.failover_backoff_max)
         return random.uniform(0, ceiling)  # full jitter: a thousand agents do not reconnect in step
 
     async def _one_session(self, endpoint: str, full_state: bool = False) -> grpc.StatusCode | None:

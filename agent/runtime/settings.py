@@ -34,6 +34,10 @@ class AgentSettings:
     backoff_base: float = 0.2
     """First reconnect delay, seconds; doubles per failed round over all endpoints, with full jitter."""
     backoff_max: float = 10.0
+    failover_window: float = 30.0
+    """For this long after a stable stream broke (a leader change takes about one lease), seconds ..."""
+    failover_backoff_max: float = 1.0
+    """... reconnect delays stay under this (jittered), so agents are back within a second of the new leader."""
     connect_timeout: float = 5.0
     """Time allowed to open a stream and receive Welcome, seconds."""
     apply_retry_base: float = 0.5

@@ -13,6 +13,7 @@ from pathlib import Path
 from dpf.controller.settings import (
     BFBSettings,
     ControllerSettings,
+    DPUClusterSettings,
     HTTPSettings,
     IPAMSettings,
     KubeSettings,
@@ -79,6 +80,11 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="seconds before a phase's second attempt; doubles per attempt up to --dpu-retry-max")
     run.add_argument("--dpu-retry-max", type=float, default=ProvisioningSettings.retry_max,
                      help="upper bound of the back-off between attempts, seconds")
+    run.add_argument("--dpucluster-health-period", type=float, default=DPUClusterSettings.health_period,
+                     help="seconds between health checks of each DPUCluster (its kubeconfig Secret re-read, "
+                          "a changed one reconnects; /version asked)")
+    run.add_argument("--dpucluster-health-timeout", type=float, default=DPUClusterSettings.health_timeout,
+                     help="seconds a DPU cluster has to answer /version before its health check fails")
     run.add_argument("--bfb-dir", type=Path, default=BFBSettings.directory,
                      help="directory BFB files are downloaded into (the BFB volume; must exist)")
     add_logging_flags(run)
@@ -115,6 +121,8 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         bfb=BFBSettings(directory=args.bfb_dir),
         provisioning=ProvisioningSettings(install_timeout=args.dpu_install_timeout, max_attempts=args.dpu_max_attempts,
                                           retry_base=args.dpu_retry_base, retry_max=args.dpu_retry_max),
+        dpucluster=DPUClusterSettings(health_period=args.dpucluster_health_period,
+                                      health_timeout=args.dpucluster_health_timeout),
         resync_period=args.resync_period,
         orphan_sweep_period=args.orphan_sweep_period,
     )

@@ -68,6 +68,14 @@ class Replica:
         self.child = Child(self.identity, argv, workdir / f"{self.identity}.log",
                            env={**os.environ, "POD_NAME": self.pod})
 
+    def restart(self, kube: ControlPlane, namespace: str, workdir: Path) -> None:
+        """Start again as kubelet restarts the container: a new process, which picks a new identity as the shipped
+        default (hostname + random) does. With the same identity it would renew its own unexpired lease at once."""
+        assert self.child is not None
+        self.child.stop()
+        self.identity = f"{self.identity}-restarted"
+        self.start(kube, namespace, workdir)
+
     def kill(self) -> None:
         assert self.child is not None
         with contextlib.suppress(ProcessLookupError):
@@ -153,8 +161,7 @@ def test_service_reaches_the_leader_only_across_a_leader_crash(kube: ControlPlan
             # SIGKILL the leader (its lease stays held), and restart it at once, as kubelet restarts a container.
             killed = time.monotonic()
             leader.kill()
-            assert leader.child is not None
-            leader.child.respawn("restarted after SIGKILL")
+            leader.restart(kube, namespace, tmp_path)
             await eventually(lambda: seen[-1][0] > killed and seen[-1][1] == {follower.pod},
                              "the Service to select the new leader's Pod", timeout=LEASE_SECONDS + 20)
             switched = next(t for t, pods in seen if t > killed and pods == {follower.pod})

@@ -33,6 +33,7 @@ from dpf.controller.api.svc_network import (
     DPUServiceChain,
     DPUServiceInterface,
     DPUServiceIPAM,
+    EmptyStatus,
     ObjectStatus,
     ServiceChain,
     ServiceChainSet,
@@ -192,6 +193,7 @@ class DPUServiceTemplate(Resource):
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
 
     spec: DPUServiceTemplateSpec
+    status: EmptyStatus | None = None
 
 
 class ServiceConfigurationHelmChart(Model):
@@ -232,6 +234,7 @@ class DPUServiceConfiguration(Resource):
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
 
     spec: DPUServiceConfigurationSpec
+    status: EmptyStatus | None = None
 
 
 # -- DPUServiceCredentialRequest --------------------------------------------------------------------------

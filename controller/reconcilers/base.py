@@ -90,6 +90,7 @@ def dpu_clusters_synced(clusters: ClusterSet) -> bool:
 def default_reconcilers() -> list[type[Reconciler]]:
     """The registry: every reconciler the controller runs, in setup order."""
     from dpf.controller.reconcilers.bfb import BFBReconciler
+    from dpf.controller.reconcilers.credentials import CredentialRequestReconciler
     from dpf.controller.reconcilers.csr import CSRReconciler
     from dpf.controller.reconcilers.dpu import DPUReconciler
     from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
@@ -108,4 +109,5 @@ def default_reconcilers() -> list[type[Reconciler]]:
     return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetReconciler,
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
             DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
-            DPUSetReconciler, HostNodeReconciler, DPUReconciler, CSRReconciler, OrphanSweeper]
+            DPUSetReconciler, HostNodeReconciler, DPUReconciler, CSRReconciler, OrphanSweeper,
+            CredentialRequestReconciler]

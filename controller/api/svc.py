@@ -32,6 +32,7 @@ from dpf.controller.api.svc_network import (
     DPUServiceChain,
     DPUServiceInterface,
     DPUServiceIPAM,
+    DPUServiceNAD,
     EmptyStatus,
     ObjectStatus,
     ServiceChain,
@@ -290,6 +291,6 @@ class DPUServiceCredentialRequest(Resource):
 
 __all__ = [
     "DPUDeployment", "DPUService", "DPUServiceChain", "DPUServiceConfiguration", "DPUServiceCredentialRequest",
-    "DPUServiceIPAM", "DPUServiceInterface", "DPUServiceTemplate", "ServiceChain", "ServiceChainSet",
+    "DPUServiceIPAM", "DPUServiceInterface", "DPUServiceNAD", "DPUServiceTemplate", "ServiceChain", "ServiceChainSet",
     "ServiceInterface", "ServiceInterfaceSet",
 ]

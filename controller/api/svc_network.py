@@ -1,8 +1,8 @@
 """svc.dpu.nvidia.com/v1alpha1, the network half: interfaces, chains and IPAM.
 
 DPUServiceInterface → ServiceInterfaceSet → ServiceInterface, DPUServiceChain → ServiceChainSet →
-ServiceChain, and DPUServiceIPAM (upstream DPF v24.10). The IPAM webhook's CIDR rules
-are CEL rules using the Kubernetes `cidr()`/`ip()` library; `svc.py` re-exports these kinds.
+ServiceChain, and DPUServiceIPAM (upstream DPF v24.10); DPUServiceNAD (DPF v25.4, additive). The IPAM
+webhook's CIDR rules are CEL rules using the Kubernetes `cidr()`/`ip()` library; `svc.py` re-exports these kinds.
 """
 
 from __future__ import annotations
@@ -454,3 +454,36 @@ class DPUServiceIPAM(Resource):
 
     spec: DPUServiceIPAMSpec
     status: DPUServiceIPAMStatus | None = None
+
+
+# -- DPUServiceNAD (DPF v25.4, additive) ------------------------------------------------------------------
+
+
+class DPUServiceNADSpec(Model):
+    metadata: TemplateMeta | None = None
+    """Labels and annotations copied onto the NetworkAttachmentDefinition."""
+    resource_type: Literal["vf", "sf", "veth"]
+    """What the pods' interfaces are: a VF or SF of the DPU (the NAD asks for its device-plugin resource),
+    or a veth pair (no resource)."""
+    bridge: str | None = None
+    """The OVS bridge the interfaces are attached to; unset means br-sfc."""
+    mtu: Annotated[int, Field(ge=68, le=9216)] | None = None
+    """The interfaces' MTU; unset leaves it to the CNI plugin (1500)."""
+    ipam: bool | None = None
+    """Give the interfaces an address: the pool is named per pod (a DPUServiceChain's ipam, or Multus
+    cni-args poolNames), served by the DPU agent from its DPUServiceIPAM blocks."""
+
+
+class DPUServiceNAD(Resource):
+    """A network for service pods on the DPUs: a NetworkAttachmentDefinition in every DPU cluster for the SFC CNI."""
+
+    GROUP: ClassVar[str] = GROUP
+    KIND: ClassVar[str] = "DPUServiceNAD"
+    PLURAL: ClassVar[str] = "dpuservicenads"
+    COLUMNS: ClassVar[tuple[Column, ...]] = READY_COLUMNS
+    FINALIZERS: ClassVar[tuple[str, ...]] = ("svc.dpu.nvidia.com/dpuservicenad",)
+    CONDITION_TYPES: ClassVar[tuple[str, ...]] = ("Ready", "DPUNADObjectReconciled", "DPUNADObjectReady")
+    CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
+
+    spec: DPUServiceNADSpec
+    status: ObjectStatus | None = None

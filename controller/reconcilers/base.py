@@ -97,6 +97,7 @@ def default_reconcilers() -> list[type[Reconciler]]:
     from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
     from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
     from dpf.controller.reconcilers.dpuserviceipam import DPUServiceIPAMReconciler
+    from dpf.controller.reconcilers.dpuservicenad import DPUServiceNADReconciler
     from dpf.controller.reconcilers.dpuset import DPUSetReconciler
     from dpf.controller.reconcilers.hostnode import HostNodeReconciler
     from dpf.controller.reconcilers.inuse_protection import InUseProtectionReconciler
@@ -110,4 +111,4 @@ def default_reconcilers() -> list[type[Reconciler]]:
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
             DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
             DPUSetReconciler, HostNodeReconciler, DPUReconciler, CSRReconciler, OrphanSweeper,
-            CredentialRequestReconciler]
+            CredentialRequestReconciler, DPUServiceNADReconciler]

@@ -33,6 +33,7 @@ from dpf.controller.kube.rest import EVENT, LEASE, SECRET, Kind, KubeError, Obj,
 from dpf.controller.manager import Controller
 from dpf.controller.provisioning.dpuset_plan import SET_NAME_LABEL
 from dpf.controller.reconcilers.credentials import CREDENTIAL_REQUEST, SERVICE_ACCOUNT
+from dpf.controller.reconcilers.dpuservicenad import DPU_SERVICE_NAD, NAD
 from dpf.controller.reconcilers.dpuset import LEGACY_FINALIZER
 from dpf.controller.reconcilers.kinds import (
     BFB,
@@ -75,6 +76,7 @@ from tests.packaging.rbac import (
     user,
 )
 
+NAD_CRDS = Path(__file__).resolve().parents[2] / "lab" / "manifests" / "crds"  # Multus' CRD, not ours
 SLOW = 90.0  # the garbage collector, and a machine running the whole suite
 FORBIDDEN = re.compile(r"\b403\b|Forbidden")
 ROLE_BINDING = Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
@@ -160,6 +162,11 @@ async def make_world(admin: Rest, kube: ControlPlane, s: Scene) -> None:
             "metadata": {"name": role, "namespace": s.namespace},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
             "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER_SA, "namespace": NAMESPACE}]}, s.namespace)
+    # A DPUServiceNAD: its NetworkAttachmentDefinition in the DPU cluster (Multus' CRD installed there).
+    kube.install_crds(NAD_CRDS)
+    await admin.create(DPU_SERVICE_NAD, {"apiVersion": DPU_SERVICE_NAD.api_version, "kind": DPU_SERVICE_NAD.kind,
+                                         "metadata": {"name": "mybrsfc", "namespace": s.namespace},
+                                         "spec": {"resourceType": "veth", "ipam": True}}, s.namespace)
     for name, target in (("creds-host", None), ("creds-dpu", {"name": "dpu"})):
         spec: dict[str, Any] = {"serviceAccount": {"name": f"{name}-sa"}, "type": "kubeconfig",
                                 "secret": {"name": name}, "duration": "1h"}
@@ -236,6 +243,10 @@ async def converged(admin: Rest, controller: Controller, s: Scene) -> None:
     # The IPAM pool: its split in status.
     await eventually(lambda: _where(get(admin, DPU_SERVICE_IPAM, "pool1", ns),
                                     lambda o: (o.get("status") or {}).get("allocations")), "pool1 allocations")
+    # The DPUServiceNAD Ready, its NAD written.
+    await eventually(lambda: _where(get(admin, DPU_SERVICE_NAD, "mybrsfc", ns),
+                                    lambda o: condition(o, "Ready").get("status") == "True"), "mybrsfc Ready")
+    assert await get(admin, NAD, "mybrsfc", ns) is not None
     # Credentials: both requests Ready, their accounts and Secrets made.
     for name in ("creds-host", "creds-dpu"):
         await eventually(lambda n=name: _where(get(admin, CREDENTIAL_REQUEST, n, ns),
@@ -274,8 +285,10 @@ async def teardown(admin: Rest, s: Scene) -> None:
     await admin.delete(DPU_SERVICE_IPAM, "pool1", ns)
     for name in ("creds-host", "creds-dpu"):
         await admin.delete(CREDENTIAL_REQUEST, name, ns)
+    await admin.delete(DPU_SERVICE_NAD, "mybrsfc", ns)
     for kind in (DPU_SERVICE_INTERFACE, DPU_SERVICE_CHAIN, SERVICE_INTERFACE_SET, SERVICE_CHAIN_SET,
-                 SERVICE_INTERFACE, SERVICE_CHAIN, DPU_SET, DPU, BFB, DPU_FLAVOR, CREDENTIAL_REQUEST):
+                 SERVICE_INTERFACE, SERVICE_CHAIN, DPU_SET, DPU, BFB, DPU_FLAVOR, CREDENTIAL_REQUEST, DPU_SERVICE_NAD,
+                 NAD):
         await eventually(lambda k=kind: gone(admin, k, ns), f"every {kind.kind} gone", timeout=SLOW)
     for name in ("creds-host", "creds-dpu"):  # deleted by the controller before its finalizer went
         assert await get(admin, SERVICE_ACCOUNT, f"{name}-sa", ns) is None
@@ -287,7 +300,7 @@ async def teardown(admin: Rest, s: Scene) -> None:
 async def scrub(admin: Rest, s: Scene) -> None:
     """After a failure: drop finalizers left in the namespace (so it can go), the Nodes, the Lease and the CA."""
     for kind in (DPU_SERVICE_INTERFACE, DPU_SERVICE_CHAIN, SERVICE_INTERFACE_SET, SERVICE_CHAIN_SET, BFB,
-                 DPU_FLAVOR, DPU_SET, CREDENTIAL_REQUEST):
+                 DPU_FLAVOR, DPU_SET, CREDENTIAL_REQUEST, DPU_SERVICE_NAD):
         for obj in (await admin.list(kind, s.namespace))["items"]:
             if obj["metadata"].get("finalizers"):
                 try:
@@ -382,6 +395,8 @@ NEEDED = [
     ("patch", "nodes"), ("create", "pods", "--subresource=eviction", "-n", "default"),  # labels, node effect
     ("list", "dpuservicecredentialrequests.svc.dpu.nvidia.com", "--all-namespaces"),
     ("patch", "dpuservicecredentialrequests.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
+    ("watch", "dpuservicenads.svc.dpu.nvidia.com", "--all-namespaces"),
+    ("patch", "dpuservicenads.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
 ]
 DPU_NEVER = [
     ("get", "secrets", "--all-namespaces"), ("list", "secrets", "-n", NAMESPACE),
@@ -390,6 +405,7 @@ DPU_NEVER = [
     ("create", "pods", "--all-namespaces"), ("delete", "pods", "--all-namespaces"), ("update", "nodes"),
     ("patch", "nodes", "--subresource=status"), ("delete", "namespaces"),
     ("create", "dpus.provisioning.dpu.nvidia.com", "-n", NAMESPACE),
+    ("list", "network-attachment-definitions.k8s.cni.cncf.io", "--all-namespaces"),  # read by name only
     ("bind", "clusterroles"), ("escalate", "clusterroles"), ("impersonate", "users"), ("*", "*", "--all-namespaces"),
 ]
 DPU_NEEDED = [
@@ -401,6 +417,7 @@ DPU_NEEDED = [
     ("update", "certificatesigningrequests.certificates.k8s.io", "--subresource=approval"),
     ("create", "serviceaccounts", "--subresource=token", "-n", "default"),  # credential requests aimed here
     ("patch", "serviceaccounts", "-n", "default"),
+    ("create", "network-attachment-definitions.k8s.cni.cncf.io", "-n", "default"),  # DPUServiceNAD
 ]
 
 

@@ -206,6 +206,14 @@ def test_dpu_cluster_kubeconfig_then_moved_to_the_host(kube: ControlPlane, dpu_k
             assert await whoami(secret) == f"system:serviceaccount:{namespace}:dpu-sa"  # type: ignore[arg-type]
             assert obj["status"]["serviceAccount"] == f"{namespace}/dpu-sa"
 
+            # A restarted controller reuses the token it finds (nothing is due): the Secret is not rewritten.
+            await controller.stop()
+            controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+            passes = controller.metrics.reconcile_seconds.labels("dpuservicecredentialrequest")
+            await eventually(lambda: _count(passes) >= 1, "the new controller reconciled the request")
+            assert (await rest.get(SECRET, "dpu-creds", namespace))["metadata"]["resourceVersion"] == \
+                secret["metadata"]["resourceVersion"]  # type: ignore[index]
+
             # The target changes to the host: the DPU cluster's account is deleted, the host gets one.
             await rest.merge_patch(CREDENTIAL_REQUEST, "dpu", {"spec": {"targetCluster": None}}, namespace)
             async def on_host() -> Obj | None:
@@ -227,6 +235,10 @@ def test_dpu_cluster_kubeconfig_then_moved_to_the_host(kube: ControlPlane, dpu_k
             await dpu_rest.close()
 
     run(scenario(), timeout=120)
+
+
+def _count(histogram: Any) -> float:
+    return next(m.value for metric in histogram.collect() for m in metric.samples if m.name.endswith("_count"))
 
 
 def _garbage(rng: random.Random, alphabet: str, length: int) -> str:

@@ -13,6 +13,7 @@ from dpf.controller.api.svc import (
     DPUServiceCredentialRequest,
     DPUServiceInterface,
     DPUServiceIPAM,
+    DPUServiceNAD,
     DPUServiceTemplate,
     ServiceChain,
     ServiceChainSet,
@@ -25,7 +26,7 @@ KINDS: tuple[type[Resource], ...] = (
     BFB, DPU, DPUSet, DPUFlavor, DPUCluster,
     DPUService, DPUDeployment, DPUServiceTemplate, DPUServiceConfiguration, DPUServiceCredentialRequest,
     DPUServiceInterface, ServiceInterfaceSet, ServiceInterface,
-    DPUServiceChain, ServiceChainSet, ServiceChain, DPUServiceIPAM,
+    DPUServiceChain, ServiceChainSet, ServiceChain, DPUServiceIPAM, DPUServiceNAD,
     DPFOperatorConfig,
 )
 

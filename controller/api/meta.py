@@ -92,6 +92,8 @@ class Model(BaseModel):
                               extra="forbid", use_attribute_docstrings=True)
     # Object-level CEL rules (the struct's own x-kubernetes-validations).
     CEL: ClassVar[tuple[Cel, ...]] = ()
+    # Keys merged into the struct's own schema node (e.g. x-kubernetes-map-type).
+    SCHEMA: ClassVar[dict[str, Any]] = {}
 
     def to_json(self) -> dict[str, Any]:
         """The wire form: aliases, absent instead of null."""
@@ -123,6 +125,22 @@ def _quantity(value: int | str) -> int | str:
     return value
 
 
+# Integer widths as upstream's Go types publish them (`format` in the CRD); the range is the type's.
+def _width(bits: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            raise ValueError(f"{value} does not fit in int{bits}")
+        return value
+    return AfterValidator(check)
+
+
+Int32 = Annotated[int, _width(32), SchemaExtra({"format": "int32"})]
+Int64 = Annotated[int, _width(64), SchemaExtra({"format": "int64"})]
+# Kubernetes' merge markers as controller-gen emits them for the core types (`+listType=atomic`,
+# `+structType=atomic`): server-side apply replaces these lists and structs as a whole.
+ATOMIC_LIST = SchemaExtra({"x-kubernetes-list-type": "atomic"})
+ATOMIC_MAP = {"x-kubernetes-map-type": "atomic"}
+
 Quantity = Annotated[int | str, AfterValidator(_quantity), SchemaExtra({"pattern": QUANTITY_PATTERN, "maxLength": 64})]
 ResourceList = dict[str, Quantity]
 IntOrString = int | str
@@ -135,32 +153,35 @@ class LabelSelectorRequirement(Model):
     key: str
     operator: str
     """In, NotIn, Exists or DoesNotExist."""
-    values: list[str] | None = None
+    values: Annotated[list[str], ATOMIC_LIST] | None = None
 
 
 class LabelSelector(Model):
     """metav1.LabelSelector: matchLabels and matchExpressions are ANDed; empty selects everything."""
 
+    SCHEMA: ClassVar[dict[str, Any]] = ATOMIC_MAP
     match_labels: Labels | None = None
-    match_expressions: list[LabelSelectorRequirement] | None = None
+    match_expressions: Annotated[list[LabelSelectorRequirement], ATOMIC_LIST] | None = None
 
 
 class NodeSelectorRequirement(Model):
     key: str
     operator: str
     """In, NotIn, Exists, DoesNotExist, Gt or Lt."""
-    values: list[str] | None = None
+    values: Annotated[list[str], ATOMIC_LIST] | None = None
 
 
 class NodeSelectorTerm(Model):
-    match_expressions: list[NodeSelectorRequirement] | None = None
-    match_fields: list[NodeSelectorRequirement] | None = None
+    SCHEMA: ClassVar[dict[str, Any]] = ATOMIC_MAP
+    match_expressions: Annotated[list[NodeSelectorRequirement], ATOMIC_LIST] | None = None
+    match_fields: Annotated[list[NodeSelectorRequirement], ATOMIC_LIST] | None = None
 
 
 class NodeSelector(Model):
     """corev1.NodeSelector: the terms are ORed."""
 
-    node_selector_terms: list[NodeSelectorTerm]
+    SCHEMA: ClassVar[dict[str, Any]] = ATOMIC_MAP
+    node_selector_terms: Annotated[list[NodeSelectorTerm], ATOMIC_LIST]
 
 
 class Taint(Model):
@@ -208,7 +229,7 @@ class Condition(Model):
 
     type: Annotated[str, Field(max_length=316, pattern=CONDITION_TYPE_PATTERN)]
     status: Literal["True", "False", "Unknown"]
-    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    observed_generation: Annotated[Int64, Field(ge=0)] | None = None
     last_transition_time: Time
     reason: Annotated[str, Field(min_length=1, max_length=1024, pattern=CONDITION_REASON_PATTERN)]
     message: Annotated[str, Field(max_length=32768)]

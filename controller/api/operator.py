@@ -18,9 +18,12 @@ GROUP = "operator.dpu.nvidia.com"
 CONFIG_NAME = "dpfoperatorconfig"
 CONFIG_NAMESPACE = "dpf-operator-system"
 
-# An image reference per the distribution/reference grammar: [registry[:port]/]path[:tag][@digest].
+# An image reference per the distribution/reference grammar: [registry[:port]/]path[:tag][@digest], where the
+# registry host is a domain name, an IPv4 address or a bracketed IPv6 address ("[fd00::1]:5000/dpf/img:v1").
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)"
+_DOMAIN_NAME = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+_IPV6 = r"\[[a-fA-F0-9:]+\]"
+_DOMAIN = rf"(?:(?:{_DOMAIN_NAME}|{_IPV6})(?::[0-9]+)?/)"
 IMAGE_PATTERN = (rf"^{_DOMAIN}?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
                  r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9A-Fa-f]{32,})?$")
 Image = Annotated[str, Field(pattern=IMAGE_PATTERN)]

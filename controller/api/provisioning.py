@@ -16,6 +16,7 @@ from dpf.controller.api.meta import (
     Cel,
     Column,
     Conditions,
+    Int64,
     IntOrString,
     Labels,
     LabelSelector,
@@ -234,7 +235,7 @@ class DPUSetStatus(Model):
     conditions: Conditions | None = None
     """Ready, DPUsReconciled (every selected node has its DPU, none outdated) and DPUsReady (all Ready);
     not upstream: it says why a node got no DPU and how a rolling update is going."""
-    observed_generation: int | None = None
+    observed_generation: Int64 | None = None
     """The metadata.generation the conditions describe."""
 
 

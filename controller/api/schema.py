@@ -51,6 +51,7 @@ def model_schema(model: type[BaseModel]) -> dict[str, Any]:
     node["properties"] = properties
     if required:
         node["required"] = required
+    node.update(getattr(model, "SCHEMA", {}))
     rules = list(getattr(model, "CEL", ()))
     if rules:
         node["x-kubernetes-validations"] = [rule.to_schema() for rule in rules]

@@ -18,7 +18,6 @@ from dpf.controller.api.meta import (
     Labels,
     LabelSelector,
     Model,
-    NamespacedName,
     NodeSelector,
     Resource,
     ResourceList,
@@ -33,6 +32,8 @@ from dpf.controller.api.svc_network import (
     DPUServiceChain,
     DPUServiceInterface,
     DPUServiceIPAM,
+    DPUServiceNAD,
+    EmptyStatus,
     ObjectStatus,
     ServiceChain,
     ServiceChainSet,
@@ -192,6 +193,7 @@ class DPUServiceTemplate(Resource):
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
 
     spec: DPUServiceTemplateSpec
+    status: EmptyStatus | None = None
 
 
 class ServiceConfigurationHelmChart(Model):
@@ -232,19 +234,33 @@ class DPUServiceConfiguration(Resource):
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
 
     spec: DPUServiceConfigurationSpec
+    status: EmptyStatus | None = None
 
 
 # -- DPUServiceCredentialRequest --------------------------------------------------------------------------
 
 
+class ObjectRef(Model):
+    """A reference by name; the namespace defaults to the referring object's (as upstream)."""
+
+    name: str
+    """Name of the object."""
+    namespace: str | None = None
+    """Namespace of the object; unset means the DPUServiceCredentialRequest's own."""
+
+
 class DPUServiceCredentialRequestSpec(Model):
-    service_account: NamespacedName
+    service_account: ObjectRef
+    """The ServiceAccount made in the target cluster, whose token is issued."""
     duration: Annotated[str, Field(pattern=r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$")] | None = None
-    """Token lifetime, e.g. 24h; unset means the apiserver's default."""
-    target_cluster: NamespacedName | None = None
+    """Token lifetime, e.g. 24h (at least 10m, the apiserver's minimum); unset means the apiserver's default
+    (1h). A token is renewed in the last 20% of its lifetime and at least every 24h."""
+    target_cluster: ObjectRef | None = None
     """The DPUCluster to issue the token in; unset means the host cluster."""
     type: Literal["kubeconfig", "tokenFile"]
-    secret: NamespacedName
+    """kubeconfig: key `kubeconfig`; tokenFile: keys KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT,
+    KUBERNETES_CA_DATA and TOKEN_FILE."""
+    secret: ObjectRef
     """Where the credentials are written (always in the host cluster)."""
     metadata: TemplateMeta | None = None
     """Labels and annotations copied onto the Secret."""
@@ -275,6 +291,6 @@ class DPUServiceCredentialRequest(Resource):
 
 __all__ = [
     "DPUDeployment", "DPUService", "DPUServiceChain", "DPUServiceConfiguration", "DPUServiceCredentialRequest",
-    "DPUServiceIPAM", "DPUServiceInterface", "DPUServiceTemplate", "ServiceChain", "ServiceChainSet",
+    "DPUServiceIPAM", "DPUServiceInterface", "DPUServiceNAD", "DPUServiceTemplate", "ServiceChain", "ServiceChainSet",
     "ServiceInterface", "ServiceInterfaceSet",
 ]

@@ -1,8 +1,8 @@
 """svc.dpu.nvidia.com/v1alpha1, the network half: interfaces, chains and IPAM.
 
 DPUServiceInterface → ServiceInterfaceSet → ServiceInterface, DPUServiceChain → ServiceChainSet →
-ServiceChain, and DPUServiceIPAM (upstream DPF v24.10). The IPAM webhook's CIDR rules
-are CEL rules using the Kubernetes `cidr()`/`ip()` library; `svc.py` re-exports these kinds.
+ServiceChain, and DPUServiceIPAM (upstream DPF v24.10); DPUServiceNAD (DPF v25.4, additive). The IPAM
+webhook's CIDR rules are CEL rules using the Kubernetes `cidr()`/`ip()` library; `svc.py` re-exports these kinds.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dpf.controller.api.meta import (
     Cel,
     Column,
     Conditions,
+    Int32,
+    Int64,
     Labels,
     LabelSelector,
     Model,
@@ -38,13 +40,17 @@ class ObjectStatus(Model):
     """Status of the svc.* and operator kinds: the condition model of spec §1.0."""
 
     conditions: Conditions | None = None
-    observed_generation: int | None = None
+    observed_generation: Int64 | None = None
     """The metadata.generation the conditions describe."""
 
 
 class SetStatus(ObjectStatus):
-    number_applied: int | None = None
-    number_ready: int | None = None
+    number_applied: Int32 | None = None
+    number_ready: Int32 | None = None
+
+
+class EmptyStatus(Model):
+    """Upstream's status for this kind declares no fields; kept so `/status` exists as upstream's does."""
 
 
 # -- ServiceInterface --------------------------------------------------------------------------------
@@ -169,10 +175,13 @@ class ServiceInterface(Resource):
     GROUP: ClassVar[str] = GROUP
     KIND: ClassVar[str] = "ServiceInterface"
     PLURAL: ClassVar[str] = "serviceinterfaces"
-    COLUMNS: ClassVar[tuple[Column, ...]] = (Column("IfType", ".spec.interfaceType"), Column("Node", ".spec.node"))
+    COLUMNS: ClassVar[tuple[Column, ...]] = (
+        Column("IfType", ".spec.interfaceType"), Column("IfName", ".spec.service.interfaceName"),
+        Column("Node", ".spec.node"))
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
 
     spec: ServiceInterfaceSpec
+    status: EmptyStatus | None = None
 
 
 # -- ServiceChain --------------------------------------------------------------------------------------
@@ -272,6 +281,7 @@ class ServiceChain(Resource):
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
 
     spec: ServiceChainSpec
+    status: EmptyStatus | None = None
 
 
 # -- DPUServiceIPAM ------------------------------------------------------------------------------------
@@ -343,9 +353,9 @@ class IPV4Network(Model):
         _grow_only("network"),
     )
     network: Cidr
-    prefix_size: Annotated[int, Field(ge=0, le=128)]
+    prefix_size: Annotated[Int32, Field(ge=0, le=128)]
     """Prefix length each node gets, e.g. 29 (or 32 for single loopback addresses)."""
-    gateway_index: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
+    gateway_index: Annotated[Int32, Field(ge=0, le=INT32_MAX)] | None = None
     """Index of the gateway inside each node's prefix; unset means no gateway."""
     exclusions: Annotated[list[IPString], Field(max_length=1024)] | None = None
     """Single IPs never handed out."""
@@ -444,3 +454,36 @@ class DPUServiceIPAM(Resource):
 
     spec: DPUServiceIPAMSpec
     status: DPUServiceIPAMStatus | None = None
+
+
+# -- DPUServiceNAD (DPF v25.4, additive) ------------------------------------------------------------------
+
+
+class DPUServiceNADSpec(Model):
+    metadata: TemplateMeta | None = None
+    """Labels and annotations copied onto the NetworkAttachmentDefinition."""
+    resource_type: Literal["vf", "sf", "veth"]
+    """What the pods' interfaces are: a VF or SF of the DPU (the NAD asks for its device-plugin resource),
+    or a veth pair (no resource)."""
+    bridge: str | None = None
+    """The OVS bridge the interfaces are attached to; unset means br-sfc."""
+    mtu: Annotated[int, Field(ge=68, le=9216)] | None = None
+    """The interfaces' MTU; unset leaves it to the CNI plugin (1500)."""
+    ipam: bool | None = None
+    """Give the interfaces an address: the pool is named per pod (a DPUServiceChain's ipam, or Multus
+    cni-args poolNames), served by the DPU agent from its DPUServiceIPAM blocks."""
+
+
+class DPUServiceNAD(Resource):
+    """A network for service pods on the DPUs: a NetworkAttachmentDefinition in every DPU cluster for the SFC CNI."""
+
+    GROUP: ClassVar[str] = GROUP
+    KIND: ClassVar[str] = "DPUServiceNAD"
+    PLURAL: ClassVar[str] = "dpuservicenads"
+    COLUMNS: ClassVar[tuple[Column, ...]] = READY_COLUMNS
+    FINALIZERS: ClassVar[tuple[str, ...]] = ("svc.dpu.nvidia.com/dpuservicenad",)
+    CONDITION_TYPES: ClassVar[tuple[str, ...]] = ("Ready", "DPUNADObjectReconciled", "DPUNADObjectReady")
+    CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
+
+    spec: DPUServiceNADSpec
+    status: ObjectStatus | None = None

@@ -90,12 +90,14 @@ def dpu_clusters_synced(clusters: ClusterSet) -> bool:
 def default_reconcilers() -> list[type[Reconciler]]:
     """The registry: every reconciler the controller runs, in setup order."""
     from dpf.controller.reconcilers.bfb import BFBReconciler
+    from dpf.controller.reconcilers.credentials import CredentialRequestReconciler
     from dpf.controller.reconcilers.csr import CSRReconciler
     from dpf.controller.reconcilers.dpu import DPUReconciler
     from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
     from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
     from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
     from dpf.controller.reconcilers.dpuserviceipam import DPUServiceIPAMReconciler
+    from dpf.controller.reconcilers.dpuservicenad import DPUServiceNADReconciler
     from dpf.controller.reconcilers.dpuset import DPUSetReconciler
     from dpf.controller.reconcilers.hostnode import HostNodeReconciler
     from dpf.controller.reconcilers.inuse_protection import InUseProtectionReconciler
@@ -108,4 +110,5 @@ def default_reconcilers() -> list[type[Reconciler]]:
     return [DPUClusterReconciler, ServiceInterfaceReconciler, ServiceInterfaceSetReconciler,
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
             DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
-            DPUSetReconciler, HostNodeReconciler, DPUReconciler, CSRReconciler, OrphanSweeper]
+            DPUSetReconciler, HostNodeReconciler, DPUReconciler, CSRReconciler, OrphanSweeper,
+            CredentialRequestReconciler, DPUServiceNADReconciler]

@@ -117,6 +117,8 @@ SPECS: dict[str, dict[str, Any]] = {
         "network": "10.0.120.0/22", "prefixSize": 29, "gatewayIndex": 3, "exclusions": ["10.0.120.1"],
         "allocations": {"worker1": "10.0.121.0/29"}, "defaultGateway": True, "routes": [{"dst": "10.1.0.0/16"}]},
         "clusterSelector": SELECTOR, "nodeSelector": NODE_SELECTOR}},
+    "DPUServiceNAD": {"spec": {"metadata": META, "resourceType": "sf", "bridge": "br-sfc", "mtu": 1500,
+                               "ipam": True}},
     "DPFOperatorConfig": {"spec": {
         "overrides": {"paused": False}, "networking": {"controlPlaneMTU": 1450, "highSpeedMTU": 9000},
         "imagePullSecrets": ["dpf-pull-secret"],

@@ -38,6 +38,7 @@ VALID: dict[str, dict[str, Any]] = {
     "ServiceChainSet": {"template": {"spec": CHAIN}},
     "ServiceChain": CHAIN,
     "DPUServiceIPAM": {"ipv4Network": {"network": "10.0.120.0/22", "prefixSize": 29}},
+    "DPUServiceNAD": {"resourceType": "veth"},
     "DPFOperatorConfig": {"provisioningController": {"bfbPVCName": "bfb-pvc"}},
 }
 SUBNET = {"ipv4Network": None, "ipv4Subnet": {"subnet": "10.0.0.0/16", "gateway": "10.0.0.1", "perNodeIPCount": 8}}
@@ -181,6 +182,10 @@ CASES = [
     Bad("ServiceChain", {"switches": [{"ports": [{"serviceInterface": {
         "matchLabels": {f"k{n}": "v" for n in range(51)}}}]}]},
         "spec.switches[0].ports[0].serviceInterface.matchLabels", "Too many: 51"),
+    Bad("DPUServiceNAD", {"resourceType": "macvlan"}, "spec.resourceType", "supported values"),
+    Bad("DPUServiceNAD", {"resourceType": None}, "spec.resourceType", "Required value"),
+    Bad("DPUServiceNAD", {"mtu": 65000}, "spec.mtu", "less than or equal to 9216"),
+    Bad("DPUServiceNAD", {"ipam": "yes"}, "spec.ipam", "boolean"),
     Bad("DPUServiceIPAM", {"ipv4Subnet": SUBNET["ipv4Subnet"]}, "spec", "exactly one of ipv4Network and ipv4Subnet"),
     Bad("DPUServiceIPAM", {"ipv4Network": None}, "spec", "exactly one of ipv4Network and ipv4Subnet"),
     Bad("DPUServiceIPAM", ipam(network="10.0.120.0/33", prefixSize=29), "spec.ipv4Network.network",

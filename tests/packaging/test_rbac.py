@@ -32,6 +32,8 @@ import yaml
 from dpf.controller.kube.rest import EVENT, LEASE, SECRET, Kind, KubeError, Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.provisioning.dpuset_plan import SET_NAME_LABEL
+from dpf.controller.reconcilers.credentials import CREDENTIAL_REQUEST, SERVICE_ACCOUNT
+from dpf.controller.reconcilers.dpuservicenad import DPU_SERVICE_NAD, NAD
 from dpf.controller.reconcilers.dpuset import LEGACY_FINALIZER
 from dpf.controller.reconcilers.kinds import (
     BFB,
@@ -74,6 +76,7 @@ from tests.packaging.rbac import (
     user,
 )
 
+NAD_CRDS = Path(__file__).resolve().parents[2] / "lab" / "manifests" / "crds"  # Multus' CRD, not ours
 SLOW = 90.0  # the garbage collector, and a machine running the whole suite
 FORBIDDEN = re.compile(r"\b403\b|Forbidden")
 ROLE_BINDING = Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
@@ -151,6 +154,28 @@ async def make_world(admin: Rest, kube: ControlPlane, s: Scene) -> None:
         kind = DPU_SERVICE_CHAIN if obj["kind"] == "DPUServiceChain" else DPU_SERVICE_INTERFACE
         await admin.create(kind, obj, s.namespace)
     await admin.create(DPU_SERVICE_IPAM, ipam_pool(s), s.namespace)
+    # Credential requests: the issuer and writer roles bound here, as docs/deploy.md says; one request for
+    # the host cluster, one for the DPU cluster (the bed, as the DPU-cluster identity).
+    for role in ("dpf-controller-credential-issuer", "dpf-controller-credential-writer"):
+        await admin.create(ROLE_BINDING, {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": s.namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER_SA, "namespace": NAMESPACE}]}, s.namespace)
+    # A DPUServiceNAD: its NetworkAttachmentDefinition in the DPU cluster (Multus' CRD installed there).
+    kube.install_crds(NAD_CRDS)
+    await admin.create(DPU_SERVICE_NAD, {"apiVersion": DPU_SERVICE_NAD.api_version, "kind": DPU_SERVICE_NAD.kind,
+                                         "metadata": {"name": "mybrsfc", "namespace": s.namespace},
+                                         "spec": {"resourceType": "veth", "ipam": True}}, s.namespace)
+    for name, target in (("creds-host", None), ("creds-dpu", {"name": "dpu"})):
+        spec: dict[str, Any] = {"serviceAccount": {"name": f"{name}-sa"}, "type": "kubeconfig",
+                                "secret": {"name": name}, "duration": "1h"}
+        if target:
+            spec["targetCluster"] = target
+        await admin.create(CREDENTIAL_REQUEST, {"apiVersion": CREDENTIAL_REQUEST.api_version,
+                                                "kind": CREDENTIAL_REQUEST.kind,
+                                                "metadata": {"name": name, "namespace": s.namespace},
+                                                "spec": spec}, s.namespace)
 
 
 async def get(admin: Rest, kind: Kind, name: str, namespace: str | None) -> Obj | None:
@@ -218,6 +243,17 @@ async def converged(admin: Rest, controller: Controller, s: Scene) -> None:
     # The IPAM pool: its split in status.
     await eventually(lambda: _where(get(admin, DPU_SERVICE_IPAM, "pool1", ns),
                                     lambda o: (o.get("status") or {}).get("allocations")), "pool1 allocations")
+    # The DPUServiceNAD Ready, its NAD written.
+    await eventually(lambda: _where(get(admin, DPU_SERVICE_NAD, "mybrsfc", ns),
+                                    lambda o: condition(o, "Ready").get("status") == "True"), "mybrsfc Ready")
+    assert await get(admin, NAD, "mybrsfc", ns) is not None
+    # Credentials: both requests Ready, their accounts and Secrets made.
+    for name in ("creds-host", "creds-dpu"):
+        await eventually(lambda n=name: _where(get(admin, CREDENTIAL_REQUEST, n, ns),
+                                               lambda o: condition(o, "Ready").get("status") == "True"),
+                         f"{name} Ready")
+        assert await get(admin, SERVICE_ACCOUNT, f"{name}-sa", ns) is not None
+        assert await get(admin, SECRET, name, ns) is not None
 
 
 async def nack_event(admin: Rest, controller: Controller, s: Scene, tmp_path: Path) -> None:
@@ -247,9 +283,16 @@ async def teardown(admin: Rest, s: Scene) -> None:
     await admin.delete(DPU_SET, "dpuset", ns)
     await admin.delete(DPU_FLAVOR, "dpf-provisioning-hbn", ns)
     await admin.delete(DPU_SERVICE_IPAM, "pool1", ns)
+    for name in ("creds-host", "creds-dpu"):
+        await admin.delete(CREDENTIAL_REQUEST, name, ns)
+    await admin.delete(DPU_SERVICE_NAD, "mybrsfc", ns)
     for kind in (DPU_SERVICE_INTERFACE, DPU_SERVICE_CHAIN, SERVICE_INTERFACE_SET, SERVICE_CHAIN_SET,
-                 SERVICE_INTERFACE, SERVICE_CHAIN, DPU_SET, DPU, BFB, DPU_FLAVOR):
+                 SERVICE_INTERFACE, SERVICE_CHAIN, DPU_SET, DPU, BFB, DPU_FLAVOR, CREDENTIAL_REQUEST, DPU_SERVICE_NAD,
+                 NAD):
         await eventually(lambda k=kind: gone(admin, k, ns), f"every {kind.kind} gone", timeout=SLOW)
+    for name in ("creds-host", "creds-dpu"):  # deleted by the controller before its finalizer went
+        assert await get(admin, SERVICE_ACCOUNT, f"{name}-sa", ns) is None
+        assert await get(admin, SECRET, name, ns) is None
     assert not s.bfb_file.exists(), "the deleted BFB's file is removed from the cache"
     await admin.delete(DPU_CLUSTER, "dpu", ns)
 
@@ -257,7 +300,7 @@ async def teardown(admin: Rest, s: Scene) -> None:
 async def scrub(admin: Rest, s: Scene) -> None:
     """After a failure: drop finalizers left in the namespace (so it can go), the Nodes, the Lease and the CA."""
     for kind in (DPU_SERVICE_INTERFACE, DPU_SERVICE_CHAIN, SERVICE_INTERFACE_SET, SERVICE_CHAIN_SET, BFB,
-                 DPU_FLAVOR, DPU_SET):
+                 DPU_FLAVOR, DPU_SET, CREDENTIAL_REQUEST, DPU_SERVICE_NAD):
         for obj in (await admin.list(kind, s.namespace))["items"]:
             if obj["metadata"].get("finalizers"):
                 try:
@@ -326,7 +369,10 @@ NEVER = [
     ("delete", "nodes"), ("update", "nodes"), ("patch", "nodes", "--subresource=status"),
     ("delete", "pods", "--all-namespaces"), ("get", "pods", "-n", "default"),  # drain evicts, never deletes
     ("create", "deployments.apps", "-n", NAMESPACE),
-    ("create", "serviceaccounts", "--subresource=token", "-n", NAMESPACE),
+    ("create", "serviceaccounts", "--subresource=token", "-n", NAMESPACE),  # credential roles: bound nowhere
+    ("create", "serviceaccounts", "--subresource=token", "-n", "kube-system"),
+    ("create", "serviceaccounts", "-n", "default"), ("delete", "serviceaccounts", "-n", "default"),
+    ("patch", "secrets", "-n", "default"), ("create", "secrets", "-n", "default"),
     ("bind", "clusterroles"), ("escalate", "clusterroles"), ("bind", "roles", "-n", NAMESPACE),
     ("escalate", "roles", "-n", NAMESPACE), ("create", "clusterrolebindings"),
     ("impersonate", "users"), ("impersonate", "serviceaccounts", "-n", NAMESPACE),
@@ -347,6 +393,10 @@ NEEDED = [
     ("patch", "dpus.provisioning.dpu.nvidia.com", "--subresource=status", "-n", "default"),  # the phase machine
     ("create", "events.events.k8s.io", "-n", "default"), ("watch", "nodes"),
     ("patch", "nodes"), ("create", "pods", "--subresource=eviction", "-n", "default"),  # labels, node effect
+    ("list", "dpuservicecredentialrequests.svc.dpu.nvidia.com", "--all-namespaces"),
+    ("patch", "dpuservicecredentialrequests.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
+    ("watch", "dpuservicenads.svc.dpu.nvidia.com", "--all-namespaces"),
+    ("patch", "dpuservicenads.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
 ]
 DPU_NEVER = [
     ("get", "secrets", "--all-namespaces"), ("list", "secrets", "-n", NAMESPACE),
@@ -355,6 +405,7 @@ DPU_NEVER = [
     ("create", "pods", "--all-namespaces"), ("delete", "pods", "--all-namespaces"), ("update", "nodes"),
     ("patch", "nodes", "--subresource=status"), ("delete", "namespaces"),
     ("create", "dpus.provisioning.dpu.nvidia.com", "-n", NAMESPACE),
+    ("list", "network-attachment-definitions.k8s.cni.cncf.io", "--all-namespaces"),  # read by name only
     ("bind", "clusterroles"), ("escalate", "clusterroles"), ("impersonate", "users"), ("*", "*", "--all-namespaces"),
 ]
 DPU_NEEDED = [
@@ -364,6 +415,9 @@ DPU_NEEDED = [
     ("patch", "nodes"), ("delete", "nodes"),  # a provisioned DPU's Node: labels, deleted with the DPU
     ("create", "secrets", "-n", "kube-system"),  # the bootstrap token of a DPU's join
     ("update", "certificatesigningrequests.certificates.k8s.io", "--subresource=approval"),
+    ("create", "serviceaccounts", "--subresource=token", "-n", "default"),  # credential requests aimed here
+    ("patch", "serviceaccounts", "-n", "default"),
+    ("create", "network-attachment-definitions.k8s.cni.cncf.io", "-n", "default"),  # DPUServiceNAD
 ]
 
 
@@ -408,3 +462,61 @@ def test_controller_may_create_tls_secrets_only(installed: ControlPlane) -> None
     # An admin is not limited by it.
     assert kube.kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(token_secret),
                         check=False).returncode == 0
+
+
+def test_credential_secrets_and_tokens_are_limited_by_policy(installed: ControlPlane) -> None:
+    """secret-policy.yaml and token-policy.yaml, with the credential roles bound in dpf-operator-system (as for
+    upstream's examples): Opaque Secrets only with a credential request's label, changes and deletes only of
+    those, and no token for the controller's own ServiceAccounts."""
+    kube = installed
+    as_controller = f"--as={user(CONTROLLER_SA)}"
+    bindings = [("rolebinding", role, "-n", NAMESPACE, f"--clusterrole={role}",
+                 f"--serviceaccount={NAMESPACE}:{CONTROLLER_SA}")
+                for role in ("dpf-controller-credential-issuer", "dpf-controller-credential-writer")]
+
+    def secret(name: str, **labels: str) -> str:
+        return yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                               "metadata": {"name": name, "namespace": NAMESPACE, "labels": labels},
+                               "stringData": {"TOKEN_FILE": "x"}})
+
+    def as_ctl(*args: str, input: str | None = None) -> Any:
+        return kube.kubectl(*args, as_controller, input=input, check=False)
+
+    labelled = {"dpu.nvidia.com/dpuservicecredentialrequest-name": "r",
+                "dpu.nvidia.com/dpuservicecredentialrequest-namespace": NAMESPACE}
+    try:
+        for binding in bindings:
+            kube.kubectl("create", *binding)
+        kube.kubectl("create", "-f", "-", input=secret("someone-elses"))
+        kube.kubectl("create", "serviceaccount", "some-service", "-n", NAMESPACE)
+
+        def policy_in_force() -> bool:
+            return as_ctl("create", "--dry-run=server", "-f", "-", input=secret("plain")).returncode != 0
+        wait_until(policy_in_force, 30, "the secret policy in force")
+        assert "Opaque credential Secrets" in as_ctl("create", "--dry-run=server", "-f", "-",
+                                                       input=secret("plain")).stderr
+        made = as_ctl("create", "-f", "-", input=secret("mine", **labelled))
+        assert made.returncode == 0, made.stderr
+        assert as_ctl("label", "secret", "mine", "-n", NAMESPACE, "extra=1").returncode == 0
+        stripped = as_ctl("label", "secret", "mine", "-n", NAMESPACE,
+                          "dpu.nvidia.com/dpuservicecredentialrequest-name-")
+        assert "only change the credential Secrets" in stripped.stderr
+        assert "only change the credential Secrets" in as_ctl("label", "secret", "someone-elses", "-n",
+                                                                NAMESPACE, "extra=1").stderr
+        assert "only delete the credential Secrets" in as_ctl("delete", "secret", "someone-elses", "-n",
+                                                               NAMESPACE).stderr
+        assert as_ctl("delete", "secret", "mine", "-n", NAMESPACE).returncode == 0
+
+        def token_policy_in_force() -> bool:
+            return as_ctl("create", "token", CONTROLLER_SA, "-n", NAMESPACE).returncode != 0
+        wait_until(token_policy_in_force, 30, "the token policy in force")
+        for own in (CONTROLLER_SA, DPU_CLUSTER_SA):
+            assert "may not issue tokens for its own ServiceAccount" in as_ctl(
+                "create", "token", own, "-n", NAMESPACE).stderr
+        issued = as_ctl("create", "token", "some-service", "-n", NAMESPACE)
+        assert issued.returncode == 0, issued.stderr
+    finally:
+        for binding in bindings:
+            kube.kubectl("delete", "rolebinding", binding[1], "-n", NAMESPACE, "--ignore-not-found", check=False)
+        kube.kubectl("delete", "secret", "someone-elses", "mine", "-n", NAMESPACE, "--ignore-not-found", check=False)
+        kube.kubectl("delete", "serviceaccount", "some-service", "-n", NAMESPACE, "--ignore-not-found", check=False)

@@ -6,11 +6,12 @@ about 1-2 µs a character. On the agent's IDL thread that is the largest cost of
 update of our rows and of vswitchd's answer is parsed), and it competes for the GIL with the asyncio loop.
 
 `StreamParser` keeps python-ovs's contract (`feed(text)` consumes up to the end of one JSON value and
-returns how many characters it took, `is_done()`, `finish()` returns the value or an error string) but only
-finds where the top-level value ends, with a regular expression that steps over strings and counts brackets,
-and hands the whole text to `json.loads` once. JSON-RPC messages are objects, so a top-level value that is
-not an object or array is reported as an error, as a malformed message would be. `install()` makes python-ovs
-use it when it has no C parser of its own.
+returns how many characters it took, `is_done()`, `finish()` returns the value or an error string). A value
+that arrives whole in the first piece (most messages) is decoded in one `raw_decode` call; otherwise the
+parser only finds where the top-level value ends, with a regular expression that steps over strings and
+counts brackets, and hands the whole text to `json.loads` once. JSON-RPC messages are objects, so a
+top-level value that is not an object or array is reported as an error, as a malformed message would be.
+`install()` makes python-ovs use it when it has no C parser of its own.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import ovs.json
 # A whole string (escapes included), a bracket, or a lone quote: the start of a string this text does not finish.
 _TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[{}\[\]]|"', re.S)
 _SPACE = " \t\r\n"
+_DECODER = json.JSONDecoder()
 PYTHON_PARSER = ovs.json.Parser
 """python-ovs's own parser class (pure Python without its C extension), kept for comparison."""
 
@@ -56,6 +58,13 @@ class StreamParser:
                 self._fail(f"expected a JSON object or array, got {stripped[:20]!r}")
                 return pos + 1 - carried
             self._started = True
+            try:  # most messages arrive whole in one read: one C call, no scan
+                self._value, end = _DECODER.raw_decode(work, pos)
+            except ValueError:  # not whole yet (or malformed: the scan finds its end and json.loads says why)
+                pass
+            else:
+                self.done = True
+                return end
         depth = self._depth
         for match in _TOKEN.finditer(work, pos):
             token = match.group()

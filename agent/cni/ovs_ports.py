@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpf.agent.cni.errors import SwitchError
-from dpf.agent.sfc.ovsdb import Builder, Ovsdb, OvsdbError, OvsdbSettings, verify
+from dpf.agent.sfc.ovsdb import Builder, Ovsdb, OvsdbError, OvsdbSettings, bridge_rows, verify
 from dpf.agent.sfc.view import SwitchView
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,8 @@ class OvsPorts:
         adds = [op.spec for op in batch if op.spec is not None]
         dels = [op.name for op in batch if op.spec is None]
         try:
-            await self._transact(f"cni ports: +{len(adds)} -{len(dels)}", _builder(adds, dels), realize=bool(adds))
+            await self._transact(f"cni ports: +{len(adds)} -{len(dels)}", _builder(self.ovsdb, adds, dels),
+                                 realize=bool(adds))
         except SwitchError:
             if len(batch) == 1:
                 raise
@@ -201,24 +202,22 @@ def _settle(op: _Op, result: int | None = None, error: BaseException | None = No
         op.done.set_exception(error)
 
 
-def _builder(adds: Sequence[PortSpec], dels: Sequence[str]) -> Builder:
+def _builder(ovsdb: Ovsdb, adds: Sequence[PortSpec], dels: Sequence[str]) -> Builder:
     """One transaction for the batch, run on the IDL thread (again after TRY_AGAIN, on the fresh replica).
 
     A port of a wanted name is unlinked from its bridge (OVSDB garbage-collects the Port and Interface
     rows) and, for an add, inserted anew. The port sets we decided on are verified: if another writer
-    changed one since the replica was read, the commit returns TRY_AGAIN and this runs again."""
-    names = {spec.name for spec in adds} | set(dels)
+    changed one since the replica was read, the commit returns TRY_AGAIN and this runs again. Ports are
+    found through the client's name index (`Ovsdb.find_ports`), not by reading every bridge's ports."""
+    names = list(dict.fromkeys([*(spec.name for spec in adds), *dels]))
 
     def build(idl: Any, txn: Any) -> None:  # python-ovs Idl and Transaction (only ovsdb.py imports ovs)
-        bridges = {row.name: row for row in idl.tables["Bridge"].rows.values()}
-        home = {}
-        for bridge in bridges.values():
-            for port in bridge.ports:
-                if port.name in names:
-                    home[port.uuid] = bridge
-        for port_uuid, bridge in home.items():
+        bridges = bridge_rows(idl)
+        for port, bridge in ovsdb.find_ports(names).values():
+            if bridge is None:  # listed by no bridge: OVSDB is about to collect it
+                continue
             verify(bridge, "ports")
-            bridge.delvalue("ports", port_uuid)
+            bridge.delvalue("ports", port.uuid)
         for spec in adds:
             bridge = bridges.get(spec.bridge)
             if bridge is None:

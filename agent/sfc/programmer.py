@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
+from dpf.agent.sfc import gcpause
 from dpf.agent.sfc.desired import (
     CHAIN_RECORD,
     ChainPlan,
@@ -285,6 +286,10 @@ class SfcProgrammer:
     # -- passes ---------------------------------------------------------------------------------------
 
     def _resync(self, reason: str) -> Report:
+        with gcpause.paused():  # see gcpause: collections midway would walk the growing plan again and again
+            return self._resync_paused(reason)
+
+    def _resync_paused(self, reason: str) -> Report:
         s, clock = self._state, _Phases()
         view, ports = self._ports(force=True)
         clock.mark("ports")

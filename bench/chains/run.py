@@ -17,6 +17,11 @@ Measured, in the same run:
    `update(state).result()`, flow mods sent, chains touched, and a check that no other flow changed;
    alternating (in pairs) between the persistent OpenFlow connection (the default) and one
    `ovs-ofctl` process per bundle (what the connection replaced), `--updates` of each.
+
+`--baseline PYTHON` (another tree's Python, or a script putting its `dpf` first on PYTHONPATH) makes step 1
+an A/B of two trees on the same switch and the same emptied table: each rep runs replace-flows, then this
+tree's programmer and the baseline's, each in a fresh process (`FULL_CHILD`: connect, first resync, stop),
+in alternating order (ABBA), so a process's first plan (nothing interned or cached yet) is part of both.
 """
 
 from __future__ import annotations
@@ -179,6 +184,70 @@ def one_chain_updates(programmer: SfcProgrammer, ovs: OvsSwitch, args: argparse.
     return out
 
 
+FULL_CHILD = r"""
+import json, sys, time
+from pathlib import Path
+from dpf.agent.sfc.programmer import SfcProgrammer  # the tree's own dpf, before run.py puts a checkout on sys.path
+from dpf.agent.sfc.settings import SfcSettings
+sys.path.insert(0, sys.argv[1])
+import run
+chains, switches, physical, service = map(int, sys.argv[2:6])
+settings = SfcSettings(ovs_rundir=Path(sys.argv[6]), port_type="system", realize_timeout=300,
+                       ovsdb_txn_timeout=300, ofctl_timeout=300, ovsdb_connect_timeout=120)
+programmer = SfcProgrammer(settings, run.node_state(chains, switches, physical, service))
+started = time.monotonic()
+report = programmer.start(timeout=600)
+wall = time.monotonic() - started
+programmer.stop()
+print(json.dumps({"seconds": report.seconds, "wall": wall, "phases": dict(report.phases),
+                  "module": sys.modules["dpf.agent.sfc.programmer"].__file__}))
+"""
+
+
+def full_in_child(python: str, tree_bench: Path, args: argparse.Namespace, service: int, rundir: Path) -> dict:
+    """One full programming by `python`'s tree in a fresh process (see FULL_CHILD)."""
+    out = subprocess.run([python, "-c", FULL_CHILD, str(tree_bench), str(args.chains), str(args.switches),
+                          str(args.physical), str(service), str(rundir)], capture_output=True, text=True,
+                         timeout=900, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{python}: full programming failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def full_ab(ovs: OvsSwitch, flows: list[str], flow_file: Path, args: argparse.Namespace, service: int) -> dict:
+    """Step 1 as an A/B of this tree and `args.baseline`, fresh processes, ABBA order within reps."""
+    base_bench = Path(subprocess.run([str(args.baseline), "-c", "import dpf.agent.sfc.programmer as p, pathlib; "
+                                      "print(pathlib.Path(p.__file__).resolve().parents[2])"],
+                                     capture_output=True, text=True, check=True).stdout.strip()) / "bench" / "chains"
+    if base_bench.resolve().is_relative_to(REPO):
+        raise SystemExit(f"--baseline {args.baseline} imports this checkout: give it another tree's Python "
+                         "(PYTHONSAFEPATH=1 keeps the working directory out)")
+    trees = {"ours": (sys.executable, REPO / "bench" / "chains"), "baseline": (str(args.baseline), base_bench)}
+    runs: dict[str, list[dict]] = {"ours": [], "baseline": []}
+    theirs = []
+    for rep in range(args.reps):
+        ofctl(ovs, "del-flows", "br-sfc")
+        theirs.append(ofctl(ovs, "--bundle", "replace-flows", "br-sfc", str(flow_file)))
+        for name in (("ours", "baseline") if rep % 2 == 0 else ("baseline", "ours")):
+            ofctl(ovs, "del-flows", "br-sfc")
+            python, bench_dir = trees[name]
+            runs[name].append(full_in_child(python, bench_dir, args, service, ovs.rundir))
+            assert base_flow_text(ovs) == flows, f"{name}: flows differ from the first start's"
+    result: dict[str, object] = {"replace_flows_s": [round(x, 3) for x in theirs],
+                                 "replace_flows_median_s": round(statistics.median(theirs), 3)}
+    for name, reps in runs.items():
+        seconds = [r["seconds"] for r in reps]
+        result[name] = {"module": reps[0]["module"], "seconds": [round(x, 3) for x in seconds],
+                        "wall_s": [round(r["wall"], 3) for r in reps],
+                        "median_s": round(statistics.median(seconds), 3),
+                        "ratio_to_replace_flows": round(statistics.median(seconds) / statistics.median(theirs), 2),
+                        "phases_median_s": {k: round(statistics.median(r["phases"][k] for r in reps), 3)
+                                            for k in reps[0]["phases"]}}
+    result["ours_over_baseline_per_rep"] = [round(a["seconds"] / b["seconds"], 2)
+                                            for a, b in zip(runs["ours"], runs["baseline"], strict=True)]
+    return result
+
+
 def main() -> int:
     import logging
 
@@ -190,6 +259,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--json", type=Path, help="write the numbers here")
+    parser.add_argument("--baseline", type=Path, help="Python of another tree: full programming as an A/B")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (network namespaces, OVS)", file=sys.stderr)
@@ -227,6 +297,15 @@ def main() -> int:
         assert len(flows) == results["flows"], f"expected {results['flows']} flows, found {len(flows)}"
         flow_file = work / "flows.txt"
         flow_file.write_text("\n".join(flows) + "\n")
+
+        if args.baseline:
+            programmer.stop()
+            programmer = None
+            results["full_ab"] = full_ab(ovs, flows, flow_file, args, service)
+            print(json.dumps(results, indent=2))
+            if args.json:
+                args.json.write_text(json.dumps(results, indent=2) + "\n")
+            return 0
 
         # 1. Full programming vs replace-flows, alternating on an emptied table.
         ours, theirs, phases = [], [], []

@@ -14,9 +14,13 @@ packaging/upstream/ovs-cni) and bridge use host-local IPAM. Each plugin gets its
 name in the shared pod namespaces. `--record` writes the table into bench/RESULTS.md (## cni).
 
 `--baseline PYTHON` adds an A/B row: our plugin against a second agent run by another checkout's Python
-(`/path/to/other/.venv/bin/python`, its `dpf` package), on its own bridge, taking turns with ours call by
-call, so a change to the agent is compared under the same load. `--ours-only` leaves out the other plugins
-(quicker repeated A/B runs).
+(`/path/to/other/.venv/bin/python`, or a script that puts another tree's `dpf` first on PYTHONPATH), taking
+turns with ours call by call, so a change to the agent is compared under the same load. The baseline agent
+gets a switch of its own (its own ovsdb-server and ovs-vswitchd in a netns of their own, bridge br-base):
+on a shared switch each agent's OVSDB client would also receive, and pay for, the other's port updates.
+`--ours-only` leaves out the other plugins (quicker repeated A/B runs). Every row also gives the CPU time
+per call of the agent serving it (user + system, all threads, from /proc) and of that agent's switch
+(ovsdb-server + ovs-vswitchd; shared by every plugin but ours and the baseline's), over its own calls only.
 """
 
 from __future__ import annotations
@@ -62,6 +66,14 @@ class Plugin:
     ifname: str = "net1"
     adds: dict[str, list[float]] = field(default_factory=dict)
     dels: dict[str, list[float]] = field(default_factory=dict)
+    agent_pids: tuple[int, ...] = ()  # the agent serving this plugin (CPU per call)
+    switch_pids: tuple[int, ...] = ()  # its ovsdb-server and ovs-vswitchd
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # "<mode> ADD" -> [agent s, switch s]
+
+    def charge(self, key: str, agent: float, switch: float) -> None:
+        total = self.cpu.setdefault(key, [0.0, 0.0])
+        total[0] += agent
+        total[1] += switch
 
     def call(self, command: str, container: str, netns: str) -> float:
         env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": container,
@@ -111,13 +123,42 @@ def null_agent(path: Path) -> None:
     wait_until(path.exists, 10, "the null agent's socket")
 
 
-def start_agent(python: Path, sock: Path, switch: OvsSwitch, state: Path, pools: Path, log: Path) -> Child:
-    """The agent's CNI server run alone (`python -m dpf.agent.cni`), as the CNI tests run it."""
-    agent = Child(f"dpf-cni-agent-{sock.parent.name}", [str(python), "-m", "dpf.agent.cni", "--socket", str(sock),
-                                                        "--ovsdb", f"unix:{switch.db_sock}", "--state-dir",
+def start_agent(python: Path, sock: Path, switch: OvsSwitch, state: Path, pools: Path, log: Path,
+                netns: str | None = None) -> Child:
+    """The agent's CNI server run alone (`python -m dpf.agent.cni`), as the CNI tests run it; in `netns` (that
+    of its switch, where the host ends of its veths must land) when it is not the bench's own."""
+    prefix = ["ip", "netns", "exec", netns] if netns else []  # ip execs the agent: the pid stays the agent's
+    agent = Child(f"dpf-cni-agent-{sock.parent.name}", [*prefix, str(python), "-m", "dpf.agent.cni", "--socket",
+                                                        str(sock), "--ovsdb", f"unix:{switch.db_sock}", "--state-dir",
                                                         str(state), "--pools", str(pools)], log)
     wait_until(sock.exists, 30, "agent socket", while_alive=[agent])
     return agent
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: tuple[int, ...]) -> float:
+    """User + system time of the processes (all their threads) so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICK
+
+
+def metered(p: Plugin, key: str, work):
+    """Run `work()`, charging the CPU its agent and switch spent meanwhile to `p` under `key`."""
+    agent, switch = cpu_seconds(p.agent_pids), cpu_seconds(p.switch_pids)
+    result = work()
+    p.charge(key, cpu_seconds(p.agent_pids) - agent, cpu_seconds(p.switch_pids) - switch)
+    return result
+
+
+def turns(plugins: list[Plugin], i: int) -> list[Plugin]:
+    """The order of the i-th turn: reversed every other turn, so no plugin always goes first (an A/A run of
+    one agent twice, in a fixed order, put 17-28 % between the two rows' concurrent ADD p50)."""
+    return plugins if i % 2 == 0 else plugins[::-1]
 
 
 def sequential(plugins: list[Plugin], pods: list[str]) -> None:
@@ -126,8 +167,10 @@ def sequential(plugins: list[Plugin], pods: list[str]) -> None:
         p.adds["sequential"], p.dels["sequential"] = [], []
     for command, key in (("ADD", "adds"), ("DEL", "dels")):
         for i, pod in enumerate(pods):
-            for p in plugins:
-                getattr(p, key)["sequential"].append(p.call(command, f"{p.conf['name']}-s{i}", pod))
+            for p in turns(plugins, i):
+                name = f"{p.conf['name']}-s{i}"
+                getattr(p, key)["sequential"].append(metered(
+                    p, f"sequential {command}", lambda p=p, c=command, n=name, pod=pod: p.call(c, n, pod)))
 
 
 def concurrent(plugins: list[Plugin], pods: list[str], width: int) -> None:
@@ -138,10 +181,12 @@ def concurrent(plugins: list[Plugin], pods: list[str], width: int) -> None:
     with ThreadPoolExecutor(width) as pool:
         for start in range(0, len(pods) - width + 1, width):
             batch = pods[start:start + width]
-            for p in plugins:
+            for p in turns(plugins, start // width):
                 ids = [f"{p.conf['name']}-c{start + j}" for j in range(width)]
-                p.adds[mode] += pool.map(lambda c, pod, p=p: p.call("ADD", c, pod), ids, batch)
-                p.dels[mode] += pool.map(lambda c, pod, p=p: p.call("DEL", c, pod), ids, batch)
+                p.adds[mode] += metered(p, f"{mode} ADD", lambda p=p, ids=ids, batch=batch: list(
+                    pool.map(lambda c, pod: p.call("ADD", c, pod), ids, batch)))
+                p.dels[mode] += metered(p, f"{mode} DEL", lambda p=p, ids=ids, batch=batch: list(
+                    pool.map(lambda c, pod: p.call("DEL", c, pod), ids, batch)))
 
 
 def pct(values: list[float], q: float) -> float:
@@ -157,6 +202,21 @@ def table(plugins: list[Plugin]) -> str:
             a, d = p.adds[mode], p.dels[mode]
             lines.append(f"| {p.name} | {mode} (n={len(a)}) | {pct(a, .5):.1f} ms | {pct(a, .99):.1f} ms | "
                          f"{pct(d, .5):.1f} ms | {pct(d, .99):.1f} ms |")
+    return "\n".join(lines)
+
+
+def cpu_table(plugins: list[Plugin]) -> str:
+    """CPU ms per call of the serving agent (and its switch), for the plugins run by an agent of ours."""
+    lines = ["| plugin | mode | agent CPU per ADD | per DEL | switch CPU per ADD | per DEL |",
+             "|---|---|---|---|---|---|"]
+    for mode in plugins[0].adds:
+        for p in plugins:
+            if not p.agent_pids:
+                continue
+            n = len(p.adds[mode])
+            add, dele = p.cpu.get(f"{mode} ADD", [0, 0]), p.cpu.get(f"{mode} DEL", [0, 0])
+            lines.append(f"| {p.name} | {mode} (n={n}) | {add[0] / n * 1000:.1f} ms | {dele[0] / n * 1000:.1f} ms | "
+                         f"{add[1] / n * 1000:.1f} ms | {dele[1] / n * 1000:.1f} ms |")
     return "\n".join(lines)
 
 
@@ -217,11 +277,15 @@ def main() -> int:
     reap_stale("b")  # namespaces of an earlier run that was SIGKILLed (its finally never ran)
     bed = NetnsBed(owner="b")
     switch = OvsSwitch(netns=bed.namespace("ovs"), rundir=work / "ovs")
+    base_switch = OvsSwitch(netns=bed.namespace("ovsb"), rundir=work / "ovs-base") if args.baseline else None
     agents: list[Child] = []
     try:
         switch.start()
-        for bridge in ("br-sfc", "br-ovscni", "br-base"):
+        for bridge in ("br-sfc",) if args.ours_only else ("br-sfc", "br-ovscni"):  # --ours-only: alike switches
             switch.add_bridge(bridge)
+        if base_switch:
+            base_switch.start()
+            base_switch.add_bridge("br-base")
         pods = [bed.namespace(f"p{i}") for i in range(args.samples)]
         enter_netns(switch.netns)
         bindir = work / "bin"
@@ -237,8 +301,14 @@ def main() -> int:
                                   work / "agent.log"))
         base_sock = work / "run-base" / "agent.sock"
         if args.baseline:
-            agents.append(start_agent(args.baseline, base_sock, switch, work / "state-base", work / "pools-base.json",
-                                      work / "agent-base.log"))
+            where = subprocess.run([str(args.baseline), "-c", "import dpf.agent.cni; print(dpf.agent.cni.__file__)"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+            if Path(where).resolve().is_relative_to(REPO):
+                raise SystemExit(f"--baseline {args.baseline} imports this checkout ({where}): give it a Python "
+                                 "whose dpf is another tree's (PYTHONSAFEPATH=1 keeps the working directory out)")
+            print(f"baseline agent: {where}")
+            agents.append(start_agent(args.baseline, base_sock, base_switch, work / "state-base",
+                                      work / "pools-base.json", work / "agent-base.log", netns=base_switch.netns))
         plugins = [
             Plugin("ovs-cni v0.39.0", ovs_cni, {
                 "cniVersion": "1.0.0", "name": "ovscni", "type": "ovs", "bridge": "br-ovscni",
@@ -272,8 +342,13 @@ def main() -> int:
         if args.ours_only:
             plugins = [p for p in plugins if p.conf["type"] == "dpf-sfc-cni"]
         null_agent(work / "null" / "agent.sock")
+        switch_pids = tuple(c.pid for c in switch.children.values())
         for i, p in enumerate(plugins):
             p.ifname = f"net{i + 1}"
+            if p.conf["name"] == "sfc":
+                p.agent_pids, p.switch_pids = (agents[0].pid,), switch_pids
+            elif p.conf["name"] == "sfcbase":
+                p.agent_pids, p.switch_pids = (agents[1].pid,), tuple(c.pid for c in base_switch.children.values())
         for p in plugins:
             p.call("ADD", "warmup", pods[0])
             p.call("DEL", "warmup", pods[0])
@@ -281,6 +356,8 @@ def main() -> int:
         concurrent(plugins, pods, args.concurrency)
         text = table(plugins)
         print(text)
+        print()
+        print(cpu_table(plugins))
         if args.record:
             record(text, args, load)
         return 0
@@ -288,6 +365,8 @@ def main() -> int:
         for agent in reversed(agents):
             agent.stop()
         switch.stop()
+        if base_switch:
+            base_switch.stop()
         bed.cleanup()
         shutil.rmtree(work, ignore_errors=True)
 

@@ -179,7 +179,11 @@ def free_port() -> int:
 def exit_on_sigterm() -> None:
     """Turn SIGTERM into SystemExit, so a script's `finally` (stopping daemons, removing namespaces) runs when
     it is stopped with a plain `kill`, as it does on Ctrl-C; the default action would skip it."""
+    owner = os.getpid()
+
     def _exit(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:  # a fork that inherited the handler (pyroute2's netns helper): never run our finally
+            os._exit(128 + signum)
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
+import itertools
 import math
 import os
 import platform
@@ -53,6 +54,7 @@ from dpf.lab.bed.process import Child, wait_until  # noqa: E402
 from dpf.lab.controller import ControllerProcess  # noqa: E402
 from dpf.lab.dpus import AgentTLS  # noqa: E402
 from dpf.lab.emulator.bfb import EmulatedBfb  # noqa: E402
+from dpf.lab.emulator.host import FIRST_BUS  # noqa: E402
 from dpf.lab.emulator.serve import BfbHttpServer  # noqa: E402
 
 NAMESPACE = "bench"
@@ -93,6 +95,7 @@ class Result:
     controller_hwm: float = 0.0
     setup: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
+    in_phase: dict[str, tuple[float, float]] = field(default_factory=dict)  # phase -> (median, max) seconds
 
     @property
     def slowest(self) -> float:
@@ -215,11 +218,16 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
             cpu0 = cpu_seconds(pid)
             started = time.monotonic()
             dpuset = hbn("DPUSet")
-            dpuset["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] = "100%"
+            if per_host > 1:  # without a dpuSelector a DPUSet takes DPU 0 of each node (as upstream); every
+                # server has the same PCI layout, so one selector names them all
+                dpuset["spec"]["dpuSelector"] = {
+                    f"feature.node.kubernetes.io/dpu-{i}-pci-address": f"0000-{FIRST_BUS + i:02x}-00"
+                    for i in range(per_host)}
             kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(dpuset))
             first_seen: dict[str, float] = {}
             ready_at: dict[str, float] = {}
             phase_seen: dict[str, float] = {}
+            transitions: dict[str, list[tuple[str, float]]] = {}
             last_report = started
             while len(ready_at) < n:
                 now = time.monotonic()
@@ -238,6 +246,9 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                     first_seen.setdefault(name, now)
                     phase = (d.get("status") or {}).get("phase", "")
                     phase_seen.setdefault(phase, now - started)
+                    seen = transitions.setdefault(name, [])
+                    if not seen or seen[-1][0] != phase:
+                        seen.append((phase, now))
                     if phase == "Ready" and name not in ready_at:
                         ready_at[name] = now
                 if now - last_report > 10:
@@ -250,8 +261,13 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
             result.controller_rss = status_mb(pid, "VmRSS")
             result.controller_hwm = status_mb(pid, "VmHWM")
             result.phases = {k: v for k, v in sorted(phase_seen.items(), key=lambda kv: kv[1]) if k}
-            say(f"N={n}: all Ready in {result.total:.1f}s (slowest single {result.slowest:.1f}s); phases first seen "
-                f"at {', '.join(f'{k} {v:.1f}s' for k, v in result.phases.items())}")
+            spent: dict[str, list[float]] = {}
+            for seen in transitions.values():
+                for (phase, at), (_, until) in itertools.pairwise(seen):
+                    spent.setdefault(phase or "(none)", []).append(until - at)
+            result.in_phase = {phase: (statistics.median(v), max(v)) for phase, v in spent.items()}
+            say(f"N={n}: all Ready in {result.total:.1f}s (slowest single {result.slowest:.1f}s); seconds in each "
+                f"phase (median / max over DPUs, polled): {phase_line(result)}")
             return result
         finally:
             for server in servers:
@@ -261,6 +277,10 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                 list(pool.map(lambda s: s.machine.stop(timeout=120), servers))
             if controller is not None:
                 controller.stop()
+
+
+def phase_line(r: Result) -> str:
+    return ", ".join(f"{phase} {med:.1f}/{worst:.1f}" for phase, (med, worst) in r.in_phase.items())
 
 
 def table(results: list[Result]) -> str:
@@ -274,6 +294,8 @@ def table(results: list[Result]) -> str:
                      f"{r.slowest:.1f} | {statistics.median(r.singles):.1f} | {r.total / r.slowest:.2f} | {vs_solo} | "
                      f"{r.controller_cpu:.1f} ({100 * r.controller_cpu / r.total:.0f} %) | "
                      f"{r.controller_rss:.0f} ({r.controller_hwm:.0f}) |")
+    lines.append("")
+    lines.extend(f"- N={r.n}, seconds in each phase (median / max over DPUs, polled): {phase_line(r)}" for r in results)
     return "\n".join(lines)
 
 
@@ -305,14 +327,16 @@ def main() -> int:
     parser.add_argument("--vfs", type=int, default=2, help="NUM_OF_VFS in the flavor (upstream's hbn: 46)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per N, from the DPUSet to all Ready")
     parser.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="work under DIR/<N> and keep it (logs)")
     args = parser.parse_args()
     results = []
     for n in args.dpus:
         per_host = args.per_host or (1 if n <= 10 else 10 if n <= 100 else 25)
         reboot = args.reboot or ("cycle" if per_host == 1 else "skip")
         with tempfile.TemporaryDirectory(prefix=f"dpf-bench-provision-{n}-") as tmp:
+            work = Path(tmp) if args.keep is None else args.keep / str(n)
             results.append(run_one(n, per_host, args.join, reboot, args.bfb_mib, args.install_seconds, args.vfs,
-                                   args.timeout, Path(tmp)))
+                                   args.timeout, work))
         print(table(results), flush=True)
     text = table(results)
     if args.record:

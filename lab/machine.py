@@ -25,6 +25,7 @@ from pathlib import Path
 from pyroute2 import IPRoute
 
 from dpf.lab.bed.kubelet import Kubelet
+from dpf.lab.bed.kwok import KwokDpuOs
 from dpf.lab.bed.netns import ns_ipr
 from dpf.lab.dpu_os import DpuOs
 from dpf.lab.emulator.dpu import BootEvent
@@ -66,12 +67,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--totalvfs", type=int, default=16, help="sriov_totalvfs of each PF")
     parser.add_argument("--install-seconds", type=float, default=StageTimings.install)
     parser.add_argument("--workdir", type=Path, required=True, help="the DPUs' software state (OVS, kubelet)")
-    parser.add_argument("--node-bridge", required=True, help="the DPU cluster's node network bridge")
+    parser.add_argument("--node-bridge", help="the DPU cluster's node network bridge (required without --kwok)")
     parser.add_argument("--node-address", action="append", default=[],
                         help="CIDR of DPU i on the node network (once per DPU, in order)")
     parser.add_argument("--image-tar", type=Path, help="OCI image tar imported into each DPU's containerd")
+    parser.add_argument("--kwok", type=Path, metavar="KUBECONFIG",
+                        help="scale benches: a booted DPU only registers its Node in the DPU cluster (this admin "
+                             "kubeconfig) for kwok to simulate; no OVS, kubelet or DPU agent (lab/bed/kwok.py)")
     args = parser.parse_args(argv)
-    if len(args.node_address) != args.dpus:
+    if args.kwok is None and not args.node_bridge:
+        parser.error("--node-bridge is required (or --kwok)")
+    if args.kwok is None and len(args.node_address) != args.dpus:
         parser.error(f"--node-address must be given once per DPU ({args.dpus}), got {len(args.node_address)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -79,12 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
-    systems: list[DpuOs] = []
+    systems: list[DpuOs | KwokDpuOs] = []
     specs = [DpuSpec(args.model, totalvfs=args.totalvfs)] * args.dpus
     with EmulatedHost(args.name, args.root, specs, owner=args.owner,
                       timings=StageTimings(install=args.install_seconds)) as host:
         try:
-            for index, dpu in enumerate(host.dpus):
+            if args.kwok is not None:
+                systems.append(KwokDpuOs(host.dpus, args.kwok, say=say).start())
+            for index, dpu in enumerate(host.dpus if args.kwok is None else []):
                 workdir = args.workdir / dpu.name
                 address = args.node_address[index]
                 host_end = f"kn{os.getpid() % 100000}x{index}"

@@ -183,10 +183,14 @@ def prune_stale(parent: Path, keep: set[Path], pattern: str = "*") -> None:
             say(f"cache: removed {entry} (unused for {STALE_DAYS}+ days, {size / 1e6:.0f} MB)")
 
 
-def ensure_go_components() -> None:
+def ensure_go_components(only: str | None = None) -> None:
+    """Build (or take from the cache) and link every upstream module, or just `only`. Modules whose build.json
+    says `"on_demand": true` (kwok, for the provisioning bench) are built only when named."""
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
     for module in sorted(p for p in UPSTREAM.iterdir() if (p / "build.json").exists()):
         spec = json.loads((module / "build.json").read_text())
+        if (module.name != only) if only else spec.get("on_demand", False):
+            continue
         out = module_cache_dir(module)
         if all((out / name).exists() for name in spec["binaries"]):
             os.utime(out)  # in use: keeps prune_stale away
@@ -207,8 +211,15 @@ def ensure_go_components() -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-apt", action="store_true", help="do not check or install Debian packages")
+    parser.add_argument("--module", help="only build (or link from the cache) this upstream module, e.g. kwok")
     args = parser.parse_args()
     started = time.monotonic()
+    if args.module:
+        if not (UPSTREAM / args.module / "build.json").exists():
+            raise InstallError(f"no upstream module {args.module!r} under {UPSTREAM.relative_to(REPO)}")
+        ensure_go_components(args.module)
+        say(f"done in {time.monotonic() - started:.1f}s")
+        return 0
     if not args.skip_apt:
         ensure_debian_packages()
     ensure_venv()

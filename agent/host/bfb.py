@@ -3,6 +3,10 @@ or, when the file is not there and a controller is configured, streamed from the
 the agent's mTLS channel: into `<name>.partial`, resumed from that file's size after a cut, checked against
 the expected size and sha256, then renamed into place (so a present `<name>` is always a whole file).
 
+The stream is hashed as it arrives (a resumed one first hashes the bytes the partial already holds), in a writer
+thread that also writes: the received chunks are handed over in batches, so the event loop only moves
+references, and the finished file is never read back to be checked.
+
 A file found in the directory is trusted when no sha256 is given (as upstream trusts its PVC); with one it is
 hashed once per (size, mtime) and a mismatch is reported, never flashed.
 """
@@ -25,6 +29,7 @@ from dpf.proto.v1 import provisioning_pb2_grpc as ppb_grpc
 log = logging.getLogger(__name__)
 
 HASH_BLOCK = 4 << 20
+WRITE_BATCH = 8 << 20  # received bytes handed to the writer thread at once
 FETCH_ATTEMPTS = 5
 FETCH_RETRY_BASE = 0.2
 
@@ -37,7 +42,11 @@ class BfbState:
 
 
 class FetchError(Exception):
-    pass
+    """The bytes received are suspect: the partial file is removed and the next attempt starts over."""
+
+
+class StreamEnded(Exception):
+    """The stream ended before the file did, without an error: the next attempt resumes."""
 
 
 class ControllerFetcher:
@@ -48,28 +57,81 @@ class ControllerFetcher:
         self.channel = channel
         self.requests: list[tuple[str, int]] = []  # (file, offset) of every Read sent: resume is observable
 
-    async def fetch(self, name: str, partial: Path, expected_size: int, attempt: int) -> None:
-        """Append the rest of `name` to `partial` (from its current size). Raises FetchError or grpc errors."""
+    async def fetch(self, name: str, partial: Path, expected_size: int, attempt: int) -> str:
+        """Append the rest of `name` to `partial` (from its current size) and return the sha256 of the whole
+        partial file. Raises FetchError or grpc errors (the bytes appended before a cut stay: resume)."""
         endpoint = self.endpoints[attempt % len(self.endpoints)]
-        offset = await asyncio.to_thread(_size_or_zero, partial)
-        if expected_size and offset >= expected_size:
-            return
-        self.requests.append((name, offset))
-        channel = self.channel(endpoint)
+        out = await asyncio.to_thread(_Partial.open, partial)
         try:
-            call = ppb_grpc.BFBStoreStub(channel).Read(ppb.BFBReadRequest(file_name=name, offset=offset))
-            out = await asyncio.to_thread(open, partial, "ab")
-            with out:
-                async for chunk in call:
-                    if chunk.offset != offset:
-                        raise FetchError(f"the controller sent bytes at {chunk.offset}, expected {offset}")
-                    if expected_size and chunk.size != expected_size:
-                        raise FetchError(f"the controller's {name} is {chunk.size} bytes, the BFB says "
-                                         f"{expected_size}")
-                    await asyncio.to_thread(out.write, chunk.data)
-                    offset += len(chunk.data)
+            offset = out.size
+            if expected_size and offset >= expected_size:
+                return out.hexdigest()
+            self.requests.append((name, offset))
+            channel = self.channel(endpoint)
+            try:
+                call = ppb_grpc.BFBStoreStub(channel).Read(ppb.BFBReadRequest(file_name=name, offset=offset))
+                batch: list[bytes] = []
+                batched, total = 0, -1
+                writing: asyncio.Future[None] | None = None
+                try:
+                    async for chunk in call:
+                        if chunk.offset != offset:
+                            raise FetchError(f"the controller sent bytes at {chunk.offset}, expected {offset}")
+                        if expected_size and chunk.size != expected_size:
+                            raise FetchError(f"the controller's {name} is {chunk.size} bytes, the BFB says "
+                                             f"{expected_size}")
+                        total = chunk.size
+                        batch.append(chunk.data)
+                        batched += len(chunk.data)
+                        offset += len(chunk.data)
+                        if batched >= WRITE_BATCH:
+                            if writing is not None:
+                                await writing  # at most one batch in the writer while the next arrives
+                            writing = asyncio.ensure_future(asyncio.to_thread(out.append, batch))
+                            batch, batched = [], 0
+                finally:
+                    if writing is not None:
+                        await writing
+                    if batch:
+                        await asyncio.to_thread(out.append, batch)  # what arrived before a cut is kept
+            finally:
+                await channel.close()
+            whole = expected_size or total
+            if whole >= 0 and out.size != whole:  # the stream ended early without an error: resume
+                raise StreamEnded(f"the stream of {name} ended at {out.size} of {whole} bytes")
+            return out.hexdigest()
         finally:
-            await channel.close()
+            out.close()
+
+
+class _Partial:
+    """The partial file, opened for appending, with the running sha256 of everything it holds (hashed from disk
+    once when a resume finds bytes there). Used from worker threads, one call at a time."""
+
+    def __init__(self, path: Path) -> None:
+        self.file = open(path, "ab+")  # noqa: SIM115 (closed by close())
+        self.digest = hashlib.sha256()
+        self.file.seek(0)
+        while block := self.file.read(HASH_BLOCK):
+            self.digest.update(block)
+        self.size = self.file.tell()
+
+    @classmethod
+    def open(cls, path: Path) -> _Partial:
+        return cls(path)
+
+    def append(self, chunks: list[bytes]) -> None:
+        for data in chunks:
+            self.digest.update(data)  # releases the GIL: the event loop keeps receiving meanwhile
+            self.file.write(data)
+            self.size += len(data)
+        self.file.flush()
+
+    def hexdigest(self) -> str:
+        return self.digest.hexdigest()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 class BfbFiles:
@@ -111,32 +173,36 @@ class BfbFiles:
         assert self.fetcher is not None
         partial = path.with_name(f"{path.name}.partial")
         self.directory.mkdir(parents=True, exist_ok=True)
-        delay, last, complete = FETCH_RETRY_BASE, "", False
+        delay, last, digest = FETCH_RETRY_BASE, "", ""
         for attempt in range(FETCH_ATTEMPTS):
             try:
-                await self.fetcher.fetch(source.file_name, partial, source.size, attempt)
-                complete = True
+                digest = await self.fetcher.fetch(source.file_name, partial, source.size, attempt)
                 break
             except grpc.aio.AioRpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"
                 if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT,
                                   grpc.StatusCode.PERMISSION_DENIED):
                     break  # asking again will not help; the next pass of the worker will
+                if exc.code() == grpc.StatusCode.OUT_OF_RANGE:
+                    partial.unlink(missing_ok=True)  # longer than the controller's file: start over
+            except StreamEnded as exc:
+                last = str(exc)
             except (FetchError, OSError) as exc:
                 last = str(exc)
                 partial.unlink(missing_ok=True)  # the bytes we have are suspect: start over
             log.info("streaming %s from the controller: %s; resuming (attempt %d)", path.name, last, attempt + 2)
             await asyncio.sleep(delay)
             delay *= 2
-        if not complete:
+        if not digest:
             return f"streaming {path.name} from the controller failed: {last}"
+        st = await asyncio.to_thread(partial.stat)
+        self._verified[partial.name] = (st.st_size, st.st_mtime_ns, digest)  # hashed while it arrived
         why = await self._check(partial, source)
         if why:
             partial.unlink(missing_ok=True)
             return f"streamed {path.name} does not match: {why}"
         os.replace(partial, path)
-        if source.sha256:
-            self._verified[path.name] = self._verified.pop(partial.name)
+        self._verified[path.name] = self._verified.pop(partial.name)
         log.info("BFB %s streamed from the controller", path.name)
         return ""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -33,3 +34,29 @@ def test_only_unused_old_builds_of_the_same_module_are_pruned(tmp_path: Path, ca
 
     assert sorted(p.name for p in bin_dir.iterdir()) == ["cni-old", "etcd-new", "etcd-recent"]
     assert f"removed {stale}" in capsys.readouterr().out
+
+
+def test_an_on_demand_module_is_built_only_when_named(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`./dev setup` links every module but kwok (on demand: the provisioning bench names it)."""
+    install = load_install()
+    upstream, tools = tmp_path / "upstream", tmp_path / "tools"
+    for name, extra in (("etcd", {}), ("kwok", {"on_demand": True})):
+        module = upstream / name
+        module.mkdir(parents=True)
+        (module / "go.mod").write_text(f"module dpf.local/upstream/{name}\n")
+        (module / "go.sum").write_text("")
+        (module / "build.json").write_text(json.dumps({"binaries": {name: f"example.com/{name}"}, **extra}))
+    monkeypatch.setattr(install, "UPSTREAM", upstream)
+    monkeypatch.setattr(install, "TOOLS_DIR", tools)
+    monkeypatch.setattr(install, "CACHE", tmp_path / "cache")
+    for name in ("etcd", "kwok"):  # cache hits: no Go toolchain needed
+        out = install.module_cache_dir(upstream / name)
+        out.mkdir(parents=True)
+        (out / name).write_text("binary")
+
+    install.ensure_go_components()
+    assert sorted(p.name for p in tools.iterdir()) == ["etcd"]
+
+    install.ensure_go_components("kwok")
+    assert sorted(p.name for p in tools.iterdir()) == ["etcd", "kwok"]
+    assert "kwok: kwok (cache hit)" in capsys.readouterr().out

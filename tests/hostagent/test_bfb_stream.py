@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from dpf.agent.host.bfb import BfbFiles, ControllerFetcher
 from dpf.controller.pki import CertificateAuthority
 from dpf.controller.server.bfb_store import BFBStoreServer
 from dpf.lab.emulator import EmulatedHost
@@ -146,4 +147,80 @@ def test_the_bfb_store_serves_host_agents_only(tmp_path: Path) -> None:
             await server.stop(0)
 
     port = 0
+    run(scenario())
+
+
+class EndsEarly(BFBStoreServer):
+    """The real servicer, whose first stream ends cleanly (no error status) after `chunks` chunks."""
+
+    def __init__(self, directory: Path, chunks: int) -> None:
+        super().__init__(directory, insecure=True, chunk_bytes=256 * 1024)
+        self.chunks = chunks
+        self.offsets: list[int] = []
+
+    async def Read(self, request: ppb.BFBReadRequest,
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[ppb.BFBChunk]:
+        self.offsets.append(request.offset)
+        sent = 0
+        async for chunk in super().Read(request, context):
+            if len(self.offsets) == 1 and sent == self.chunks:
+                return
+            yield chunk
+            sent += 1
+
+
+def fetch_into(local: Path, controller: MiniController) -> BfbFiles:
+    return BfbFiles(local, ControllerFetcher([controller.endpoint], grpc.aio.insecure_channel))
+
+
+def test_a_resumed_stream_is_checked_whole_a_bad_kept_prefix_is_refused_then_fetched_again(tmp_path: Path) -> None:
+    """The sha256 covers the bytes a cut stream left in the partial file too, not only those streamed after."""
+    served = tmp_path / "controller-bfb"
+    path, _ = image(served, size=3 << 20)
+    data = path.read_bytes()
+    source = ppb.BFBSource(file_name="os.bfb", size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    local = tmp_path / "host-bfb"
+    local.mkdir()
+    kept = bytearray(data[:1 << 20])
+    kept[1000] ^= 0xFF  # one flipped byte in what an earlier stream left
+    (local / "os.bfb.partial").write_bytes(kept)
+
+    async def scenario() -> None:
+        store = CutOnce(served, cut_after=-1)
+        controller = await MiniController(served).start(store)
+        try:
+            files = fetch_into(local, controller)
+            refused = await files.ensure(source)
+            assert not refused.ready
+            assert "does not match" in refused.error
+            assert source.sha256 in refused.error
+            assert not (local / "os.bfb").exists()
+            assert not (local / "os.bfb.partial").exists()
+            fetched = await files.ensure(source)  # the next pass starts over
+            assert fetched.ready, fetched.error
+            assert store.offsets == [1 << 20, 0]
+            assert (local / "os.bfb").read_bytes() == data
+        finally:
+            await controller.stop()
+
+    run(scenario())
+
+
+def test_a_stream_that_ends_early_without_an_error_is_resumed_not_taken_for_the_file(tmp_path: Path) -> None:
+    """Even when the DPU spec gives neither size nor sha256, the file is the size every chunk announced."""
+    served = tmp_path / "controller-bfb"
+    path, _ = image(served, size=2 << 20)
+    local = tmp_path / "host-bfb"
+
+    async def scenario() -> None:
+        store = EndsEarly(served, chunks=3)
+        controller = await MiniController(served).start(store)
+        try:
+            state = await fetch_into(local, controller).ensure(ppb.BFBSource(file_name="os.bfb"))
+            assert state.ready, state.error
+            assert store.offsets == [0, 3 * 256 * 1024]
+            assert (local / "os.bfb").read_bytes() == path.read_bytes()
+        finally:
+            await controller.stop()
+
     run(scenario())

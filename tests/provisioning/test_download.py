@@ -3,13 +3,18 @@ logged, causes are named (refused connection, missing BFB directory), and the fi
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import os
 import re
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from dpf.controller.provisioning import download as dl
 from dpf.lab.bed.process import free_port
@@ -74,3 +79,60 @@ def test_the_file_is_world_readable_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "x.bfb").stat().st_mode) == 0o644
+
+
+def test_a_redirect_is_followed_and_every_byte_is_counted_on_the_event_loop(tmp_path: Path) -> None:
+    """Mirrors answer a BFB URL with a redirect; the bytes counter (the metric) sees the whole file, called on the
+    event loop's thread, and the file spans several of the downloader's buffers."""
+    payload = os.urandom(2 * dl.READ_BUFFER + 12345)
+    counted: list[int] = []
+    threads: set[int] = set()
+
+    def on_bytes(count: int) -> None:
+        counted.append(count)
+        threads.add(threading.get_ident())
+
+    async def moved(_request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("/new/x.bfb")
+
+    async def serve(_request: web.Request) -> web.StreamResponse:
+        return web.Response(body=payload)
+
+    async def scenario() -> dl.Downloaded:
+        app = web.Application()
+        app.router.add_get("/old/x.bfb", moved)
+        app.router.add_get("/new/x.bfb", serve)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/old/x.bfb"
+            return await dl.download(url, tmp_path / "x.bfb", dl.partial_path(tmp_path, "x.bfb", "u", "a"),
+                                     stall_timeout=10.0, on_bytes=on_bytes)
+        finally:
+            await runner.cleanup()
+
+    result = run(scenario())
+    assert (tmp_path / "x.bfb").read_bytes() == payload
+    assert result.size == len(payload)
+    assert result.sha256 == hashlib.sha256(payload).hexdigest()
+    assert sum(counted) == len(payload)
+    assert threads == {threading.get_ident()}
+
+
+def test_cancelling_a_download_stuck_in_a_socket_read_is_prompt_and_leaves_nothing(tmp_path: Path) -> None:
+    async def scenario() -> float:
+        async with BFBServer() as server:
+            server.mode = "stall"
+            task = asyncio.create_task(dl.download(server.url(), tmp_path / "x.bfb",
+                                                   dl.partial_path(tmp_path, "x.bfb", "u", "a"), stall_timeout=300.0))
+            await asyncio.wait_for(server.partial_sent.wait(), 30)
+            await asyncio.sleep(0.2)  # the transfer thread is now blocked reading the silent socket
+            started = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return time.monotonic() - started
+
+    assert run(scenario()) < 10.0  # not the 300 s stall timeout
+    assert os.listdir(tmp_path) == []

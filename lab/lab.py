@@ -123,7 +123,7 @@ class Lab:
             self.demo.start()
             if self.update:
                 provisioning.rolling_update(self._apply)
-                self.demo.show_traffic(expect=True, iperf=False)
+                self.demo.wait_traffic()
         except (ToolMissing, ProcessFailed, TimeoutError, DemoError, ServicePodError, ProvisioningError,
                 RuntimeError) as exc:
             raise LabError(str(exc)) from exc

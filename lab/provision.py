@@ -61,6 +61,9 @@ DPU_FIRST_ADDRESS = 100
 """DPU i's address on the node network is the bridge's network + DPU_FIRST_ADDRESS + i."""
 GONE = "deleted"
 """The lab's name for a DPU whose object is gone (a rolling update replaces a DPU by deleting it)."""
+SOCKET_PATH_MAX = 104
+"""Bytes of a unix socket path containerd accepts (sun_path less its own margin)."""
+_DEEPEST_SOCKET = "servers/worker{i}/dpus/w{i}-dpu{d}/kubelet/containerd/containerd.sock.ttrpc"
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
@@ -144,7 +147,7 @@ class Relay:
                 if not pending.endswith("\n"):
                     continue
                 line, pending = pending.rstrip("\n"), ""
-                if not line or _LOG_RECORD.match(line) or line.startswith((" ", "\t", "Traceback", "---")):
+                if not line or _LOG_RECORD.match(line) or line.startswith((" ", "\t", "Traceback", "---", "time=")):
                     continue
                 self.on_line(self.server, line)
                 self.say(f"{self.server.node}: {line}")
@@ -201,6 +204,12 @@ class Provisioning:
         self._relays: list[Relay] = []
         self._issuing: dict[str, threading.Thread] = {}
         self._issue_errors: list[str] = []
+        self._failures: list[str] = []
+        """Steps a DPU's OS reported failed (its server's `<dpu>: <step> failed: <cause>` lines)."""
+        deepest = workdir / _DEEPEST_SOCKET.format(i=hosts, d=dpus_per_host - 1)
+        if len(str(deepest).encode()) > SOCKET_PATH_MAX:
+            raise ProvisioningError(f"--workdir {workdir} is too long for the DPUs' containerd sockets ({deepest} is "
+                                    f"over {SOCKET_PATH_MAX} bytes); pass a shorter one")
 
     @property
     def expected(self) -> int:
@@ -275,6 +284,10 @@ class Provisioning:
                      f"log: {server.agent.log}")
 
     def _on_server_line(self, server: Server, line: str) -> None:
+        failed = re.match(r"^(\S+): (.+?) failed: (.*)$", line)
+        if failed and not line.startswith("dpu agent "):
+            self._failures.append(f"server {server.node}: DPU {failed[1]}: {failed[2]} failed: {failed[3]} (more in "
+                                  f"{server.machine.log})")
         parts = line.split()
         # "<emulated dpu>: <pci> rshim <dir> netns <netns>"
         if len(parts) == 6 and parts[2] == "rshim" and parts[4] == "netns":
@@ -341,8 +354,8 @@ class Provisioning:
             self._poll(started)
             if on_poll is not None:
                 on_poll(self.dpus)
-            if self._issue_errors:
-                raise ProvisioningError(self._issue_errors[0])
+            if self._issue_errors or self._failures:
+                raise ProvisioningError((self._issue_errors + self._failures)[0])
             return done(self.dpus)
 
         try:
@@ -419,6 +432,7 @@ class Provisioning:
         for view in self.dpus.values():
             view.phases.clear()
             view.message = ""
+        self.agents.clear()  # each DPU's OS starts its agent again after the update's boot
         started = time.monotonic()
         patch = {"spec": {"dpuTemplate": {"spec": {"bfb": {"name": UPDATE_BFB}}}}}
         self._custom.patch_namespaced_custom_object(*PROVISIONING, NAMESPACE, "dpusets", "dpuset", patch)
@@ -437,7 +451,7 @@ class Provisioning:
                          f"maxUnavailable {allowed}")
 
         def updated(dpus: dict[str, DpuView]) -> bool:
-            return all(self._version(d.name) == UPDATE_VERSION and d.phases and d.phases[-1][0] == "Ready"
+            return all(self._version(d.name).startswith(UPDATE_VERSION) and d.phases and d.phases[-1][0] == "Ready"
                        for d in dpus.values())
 
         self.watch(started, updated, f"every DPU Ready on {UPDATE_VERSION}", on_poll=track)
@@ -447,6 +461,7 @@ class Provisioning:
                                     f"{allowed}")
         self.say(f"rolling update: every DPU Ready on {UPDATE_VERSION} after {took:.1f}s; at most {worst} of "
                  f"{len(self.dpus)} unavailable at a time (maxUnavailable {allowed})")
+        self.wait_agents()
         return took
 
     def _version(self, name: str) -> str:

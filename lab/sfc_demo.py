@@ -85,7 +85,8 @@ class SfcDemo:
     def usage(self) -> str:
         lines = [f"Service chaining (upstream's hbn_only shape) on the {len(self.dpus)} provisioned DPUs:",
                  f"  {tool('kubectl')} get dpuserviceinterfaces,dpuservicechains -n {NAMESPACE}",
-                 f"  {tool('kubectl')} get servicechains -n {NAMESPACE} -o wide"]
+                 f"  KUBECONFIG={self.dpu_cluster.kubeconfig} {tool('kubectl')} get servicechains -n {NAMESPACE} "
+                 "-o wide    # in the DPU cluster"]
         for dpu in self.dpus:
             assert dpu.ovs is not None
             fabric, hbn = dpu.pods[f"{dpu.short}f0"], self.hbn[dpu.name]["p0"]
@@ -96,7 +97,9 @@ class SfcDemo:
                 service = self.service_pods.pods[dpu.name]
                 lines.append(f"  ip netns exec {self.service_pods.fabric[dpu.name].netns} ping {service.ip}"
                              f"  # service pod net1, via p2")
-        lines.append(f"  {tool('kubectl')} get dpuserviceipams,network-attachment-definitions -n {NAMESPACE}")
+        lines.append(f"  {tool('kubectl')} get dpuserviceipams -n {NAMESPACE}")
+        lines.append(f"  KUBECONFIG={self.dpu_cluster.kubeconfig} {tool('kubectl')} get pods,"
+                     f"network-attachment-definitions -n {NAMESPACE} -o wide")
         return "\n".join(lines)
 
     # -- steps ------------------------------------------------------------------------------------------------
@@ -135,6 +138,25 @@ class SfcDemo:
         for dpu in self.dpus:
             flows = [f for f in dpu.flows() if "learn(" in f]
             self.say(f"DPU {dpu.name}: br-sfc carries {len(flows)} chain flows (one per port of each switch)")
+
+    def wait_traffic(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until a ping through every DPU's chain gets a reply (after a reboot its agent programs the flows again),
+        then show it."""
+        service = self.service_pods
+
+        def passes() -> bool:
+            return all(dpu.pods[f"{dpu.short}f{port[1]}"].ping(self.hbn[dpu.name][port].ip, count=1, wait=0.5)
+                       for dpu in self.dpus for port in ("p0", "p1")) and \
+                all(service.fabric[name].ping(pod.ip, count=1, wait=0.5) for name, pod in service.pods.items())
+
+        started = time.monotonic()
+        try:
+            wait_until(passes, timeout, "traffic through every DPU's chain", interval=0.5, while_alive=self.children())
+        except TimeoutError:
+            raise DemoError(f"no traffic through every DPU's chain within {timeout:.0f}s") from None
+        self.say(f"chains carry traffic again {time.monotonic() - started:.1f}s after the update")
+        self.show_traffic(expect=True, iperf=False)
+        service.show_traffic()
 
     def show_traffic(self, expect: bool, iperf: bool = True) -> None:
         for dpu in self.dpus:

@@ -10,7 +10,9 @@ namespace, with real processes:
    as `system` ones (the one difference: this OVS has no DPDK);
 3. the join: `join(event, netns)` (the lab passes one that starts containerd + kubelet with the bf.cfg's
    join command), and then `agent(hostname, ovs)` (the DPU agent);
-4. every boot of the DPU (install, power cycle, reset) first stops what the previous boot started.
+4. every boot of the DPU (install, power cycle, reset) first stops what the previous boot started; a boot the
+   DPU has already left (a newer boot event is queued: the host was reset while this one was still starting)
+   stops before its next step instead of joining and starting an agent only to be torn down.
 
 Boot events arrive on the emulator's thread, which must not block: they go to one worker thread per DPU.
 A failure of a step is recorded in `failures` and logged with the step's name; the DPU then stays up without
@@ -158,18 +160,29 @@ class DpuOs:
             return
         bfcfg = event.bfcfg
         self._step("writing the bf.cfg's files", lambda: bfcfg.write_files(self.root))
-        if not self._step("starting Open vSwitch", lambda: self._start_ovs(boot)):
+        if self._superseded(boot) or not self._step("starting Open vSwitch", lambda: self._start_ovs(boot)):
             return
         script = bfcfg.ovs_script
         if script:
             self._step("running /opt/dpf/ovs.sh", lambda: self._run_ovs_script(boot, script))
+        if self._superseded(boot):
+            return
         if self._join is not None and bfcfg.join_command:
             join = self._join
             self._step("joining the DPU cluster", lambda: setattr(boot, "node", join(event, self.dpu.netns)))
+        if self._superseded(boot):
+            return
         if self._agent is not None and boot.ovs is not None:
             agent, ovs = self._agent, boot.ovs
             self._step("starting the DPU agent", lambda: setattr(boot, "agent", agent(hostname, ovs)))
         self._say(f"{hostname}: up ({event.reason}, {event.version})")
+
+    def _superseded(self, boot: Boot) -> bool:
+        if self._events.empty():
+            return False
+        self._say(f"{self.dpu.name}: rebooted while this boot ({boot.event.reason}) was starting; the next boot "
+                  "takes over")
+        return True
 
     def _start_ovs(self, boot: Boot) -> None:
         rundir = self.workdir / "ovs"

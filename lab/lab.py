@@ -1,9 +1,11 @@
 """The local lab: the real components of a DPF deployment, started on one machine.
 
-The host cluster's control plane with the dpf CRDs, then the service-chaining scenario (`sfc_demo.py`):
-the dpf controller, two emulated DPUs with their agents, upstream's hbn_only interfaces and chain, and
-traffic through it, and service pods attached through Multus with addresses from a DPUServiceIPAM pool;
-then upstream's BFB object, downloaded by the controller from a stand-in file server (`bfb_demo.py`).
+The host cluster's control plane with the dpf CRDs, a DPU cluster that is a control plane of its own, the dpf
+controller, and emulated servers with their host agents; then provisioning as DPF does it (`provision.py`):
+upstream's hbn_only BFB, DPUFlavor and DPUSet, every DPU's phases printed with its flash progress until all are
+Ready. Then the service-chaining scenario (`sfc_demo.py`) on the DPUs it provisioned: upstream's hbn_only
+interfaces and chain, traffic through it, and service pods attached through Multus with addresses from a
+DPUServiceIPAM pool; then a rolling update of the DPUSet to a new BFB, maxUnavailable respected and shown.
 Each step prints what it does. Once up, the lab supervises its long-running processes as systemd would
 (`bed/supervise.py`): one that dies is restarted with back-off and a line saying so, so faults can be tried
 in it; only a process that keeps failing stops the lab. Ctrl-C or SIGTERM stops everything in reverse order
@@ -22,12 +24,15 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from dpf.lab import chains
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import ProcessFailed
 from dpf.lab.bed.supervise import RestartPolicy, Supervisor
 from dpf.lab.bed.tools import ToolMissing, tool
-from dpf.lab.bfb_demo import BfbDemo
-from dpf.lab.sfc_demo import NAMESPACE, DemoError, SfcDemo
+from dpf.lab.controller import ControllerProcess
+from dpf.lab.provision import NAMESPACE, Provisioning, ProvisioningError
+from dpf.lab.service_pods import ServicePodError
+from dpf.lab.sfc_demo import DemoError, SfcDemo
 
 POLL_INTERVAL = 0.1
 """How often the lab looks for exited processes (the first restart waits RestartPolicy.first_delay on top)."""
@@ -42,13 +47,17 @@ def say(message: str) -> None:
 
 
 class Lab:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, hosts: int = 2, dpus_per_host: int = 1, update: bool = True) -> None:
         self.workdir = workdir
+        self.hosts = hosts
+        self.dpus_per_host = dpus_per_host
+        self.update = update
         self._stack = contextlib.ExitStack()
         self._stop = threading.Event()
         self.host: ControlPlane | None = None
+        self.controller: ControllerProcess | None = None
+        self.provisioning: Provisioning | None = None
         self.demo: SfcDemo | None = None
-        self.bfb: BfbDemo | None = None
         self.supervisor = Supervisor(say, RestartPolicy())
         self._pid = os.getpid()
 
@@ -59,7 +68,8 @@ class Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        say("stopping: agents, OVS, controller, control plane and the network namespaces")
+        say("stopping: servers (DPU agents, kubelets, OVS), host agents, controller, control planes and the "
+            "network namespaces")
         started = time.monotonic()
         self._stack.close()
         say(f"stopped cleanly in {time.monotonic() - started:.1f}s")
@@ -97,23 +107,56 @@ class Lab:
             raise LabError("the lab needs root (network namespaces, Open vSwitch); run it with sudo")
         try:
             self._start_control_plane()
-            assert self.host is not None
-            self.bfb = BfbDemo(self.host, self.workdir, NAMESPACE, self._stack, say)
-            self.demo = SfcDemo(self.host, self.workdir, self._stack, say, bfb_dir=self.bfb.prepare())
+            host = self.host
+            assert host is not None
+            provisioning = self.provisioning = Provisioning(host, self.workdir, self._stack, say, self.hosts,
+                                                            self.dpus_per_host)
+            self._apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
+            cluster = provisioning.start_dpu_cluster()
+            self._start_controller(provisioning.bfb_dir)
+            assert self.controller is not None
+            provisioning.register_dpu_cluster(self._apply)
+            provisioning.start_servers(self.controller)
+            provisioning.provision(self._apply)
+            self.demo = SfcDemo(host, cluster, self.controller, list(provisioning.dpus.values()), self.workdir,
+                                self._stack, say, watched=lambda: [s.machine for s in provisioning.servers])
             self.demo.start()
-            self.bfb.start()
-        except (ToolMissing, ProcessFailed, TimeoutError, DemoError, RuntimeError) as exc:
+            if self.update:
+                provisioning.rolling_update(self._apply)
+                self.demo.wait_traffic()
+        except (ToolMissing, ProcessFailed, TimeoutError, DemoError, ServicePodError, ProvisioningError,
+                RuntimeError) as exc:
             raise LabError(str(exc)) from exc
         self._supervise()
         self._print_usage()
 
+    def _apply(self, objects: list[dict]) -> None:
+        assert self.host is not None
+        result = self.host.kubectl("apply", "--server-side", "-f", "-", input=chains.to_yaml(objects), check=False)
+        if result.returncode != 0:
+            raise LabError(f"kubectl apply failed: {result.stderr.strip()}")
+        for line in result.stdout.splitlines():
+            say(f"  kubectl: {line}")
+
+    def _start_controller(self, bfb_dir: Path) -> None:
+        assert self.host is not None
+        say("starting the dpf controller (NodeState gRPC with mTLS on a unix socket, leader of one)")
+        bfb_dir.mkdir(parents=True, exist_ok=True)
+        self.controller = ControllerProcess(self.host.kubeconfig, NAMESPACE, self.workdir / "controller", bfb_dir)
+        self._stack.callback(self.controller.stop)
+        self.controller.start()
+        say(f"controller serving at {self.controller.endpoint}; log: {self.controller.workdir}/controller.log")
+
     def _supervise(self) -> None:
         """Watch every long-running process from here on (start-up itself fails fast on a death instead)."""
         assert self.host is not None
-        assert self.demo is not None
-        for child in self.host.children:
-            self.supervisor.watch(child, child.name.split(" (")[0])
-        for label, child, log in self.demo.processes():
+        assert self.provisioning is not None
+        for plane in (self.host, self.provisioning.cluster):
+            for child in plane.children if plane else ():
+                self.supervisor.watch(child, child.name)
+        if self.controller is not None and self.controller.child is not None:
+            self.supervisor.watch(self.controller.child, "dpf controller")
+        for label, child, log in self.provisioning.processes():
             self.supervisor.watch(child, label, log)
 
     def _start_control_plane(self) -> None:
@@ -133,8 +176,8 @@ class Lab:
             f"  export KUBECONFIG={self.host.kubeconfig}\n"
             f"  {tool('kubectl')} get crd\n"
             f"  {tool('kubectl')} api-resources --api-group=provisioning.dpu.nvidia.com\n"
+            f"\n{self.provisioning.usage() if self.provisioning else ''}\n"
             f"\n{self.demo.usage() if self.demo else ''}\n"
-            f"\n{self.bfb.usage() if self.bfb else ''}\n"
             f"\n{self._fault_usage()}\n"
             "\nPress Ctrl-C to stop the lab.\n",
             flush=True,
@@ -143,16 +186,20 @@ class Lab:
     def _fault_usage(self) -> str:
         policy = self.supervisor.policy
         dpu = self.demo.dpus[0].name if self.demo and self.demo.dpus else "worker1-0000-08-00"
-        width = max((len(w.label) for w in self.supervisor.watched), default=0)
+        agents = self.provisioning.agent_listing() if self.provisioning else []
+        width = max((len(label) for label in [w.label for w in self.supervisor.watched] + [a[0] for a in agents]),
+                    default=0)
         return "\n".join([
             f"Faults: the lab restarts a process that dies, as systemd's Restart=on-failure would (after "
             f"{policy.first_delay:g}s, doubling",
             f"to {policy.max_delay:g}s while it keeps failing), and says so; it stops only for one restarted more "
             f"than {policy.burst} times within {policy.interval:g}s.",
             "Kill one and watch it come back:",
-            f"  kill -9 $(pgrep -f 'agent dpu --node {dpu}')    # or kill -9 <pid> from this list",
+            f"  kill -9 $(pgrep -f 'agent dpu --node {dpu}')    # or kill -9 <pid> from these lists",
             "Processes (pid, log):",
             *(f"  {w.label:<{width}}  {w.child.pid:>7}  {w.log}" for w in self.supervisor.watched),
+            "DPU software, started by each DPU's OS after it joined and restarted by its emulated server:",
+            *(f"  {label:<{width}}  {pid:>7}  {log}" for label, pid, log in agents),
         ])
 
     def wait(self, duration: float | None) -> None:

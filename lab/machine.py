@@ -9,6 +9,11 @@ into the DPU cluster's node network (`--node-bridge`, one `--node-address` per D
 Its own process because a power action rebuilds netdevs through pyroute2, which forks, and a fork is unsafe in a
 process running gRPC threads (the tests' and the lab's controller clients); and because the kubelets it starts
 must die with it. It prints one line per event (`<dpu>: joined as <node>`), which the lab shows.
+
+With `--controller`, each DPU's OS also starts its DPU agent (`dpf agent dpu`: SFC programmer and CNI server) in
+the DPU's network namespace once it has joined, as the DPF-provisioned DPU does, with the node certificate found
+in `--agent-certs/<hostname>/` (waited for: whoever provisions the DPU issues it). The server restarts an agent
+that dies, as systemd's `Restart=on-failure` would (`bed/supervise.py`), and says so.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ from pyroute2 import IPRoute
 from dpf.lab.bed.kubelet import Kubelet
 from dpf.lab.bed.kwok import KwokDpuOs
 from dpf.lab.bed.netns import ns_ipr
+from dpf.lab.bed.ovs import OvsSwitch
+from dpf.lab.bed.process import Child, ProcessFailed, wait_until
+from dpf.lab.bed.supervise import Supervisor
 from dpf.lab.dpu_os import DpuOs
 from dpf.lab.emulator.dpu import BootEvent
 from dpf.lab.emulator.host import DpuSpec, EmulatedHost
@@ -34,6 +42,8 @@ from dpf.lab.emulator.pci import DEVICE_IDS
 from dpf.lab.emulator.rshim import StageTimings
 
 NODE_IFNAME = "k8s0"
+CERT_TIMEOUT = 300.0
+"""How long a booted DPU's agent waits for its node certificate to appear under --agent-certs."""
 
 
 def say(message: str) -> None:
@@ -57,6 +67,29 @@ def attach(netns: str, bridge: str, address: str, host_end: str) -> None:
         ipr.link("set", index=index, state="up")
 
 
+def agent_certs(directory: Path, node: str, timeout: float = CERT_TIMEOUT) -> list[str]:
+    """The TLS flags of `dpf agent dpu` for `node`, once `dpf controller issue-node-cert` wrote them."""
+    certs = directory / node
+    wait_until(lambda: (certs / "tls.key").exists(), timeout, f"the node certificate of {node} in {certs}",
+               interval=0.2)
+    return ["--ca", str(certs / "ca.crt"), "--cert", str(certs / "tls.crt"), "--key", str(certs / "tls.key"),
+            "--server-name", "localhost"]
+
+
+def start_dpu_agent(netns: str, node: str, ovs: OvsSwitch, workdir: Path, controller: str, certs: Path,
+                    log_level: str) -> Child:
+    """The DPU agent of a booted DPU, in its network namespace next to its OVS (as `lab/dpus.py` runs it)."""
+    tls = agent_certs(certs, node)
+    socket = workdir / "run" / "cni.sock"
+    socket.unlink(missing_ok=True)  # a restart waits for the new agent's socket
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent", "dpu", "--node", node,
+            "--controller", controller, "--state-dir", str(workdir / "agent-state"), "--ovs-rundir", str(ovs.rundir),
+            "--port-type", "system", "--cni-socket", str(socket), "--log-level", log_level, *tls]
+    agent = Child(f"dpu-agent-{node}", argv, workdir / "agent.log")
+    wait_until(socket.exists, 60, f"the DPU agent of {node} to serve CNI", while_alive=[agent])
+    return agent
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dpf.lab.machine", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="the host's root directory (created; removed on exit)")
@@ -74,11 +107,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kwok", type=Path, metavar="KUBECONFIG",
                         help="scale benches: a booted DPU only registers its Node in the DPU cluster (this admin "
                              "kubeconfig) for kwok to simulate; no OVS, kubelet or DPU agent (lab/bed/kwok.py)")
+    parser.add_argument("--flash-rate", type=float, default=None,
+                        help="bytes/s each DPU's rshim boot device accepts (default: as fast as it can)")
+    parser.add_argument("--controller", help="NodeState endpoint: start each booted DPU's DPU agent against it")
+    parser.add_argument("--agent-certs", type=Path, help="with --controller: <dir>/<hostname>/ holds each "
+                        "DPU agent's node certificate (ca.crt, tls.crt, tls.key)")
+    parser.add_argument("--agent-log-level", default="info")
     args = parser.parse_args(argv)
     if args.kwok is None and not args.node_bridge:
         parser.error("--node-bridge is required (or --kwok)")
     if args.kwok is None and len(args.node_address) != args.dpus:
         parser.error(f"--node-address must be given once per DPU ({args.dpus}), got {len(args.node_address)}")
+    if args.controller and not args.agent_certs:
+        parser.error("--controller needs --agent-certs")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
 
@@ -86,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     systems: list[DpuOs | KwokDpuOs] = []
+    supervisor = Supervisor(say)
     specs = [DpuSpec(args.model, totalvfs=args.totalvfs)] * args.dpus
     with EmulatedHost(args.name, args.root, specs, owner=args.owner,
                       timings=StageTimings(install=args.install_seconds)) as host:
@@ -108,11 +150,25 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"{event.dpu}: joined the DPU cluster as node {node} ({address})")
                     return kubelet
 
-                systems.append(DpuOs(dpu, workdir, join=join, say=say).start())
+                def agent(hostname: str, ovs: OvsSwitch, workdir: Path = workdir, netns: str = dpu.netns) -> Child:
+                    child = start_dpu_agent(netns, hostname, ovs, workdir, args.controller, args.agent_certs,
+                                            args.agent_log_level)
+                    supervisor.watch(child, f"dpu agent {hostname}")
+                    say(f"dpu agent {hostname} started as pid {child.pid}; log: {child.log}")
+                    return child
+
+                if args.flash_rate:
+                    dpu.set_faults(rate=args.flash_rate)
+                systems.append(DpuOs(dpu, workdir, join=join, agent=agent if args.controller else None,
+                                     say=say).start())
                 say(f"{dpu.name}: {dpu.pci_address} rshim {dpu.rshim.directory} netns {dpu.netns}")
             say(f"host {host.name}: netns {host.netns}, ipmitool {host.ipmitool}, "
                 f"control {host.run_dir / 'control.sock'}")
-            done.wait()
+            while not done.wait(0.1):
+                try:
+                    supervisor.poll()
+                except ProcessFailed as exc:  # one DPU's agent keeps failing: said; the server stays up
+                    say(str(exc).splitlines()[0])
         finally:
             for system in systems:
                 system.close()

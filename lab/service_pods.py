@@ -1,6 +1,7 @@
-"""The lab's service pods: on every emulated DPU, a pod whose network namespace is attached as kubelet would
-attach it, by the real Multus thin plugin reading the pod's `k8s.v1.cni.cncf.io/networks` annotation and a
-NetworkAttachmentDefinition for our CNI plugin. Its `net1` lands on br-sfc with an address the DPU agent
+"""The lab's service pods: on every provisioned DPU, a pod (in the DPU cluster, run by the DPU's kubelet as a
+stand-in container) with a network namespace the lab attaches as kubelet would, by the real Multus thin plugin
+reading the pod's `k8s.v1.cni.cncf.io/networks` annotation and a NetworkAttachmentDefinition (DPU cluster) for our
+CNI plugin. Its `net1` lands on br-sfc with an address the DPU agent
 leases from a DPUServiceIPAM pool (`manifests/service_pods.yaml`), and a chain joins it to uplink p2; each
 pod's interface, address and a ping through the chain are printed. Teardown runs Multus DEL first, which
 releases the lease and unplugs the port, as kubelet does when a pod goes.
@@ -21,6 +22,7 @@ import yaml
 from kubernetes import client as k8s
 
 from dpf.lab import chains
+from dpf.lab.bed.images import BUSYBOX_IMAGE
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import NetnsBed, Pod, ns_exec
 from dpf.lab.bed.tools import tool
@@ -65,22 +67,24 @@ def pod(namespace: str, name: str, node: str, network: str) -> chains.Obj:
             "metadata": {"name": name, "namespace": namespace, "labels": {chains.SERVICE_LABEL: SERVICE},
                          "annotations": {NETWORKS_ANNOTATION: json.dumps(selection)}},
             "spec": {"nodeName": node, "automountServiceAccountToken": False,
-                     "containers": [{"name": "svc", "image": "example.invalid/lab-svc:1"}]}}
+                     # the lab's busybox (no registry here): the DPU's kubelet runs it, sleeping
+                     "containers": [{"name": "svc", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never"}]}}
 
 
 class ServicePods:
-    def __init__(self, host: ControlPlane, bed: NetnsBed, bin_dir: Path, workdir: Path, namespace: str,
+    def __init__(self, dpu_cluster: ControlPlane, bed: NetnsBed, bin_dir: Path, workdir: Path, namespace: str,
                  group: str, stack: contextlib.ExitStack, say: Callable[[str], None],
-                 apply: Callable[[list[chains.Obj]], None], wait_ready: Callable[[str, str], None]) -> None:
-        self.host, self.bed, self.bin_dir, self.workdir = host, bed, bin_dir, workdir
+                 apply: Callable[[list[chains.Obj]], None], apply_dpu: Callable[[list[chains.Obj]], None],
+                 wait_ready: Callable[[str, str], None]) -> None:
+        self.cluster, self.bed, self.bin_dir, self.workdir = dpu_cluster, bed, bin_dir, workdir
         self.namespace, self.group, self.stack, self.say = namespace, group, stack, say
-        self.apply, self.wait_ready = apply, wait_ready
+        self.apply, self.apply_dpu, self.wait_ready = apply, apply_dpu, wait_ready
         self.fabric: dict[str, Pod] = {}
         self.pods: dict[str, Pod] = {}
 
     def start(self, dpus: list[EmulatedDpu]) -> None:
-        crds = self.host.install_crds(CRDS)
-        self.say(f"installed the NetworkAttachmentDefinition CRD ({', '.join(crds)}) for Multus")
+        crds = self.cluster.install_crds(CRDS)
+        self.say(f"installed the NetworkAttachmentDefinition CRD ({', '.join(crds)}) in the DPU cluster for Multus")
         objects = manifests(self.namespace, self.group)
         pool = [o for o in objects if o["kind"] == "DPUServiceIPAM"]
         self.say(f"applying DPUServiceIPAM {POOL}: ipv4Subnet {pool_subnet()}, "
@@ -103,12 +107,12 @@ class ServicePods:
 
     def _attach(self, dpu: EmulatedDpu, name: str) -> Pod:
         network = f"{NETWORK}-{dpu.short}"
-        self.apply([nad(self.namespace, network, dpu.cni_socket), pod(self.namespace, name, dpu.name, network)])
-        obj = k8s.CoreV1Api(self.host.client).read_namespaced_pod(name, self.namespace)
+        self.apply_dpu([nad(self.namespace, network, dpu.cni_socket), pod(self.namespace, name, dpu.name, network)])
+        obj = k8s.CoreV1Api(self.cluster.client).read_namespaced_pod(name, self.namespace)
         netns = self.bed.namespace(f"{dpu.short}s")
         workdir = dpu.workdir / "multus"
         conf = {"cniVersion": "1.0.0", "name": "multus-cni-network", "type": "multus",
-                "kubeconfig": str(self.host.kubeconfig), "cniDir": str(workdir / "cache"),
+                "kubeconfig": str(self.cluster.kubeconfig), "cniDir": str(workdir / "cache"),
                 "binDir": str(self.bin_dir), "logFile": str(workdir / "multus.log"), "logLevel": "verbose",
                 # the cluster network (eth0) is not the lab's subject: loopback stands in for it
                 "delegates": [{"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "loopback"}]}]}

@@ -1,13 +1,11 @@
-"""The lab's service-chaining scenario, started once the control plane is up: the dpf controller (mTLS), two
-emulated DPUs (OVS + DPU agent each, uplinks p0/p1 into fabric namespaces, an HBN pod plugged through the
-SFC CNI plugin), the DPU Nodes, and upstream's hbn_only interfaces and chain. It then shows packets pass
-through the chain (ping and iperf3 from each fabric namespace to the HBN pod), deletes the chain and shows
-them stop, and applies the chain again so the lab is left working. Then service pods attached through
-Multus with addresses from a DPUServiceIPAM pool, chained to uplink p2 (`service_pods.py`). Every step is
-printed.
-
-The lab's DPU cluster is the host apiserver itself (a DPUCluster whose Secret holds the host's admin
-kubeconfig): one control plane to start, the same objects and code paths as with two.
+"""The lab's service-chaining scenario, on the DPUs the lab provisioned (`provision.py`): each DPU's OS runs its
+Open vSwitch and its DPU agent (SFC programmer + CNI server) and its Node joined the DPU cluster with the labels
+the chains select. The lab wires uplinks p0/p1 of each DPU to fabric namespaces (the cables), puts an HBN pod on
+each DPU node (a stand-in container the DPU's kubelet runs) and plugs its p0_if/p1_if through the SFC CNI plugin,
+then applies upstream's hbn_only interfaces and chain. It shows packets pass through the chain (ping and iperf3
+from each fabric namespace to the HBN pod), deletes the chain and shows them stop, and applies the chain again so
+the lab is left working. Then service pods attached through Multus with addresses from a DPUServiceIPAM pool,
+chained to uplink p2 (`service_pods.py`). Every step is printed.
 """
 
 from __future__ import annotations
@@ -19,16 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dpf.lab import chains
+from dpf.lab.bed.images import BUSYBOX_IMAGE
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import NetnsBed, Pod, reap_stale
 from dpf.lab.bed.process import Child, wait_until
 from dpf.lab.bed.tools import tool
 from dpf.lab.controller import ControllerProcess
 from dpf.lab.dpus import EmulatedDpu, cni_bin_dir
+from dpf.lab.provision import GROUP, NAMESPACE, DpuView
 from dpf.lab.service_pods import ServicePods
 
-NAMESPACE = "dpf-operator-system"
-GROUP = "lab"
 HBN_POD = "doca-hbn-ds-{i}"
 READY_TIMEOUT = 60.0
 
@@ -37,24 +35,35 @@ class DemoError(RuntimeError):
     pass
 
 
+def stand_in(pod: chains.Obj) -> chains.Obj:
+    """A service pod object whose container the DPU's kubelet can run here: the lab's busybox image (no
+    registry), sleeping. Its service interfaces are plugged by the lab into a namespace of their own."""
+    for container in pod["spec"]["containers"]:
+        container.update(image=BUSYBOX_IMAGE, imagePullPolicy="Never")
+    return pod
+
+
 class SfcDemo:
-    def __init__(self, host: ControlPlane, workdir: Path, stack: contextlib.ExitStack,
-                 say: Callable[[str], None], bfb_dir: Path | None = None) -> None:
+    def __init__(self, host: ControlPlane, dpu_cluster: ControlPlane, controller: ControllerProcess,
+                 provisioned: list[DpuView], workdir: Path, stack: contextlib.ExitStack,
+                 say: Callable[[str], None], watched: Callable[[], list[Child]] = list) -> None:
         self.host = host
+        self.dpu_cluster = dpu_cluster
         self.workdir = workdir
         self.stack = stack
         self.say = say
         self.reader = chains.Reader(host.client)
-        self.controller = ControllerProcess(host.kubeconfig, NAMESPACE, workdir / "controller", bfb_dir)
+        self.controller = controller
+        self.provisioned = provisioned
+        self._watched = watched
         self.bed = NetnsBed(owner="lab")
         self.dpus: list[EmulatedDpu] = []
         self.hbn: dict[str, dict[str, Pod]] = {}
-        self.service_pods = ServicePods(host, self.bed, workdir / "cni-bin", workdir, NAMESPACE, GROUP, stack, say,
-                                        self._apply, self._wait_ready)
+        self.service_pods = ServicePods(dpu_cluster, self.bed, workdir / "cni-bin", workdir, NAMESPACE, GROUP, stack,
+                                        say, self._apply, self._apply_dpu, self._wait_ready)
 
     # -- what the lab runs ----------------------------------------------------------------------------------
     def start(self) -> None:
-        self._controller()
         self._dpus()
         self._chain()
         self.show_traffic(expect=True)
@@ -71,28 +80,13 @@ class SfcDemo:
         self.service_pods.start(self.dpus)
 
     def children(self) -> list[Child]:
-        found = [self.controller.child] if self.controller.child else []
-        for dpu in self.dpus:
-            found += [c for c in (dpu.agent, *(dpu.ovs.children.values() if dpu.ovs else ())) if c]
-        return found
-
-    def processes(self) -> list[tuple[str, Child, Path]]:
-        """(label, child, log) of each long-running process of the scenario, for the lab's supervisor."""
-        found = []
-        if self.controller.child:
-            found.append(("dpf controller", self.controller.child, self.controller.child.log))
-        for dpu in self.dpus:
-            if dpu.ovs is not None:
-                found += [(f"{daemon} of {dpu.name}", child, dpu.ovs.log(daemon))
-                          for daemon, child in dpu.ovs.children.items()]
-            if dpu.agent is not None:
-                found.append((f"dpu agent {dpu.name}", dpu.agent, dpu.agent.log))
-        return found
+        return [c for c in (self.controller.child, *self._watched()) if c]
 
     def usage(self) -> str:
-        lines = ["Service chaining (upstream's hbn_only shape) on two emulated DPUs:",
+        lines = [f"Service chaining (upstream's hbn_only shape) on the {len(self.dpus)} provisioned DPUs:",
                  f"  {tool('kubectl')} get dpuserviceinterfaces,dpuservicechains -n {NAMESPACE}",
-                 f"  {tool('kubectl')} get servicechains -n {NAMESPACE} -o wide"]
+                 f"  KUBECONFIG={self.dpu_cluster.kubeconfig} {tool('kubectl')} get servicechains -n {NAMESPACE} "
+                 "-o wide    # in the DPU cluster"]
         for dpu in self.dpus:
             assert dpu.ovs is not None
             fabric, hbn = dpu.pods[f"{dpu.short}f0"], self.hbn[dpu.name]["p0"]
@@ -103,49 +97,34 @@ class SfcDemo:
                 service = self.service_pods.pods[dpu.name]
                 lines.append(f"  ip netns exec {self.service_pods.fabric[dpu.name].netns} ping {service.ip}"
                              f"  # service pod net1, via p2")
-        lines.append(f"  {tool('kubectl')} get dpuserviceipams,network-attachment-definitions -n {NAMESPACE}")
+        lines.append(f"  {tool('kubectl')} get dpuserviceipams -n {NAMESPACE}")
+        lines.append(f"  KUBECONFIG={self.dpu_cluster.kubeconfig} {tool('kubectl')} get pods,"
+                     f"network-attachment-definitions -n {NAMESPACE} -o wide")
         return "\n".join(lines)
 
     # -- steps ------------------------------------------------------------------------------------------------
-    def _controller(self) -> None:
-        self._apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
-        self.say("starting the dpf controller (NodeState gRPC with mTLS on a unix socket, leader of one)")
-        self.stack.callback(self.controller.stop)
-        self.controller.start()
-        self.say(f"controller serving at {self.controller.endpoint}; log: {self.controller.workdir}/controller.log")
-        self.say("registering the DPU cluster: DPUCluster 'dpu' (static) whose kubeconfig Secret points at this "
-                 "apiserver")
-        self._apply(chains.dpu_cluster(NAMESPACE, "dpu", self.host.kubeconfig.read_bytes()))
-
     def _dpus(self) -> None:
         for name in reap_stale("lab"):
             self.say(f"removed network namespace {name} left by a lab that was killed")
         self.stack.callback(self.bed.cleanup)
         bin_dir = cni_bin_dir(self.service_pods.bin_dir)
-        for i in (1, 2):
-            name = f"worker{i}-0000-08-00"
-            dpu = EmulatedDpu(name, self.bed, self.workdir / f"dpu{i}", short=f"d{i}")
+        self._apply_dpu([{"apiVersion": "v1", "kind": "ServiceAccount",
+                          "metadata": {"name": "default", "namespace": NAMESPACE}}])
+        for i, view in enumerate(self.provisioned, start=1):
+            name = view.name
+            dpu = EmulatedDpu(name, self.bed, view.workdir, short=f"d{i}", ovs=view.ovs())
             self.dpus.append(dpu)
-            self.stack.callback(dpu.stop)
-            self.say(f"DPU {name}: network namespace with its own Open vSwitch (userspace datapath)")
-            dpu.start_switch()
             for port in (0, 1):
                 uplink = dpu.uplink(f"p{port}", f"10.100.{i}{port}.1/24", f"{dpu.short}f{port}")
                 self.say(f"DPU {name}: uplink p{port} is a veth to fabric namespace {uplink.netns} ({uplink.cidr})")
-            self.say(f"DPU {name}: joining the DPU cluster as Node {name} (labels {chains.GROUP_LABEL}={GROUP}, "
-                     f"{chains.HBN_LABEL}=true)")
-            self._apply([chains.dpu_node(name, GROUP, hbn=True)])
-            tls = self.controller.issue_node_cert(name, dpu.workdir / "certs")
-            self.say(f"DPU {name}: node certificate from `dpf controller issue-node-cert` in {tls.directory}")
-            dpu.start_agent(self.controller.endpoint, tls)
-            self.say(f"DPU {name}: DPU agent running (SFC programmer + CNI server); log: {dpu.workdir}/agent.log")
             pod = HBN_POD.format(i=i)
-            self._apply(chains.hbn_pod(NAMESPACE, pod, name))
+            self._apply_dpu([stand_in(o) for o in chains.hbn_pod(NAMESPACE, pod, name) if o["kind"] == "Pod"])
             self.hbn[name] = {
                 f"p{port}": dpu.plug_pod(bin_dir, NAMESPACE, pod, f"p{port}_if", f"10.100.{i}{port}.2/24",
                                          f"{dpu.short}h{port}") for port in (0, 1)}
-            self.say(f"DPU {name}: HBN pod {NAMESPACE}/{pod} plugged by the SFC CNI plugin: p0_if "
-                     f"{self.hbn[name]['p0'].cidr}, p1_if {self.hbn[name]['p1'].cidr}")
+            self.say(f"DPU {name}: HBN pod {NAMESPACE}/{pod} on the DPU's kubelet; p0_if "
+                     f"{self.hbn[name]['p0'].cidr} and p1_if {self.hbn[name]['p1'].cidr} plugged by the SFC CNI "
+                     f"plugin through the DPU's agent")
 
     def _chain(self) -> None:
         interfaces = self._manifests("DPUServiceInterface")
@@ -159,6 +138,25 @@ class SfcDemo:
         for dpu in self.dpus:
             flows = [f for f in dpu.flows() if "learn(" in f]
             self.say(f"DPU {dpu.name}: br-sfc carries {len(flows)} chain flows (one per port of each switch)")
+
+    def wait_traffic(self, timeout: float = READY_TIMEOUT) -> None:
+        """Until a ping through every DPU's chain gets a reply (after a reboot its agent programs the flows again),
+        then show it."""
+        service = self.service_pods
+
+        def passes() -> bool:
+            return all(dpu.pods[f"{dpu.short}f{port[1]}"].ping(self.hbn[dpu.name][port].ip, count=1, wait=0.5)
+                       for dpu in self.dpus for port in ("p0", "p1")) and \
+                all(service.fabric[name].ping(pod.ip, count=1, wait=0.5) for name, pod in service.pods.items())
+
+        started = time.monotonic()
+        try:
+            wait_until(passes, timeout, "traffic through every DPU's chain", interval=0.5, while_alive=self.children())
+        except TimeoutError:
+            raise DemoError(f"no traffic through every DPU's chain within {timeout:.0f}s") from None
+        self.say(f"chains carry traffic again {time.monotonic() - started:.1f}s after the update")
+        self.show_traffic(expect=True, iperf=False)
+        service.show_traffic()
 
     def show_traffic(self, expect: bool, iperf: bool = True) -> None:
         for dpu in self.dpus:
@@ -196,8 +194,12 @@ class SfcDemo:
     def _apply(self, objects: list[dict]) -> None:
         self._kubectl("apply", "--server-side", "-f", "-", input=chains.to_yaml(objects))
 
-    def _kubectl(self, *args: str, input: str | None = None) -> None:
-        result = self.host.kubectl(*args, input=input, check=False)
+    def _apply_dpu(self, objects: list[dict]) -> None:
+        """Objects of the DPU cluster (pods, NetworkAttachmentDefinitions)."""
+        self._kubectl("apply", "--server-side", "-f", "-", input=chains.to_yaml(objects), cluster=self.dpu_cluster)
+
+    def _kubectl(self, *args: str, input: str | None = None, cluster: ControlPlane | None = None) -> None:
+        result = (cluster or self.host).kubectl(*args, input=input, check=False)
         if result.returncode != 0:
             raise DemoError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         for line in result.stdout.splitlines():

@@ -99,7 +99,10 @@ class Emulator:
         await self.request({"op": "power", "action": action})
 
     def rshim_held(self, index: int = 0) -> bool:
-        return (self.root / f"dev/rshim{index}/.holder").exists()
+        """Someone holds the rshim's lock (a killed holder's `.holder` record stays; its lock does not)."""
+        from dpf.lab.emulator.rshim import holder
+
+        return holder(self.root / f"dev/rshim{index}") is not None
 
     def stop(self) -> None:
         self.child.stop()

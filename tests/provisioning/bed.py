@@ -294,8 +294,15 @@ class ProvisioningBed:
         except AssertionError as exc:
             raise AssertionError(f"{exc}; it is: {await self.describe(name)}") from None
 
-    async def until(self, predicate: Callable[[], Awaitable[Any] | Any], what: str, timeout: float = SLOW) -> Any:  # noqa: ASYNC109
-        return await eventually(predicate, what, timeout)
+    async def until(self, predicate: Callable[[], Awaitable[Any] | Any], what: str, timeout: float = SLOW,  # noqa: ASYNC109
+                    dpu: str = "") -> Any:
+        """`eventually`; on a timeout the message shows DPU `dpu`'s phase and conditions that are not True."""
+        try:
+            return await eventually(predicate, what, timeout)
+        except AssertionError as exc:
+            if not dpu:
+                raise
+            raise AssertionError(f"{exc}; DPU {dpu}: {await self.describe(dpu)}") from None
 
     async def holds(self, predicate: Callable[[], Awaitable[bool]], what: str, seconds: float) -> None:
         """`predicate` stays true for `seconds` (an assertion over a window: something must NOT happen)."""

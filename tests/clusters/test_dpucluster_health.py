@@ -149,8 +149,11 @@ def test_periodic_checks_leave_a_steady_status_unchanged(kube: ControlPlane, nam
         try:
             await _secret(rest, namespace, "self-admin", {KEY: _admin_conf(kube.kubeconfig)})
             await _cluster(rest, namespace, "self", kubeconfig="self-admin")
-            ready = await eventually(lambda: _state(rest, namespace, "self", "Ready", Ready="HealthCheckPassed"),
-                                     "the cluster Ready")
+            async def settled() -> Obj | None:  # Ready, and its Nodes counted (first Ready may say "not yet listed")
+                obj = await _state(rest, namespace, "self", "Ready", Ready="HealthCheckPassed")
+                return obj if obj and "not yet listed" not in _condition(obj, "Ready")["message"] else None
+
+            ready = await eventually(settled, "the cluster Ready with its Nodes counted")
             reconciles = controller.metrics.reconcile_seconds.labels("dpucluster")
             before = _count(reconciles)
             await asyncio.sleep(1.5)  # five health periods

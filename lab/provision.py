@@ -64,6 +64,7 @@ GONE = "deleted"
 SOCKET_PATH_MAX = 104
 """Bytes of a unix socket path containerd accepts (sun_path less its own margin)."""
 _DEEPEST_SOCKET = "servers/worker{i}/dpus/w{i}-dpu{d}/kubelet/containerd/containerd.sock.ttrpc"
+NFD = "feature.node.kubernetes.io/"
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
@@ -157,9 +158,11 @@ class Relay:
         self._thread.join(5)
 
 
-def provisioning_manifests(namespace: str, url: str, group: str) -> list[dict[str, Any]]:
+def provisioning_manifests(namespace: str, url: str, group: str, pci: list[str] | None = None) -> list[dict[str, Any]]:
     """Upstream's BFB, DPUSet and DPUFlavor; the BFB's url is `url`, and the DPUSet's DPU nodes carry the labels
-    the lab's chains select (`spec.dpuTemplate.spec.cluster.nodeLabels`, upstream's field for this)."""
+    the lab's chains select (`spec.dpuTemplate.spec.cluster.nodeLabels`, upstream's field for this). With more
+    than one PCI address in `pci` (several BlueFields per host), a `dpuSelector` takes each of them: without one
+    a DPUSet takes DPU 0 of a node only, as upstream."""
     docs = [d for d in yaml.safe_load_all((chains.MANIFESTS / "provisioning.yaml").read_text()) if d]
     for doc in docs:
         doc["metadata"]["namespace"] = namespace
@@ -168,6 +171,9 @@ def provisioning_manifests(namespace: str, url: str, group: str) -> list[dict[st
         if doc["kind"] == "DPUSet":
             template = doc["spec"]["dpuTemplate"]["spec"]
             template.setdefault("cluster", {})["nodeLabels"] = {chains.GROUP_LABEL: group, chains.HBN_LABEL: "true"}
+            if pci and len(pci) > 1:
+                doc["spec"]["dpuSelector"] = {f"{NFD}dpu-{i}-pci-address": address.replace(":", "-")
+                                              for i, address in enumerate(pci)}
     return docs
 
 
@@ -205,6 +211,7 @@ class Provisioning:
         self._issuing: dict[str, threading.Thread] = {}
         self._issue_errors: list[str] = []
         self._failures: list[str] = []
+        self._bfb_phases: dict[str, str] = {}
         """Steps a DPU's OS reported failed (its server's `<dpu>: <step> failed: <cause>` lines)."""
         deepest = workdir / _DEEPEST_SOCKET.format(i=hosts, d=dpus_per_host - 1)
         if len(str(deepest).encode()) > SOCKET_PATH_MAX:
@@ -317,11 +324,12 @@ class Provisioning:
         self.say(f"BFB server: emulated images of {_size(self.bfb_size)} at {url} (and {UPDATE_FILE}, for the "
                  "update later); each rshim takes "
                  f"{_size(self.flash_rate) + '/s' if self.flash_rate else 'as fast as it can'}")
-        objects = provisioning_manifests(NAMESPACE, url, GROUP)
+        objects = provisioning_manifests(NAMESPACE, url, GROUP, sorted(self.servers[0].dpus))
         self.say("applying upstream's hbn_only BFB bf-bundle, DPUFlavor dpf-provisioning-hbn and DPUSet dpuset "
                  f"(nodeSelector feature.node.kubernetes.io/dpu-enabled=true, RollingUpdate maxUnavailable 10%, node "
                  f"effect taint dpu=provisioning; DPU nodes labelled {chains.GROUP_LABEL}={GROUP}, "
-                 f"{chains.HBN_LABEL}=true)")
+                 f"{chains.HBN_LABEL}=true" + (f"; dpuSelector: the {self.dpus_per_host} BlueFields of each host"
+                                              if self.dpus_per_host > 1 else "") + ")")
         started = time.monotonic()
         apply(objects)
         self.watch(started, lambda dpus: len(dpus) == self.expected and
@@ -367,8 +375,17 @@ class Provisioning:
                                     f"log: {self.workdir / 'controller' / 'controller.log'})") from None
 
     def _poll(self, started: float) -> None:
-        listing = cast(dict, self._custom.list_namespaced_custom_object(*PROVISIONING, NAMESPACE, "dpus"))
         now = time.monotonic() - started
+        bfbs = cast(dict, self._custom.list_namespaced_custom_object(*PROVISIONING, NAMESPACE, "bfbs"))
+        for bfb in bfbs["items"]:
+            name, phase = bfb["metadata"]["name"], (bfb.get("status") or {}).get("phase") or ""
+            if phase and self._bfb_phases.get(name) != phase:
+                self._bfb_phases[name] = phase
+                cached = self.bfb_dir / ((bfb.get("spec") or {}).get("fileName") or "")
+                detail = (f"  (downloaded by the controller: {_size(cached.stat().st_size)} in {cached})"
+                          if phase == "Ready" and cached.is_file() else "")
+                self.say(f"BFB {name}: {now:6.1f}s  {phase}{detail}")
+        listing = cast(dict, self._custom.list_namespaced_custom_object(*PROVISIONING, NAMESPACE, "dpus"))
         present = {obj["metadata"]["name"] for obj in listing["items"]}
         for gone in self.dpus.values():
             if gone.name not in present and (not gone.phases or gone.phases[-1][0] != GONE):

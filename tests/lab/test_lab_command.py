@@ -120,6 +120,8 @@ def test_lab_provisions_its_dpus_and_prints_every_phase(lab: RunningLab) -> None
         assert all(int(total) >= 256 and int(sent) <= int(total) for sent, total, _ in flashing), flashing
         assert re.search(rf"^\[lab\] DPU {dpu}: its OS started the DPU agent \(SFC programmer \+ CNI server\), "
                          r"pid \d+", text, re.MULTILINE)
+    assert re.search(r"^\[lab\] BFB bf-bundle: +[\d.]+s  Ready  \(downloaded by the controller: 256\.\d MiB in "
+                     r"\S+/bfb/", text, re.MULTILINE), "the BFB's download shown"
     took = re.search(r"^\[lab\] all 2 DPUs Ready ([\d.]+)s after the DPUSet was applied", text, re.MULTILINE)
     assert took, text
     assert f"Time to Ready: {took[1]}s for 2 DPUs" in text

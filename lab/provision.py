@@ -53,8 +53,8 @@ UPDATE_VERSION = "bf-bundle-2.10.0-147"
 UPDATE_BFB = "bf-bundle-2.10.0"
 BFB_SIZE = 256 << 20
 FLASH_RATE = 64 << 20
-"""Bytes/s each emulated rshim accepts: a real BlueField takes a BFB at tens of MiB/s, and a few seconds of flash
-show its progress."""
+"""Bytes/s each emulated rshim accepts (the emulator's dial): a flash of a few seconds, long enough for its
+progress to show."""
 READY_TIMEOUT = 600.0
 POLL_INTERVAL = 0.5
 DPU_FIRST_ADDRESS = 100

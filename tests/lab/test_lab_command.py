@@ -77,7 +77,7 @@ class RunningLab:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RunningLab]:
     """One lab for the module's tests, in file order: up, a fault, then Ctrl-C (the last test)."""
-    # Short: the DPUs' containerd sockets live under it (unix socket paths are limited to about 100 bytes).
+    # Short, as the lab's default: the DPU agents' CNI sockets live under it (unix socket paths: about 100 bytes).
     workdir = Path(tempfile.mkdtemp(prefix="dpf-lab-", dir="/tmp"))
     proc = subprocess.Popen([*DPF, "lab", "--workdir", str(workdir)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -1,6 +1,10 @@
-"""Emulated DPUs for the lab and the end-to-end tests: each is a network namespace holding its own Open vSwitch
-(`bed/ovs.py`, userspace datapath) and its DPU agent process (`dpf agent dpu`, with the CNI server), with
-uplinks as veths into "fabric" namespaces and service pods plugged through the real SFC CNI plugin.
+"""DPUs as the service-chaining scenarios use them: a network namespace holding an Open vSwitch (`bed/ovs.py`,
+userspace datapath) and a DPU agent process (`dpf agent dpu`, with the CNI server), with uplinks as veths into
+"fabric" namespaces and service pods plugged through the real SFC CNI plugin.
+
+The lab's DPUs are provisioned (`provision.py`): their OS started the OVS and the agent, and `EmulatedDpu` only
+wires uplinks and plugs pods on them. The end-to-end tests of service chaining make theirs by hand here
+(`start_switch`, `start_agent`), without provisioning.
 
 On a BlueField the agent shares the DPU's network namespace with OVS; here it runs inside the DPU's
 namespace (`ip netns exec`) for the same reason: the CNI server creates the pods' veths next to OVS. It

@@ -42,6 +42,9 @@ from dpf.lab.emulator.pci import DEVICE_IDS
 from dpf.lab.emulator.rshim import StageTimings
 
 NODE_IFNAME = "k8s0"
+SHORT_ROOT = Path("/run/dpf-machines")
+"""Short links to each DPU's kubelet dir: containerd's sockets live there, and a unix socket path must fit in
+about 104 bytes, which a deep workdir (a test's tmp path) does not."""
 CERT_TIMEOUT = 300.0
 """How long a booted DPU's agent waits for its node certificate to appear under --agent-certs."""
 
@@ -65,6 +68,20 @@ def attach(netns: str, bridge: str, address: str, host_end: str) -> None:
         index = ipr.link_lookup(ifname=NODE_IFNAME)[0]
         ipr.addr("add", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen)
         ipr.link("set", index=index, state="up")
+
+
+def short_link(target: Path, tag: str) -> Path:
+    """`SHORT_ROOT/<pid>-<tag>` → `target` (created); links of servers that are gone are removed first."""
+    SHORT_ROOT.mkdir(parents=True, exist_ok=True)
+    for stale in SHORT_ROOT.iterdir():
+        pid = stale.name.split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            stale.unlink(missing_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
+    link = SHORT_ROOT / f"{os.getpid()}-{tag}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    return link
 
 
 def agent_certs(directory: Path, node: str, timeout: float = CERT_TIMEOUT) -> list[str]:
@@ -127,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     systems: list[DpuOs | KwokDpuOs] = []
+    links: list[Path] = []
     supervisor = Supervisor(say)
     specs = [DpuSpec(args.model, totalvfs=args.totalvfs)] * args.dpus
     with EmulatedHost(args.name, args.root, specs, owner=args.owner,
@@ -138,14 +156,16 @@ def main(argv: list[str] | None = None) -> int:
                 workdir = args.workdir / dpu.name
                 address = args.node_address[index]
                 host_end = f"kn{os.getpid() % 100000}x{index}"
+                kubelet_dir = short_link(workdir / "kubelet", f"k{index}")
+                links.append(kubelet_dir)
 
-                def join(event: BootEvent, netns: str, workdir: Path = workdir, address: str = address,
+                def join(event: BootEvent, netns: str, kubelet_dir: Path = kubelet_dir, address: str = address,
                          host_end: str = host_end) -> Kubelet:
                     assert event.bfcfg is not None
                     assert event.bfcfg.join_command is not None
                     attach(netns, args.node_bridge, address, host_end)
                     node = event.hostname or event.dpu
-                    kubelet = Kubelet(netns, node, event.bfcfg.join_command, workdir / "kubelet",
+                    kubelet = Kubelet(netns, node, event.bfcfg.join_command, kubelet_dir,
                                       image_tar=args.image_tar).start()
                     say(f"{event.dpu}: joined the DPU cluster as node {node} ({address})")
                     return kubelet
@@ -172,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             for system in systems:
                 system.close()
+            for link in links:
+                link.unlink(missing_ok=True)
     return 0
 
 

@@ -9,7 +9,8 @@ the lab's BFB server (emulated images the emulated rshim verifies). From there i
 report their BlueFields, the DPUSet makes a DPU per device, the controller downloads the BFB, the host agents
 flash it, reboot the host, set up the host network, the DPUs boot their bf.cfg, join the DPU cluster with a real
 containerd + kubelet, start their DPU agent, and the controller takes them to Ready. Every phase change of every
-DPU is printed with its progress (flash bytes and rate), then the time to Ready.
+DPU is printed (from the controller's PhaseChanged Events, so none is missed between polls) with its progress
+from the DPU's status (flash bytes and rate), then the time to Ready.
 
 `rolling_update()` then applies a new BFB version to the DPUSet and shows the DPUs re-provisioned at most
 `maxUnavailable` at a time.
@@ -53,17 +54,17 @@ UPDATE_VERSION = "bf-bundle-2.10.0-147"
 UPDATE_BFB = "bf-bundle-2.10.0"
 BFB_SIZE = 256 << 20
 FLASH_RATE = 64 << 20
-"""Bytes/s each emulated rshim accepts: a real BlueField takes a BFB at tens of MiB/s, and a few seconds of flash
-show its progress."""
+"""Bytes/s each emulated rshim accepts (the emulator's dial): a flash of a few seconds, long enough for its
+progress to show."""
 READY_TIMEOUT = 600.0
 POLL_INTERVAL = 0.5
+EVENT_GRACE = 5.0
+"""Seconds a DPU's status may show a phase before its PhaseChanged Event arrives; then the status is shown."""
 DPU_FIRST_ADDRESS = 100
 """DPU i's address on the node network is the bridge's network + DPU_FIRST_ADDRESS + i."""
 GONE = "deleted"
 """The lab's name for a DPU whose object is gone (a rolling update replaces a DPU by deleting it)."""
-SOCKET_PATH_MAX = 104
-"""Bytes of a unix socket path containerd accepts (sun_path less its own margin)."""
-_DEEPEST_SOCKET = "servers/worker{i}/dpus/w{i}-dpu{d}/kubelet/containerd/containerd.sock.ttrpc"
+NFD = "feature.node.kubernetes.io/"
 _LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 
 
@@ -104,7 +105,8 @@ class DpuView:
     phases: list[tuple[str, float]] = field(default_factory=list)
     """(phase, seconds since the DPUSet was applied) in the order seen."""
     message: str = ""
-    version: str = ""
+    differs_since: float | None = None
+    """Since when the status has shown a phase no Event announced (after EVENT_GRACE the status is shown)."""
 
     @property
     def emulated(self) -> str:
@@ -157,9 +159,11 @@ class Relay:
         self._thread.join(5)
 
 
-def provisioning_manifests(namespace: str, url: str, group: str) -> list[dict[str, Any]]:
+def provisioning_manifests(namespace: str, url: str, group: str, pci: list[str] | None = None) -> list[dict[str, Any]]:
     """Upstream's BFB, DPUSet and DPUFlavor; the BFB's url is `url`, and the DPUSet's DPU nodes carry the labels
-    the lab's chains select (`spec.dpuTemplate.spec.cluster.nodeLabels`, upstream's field for this)."""
+    the lab's chains select (`spec.dpuTemplate.spec.cluster.nodeLabels`, upstream's field for this). With more
+    than one PCI address in `pci` (several BlueFields per host), a `dpuSelector` takes each of them: without one
+    a DPUSet takes DPU 0 of a node only, as upstream."""
     docs = [d for d in yaml.safe_load_all((chains.MANIFESTS / "provisioning.yaml").read_text()) if d]
     for doc in docs:
         doc["metadata"]["namespace"] = namespace
@@ -168,6 +172,9 @@ def provisioning_manifests(namespace: str, url: str, group: str) -> list[dict[st
         if doc["kind"] == "DPUSet":
             template = doc["spec"]["dpuTemplate"]["spec"]
             template.setdefault("cluster", {})["nodeLabels"] = {chains.GROUP_LABEL: group, chains.HBN_LABEL: "true"}
+            if pci and len(pci) > 1:
+                doc["spec"]["dpuSelector"] = {f"{NFD}dpu-{i}-pci-address": address.replace(":", "-")
+                                              for i, address in enumerate(pci)}
     return docs
 
 
@@ -205,11 +212,9 @@ class Provisioning:
         self._issuing: dict[str, threading.Thread] = {}
         self._issue_errors: list[str] = []
         self._failures: list[str] = []
+        self._bfb_phases: dict[str, str] = {}
+        self._seen_events: set[str] = set()
         """Steps a DPU's OS reported failed (its server's `<dpu>: <step> failed: <cause>` lines)."""
-        deepest = workdir / _DEEPEST_SOCKET.format(i=hosts, d=dpus_per_host - 1)
-        if len(str(deepest).encode()) > SOCKET_PATH_MAX:
-            raise ProvisioningError(f"--workdir {workdir} is too long for the DPUs' containerd sockets ({deepest} is "
-                                    f"over {SOCKET_PATH_MAX} bytes); pass a shorter one")
 
     @property
     def expected(self) -> int:
@@ -317,11 +322,12 @@ class Provisioning:
         self.say(f"BFB server: emulated images of {_size(self.bfb_size)} at {url} (and {UPDATE_FILE}, for the "
                  "update later); each rshim takes "
                  f"{_size(self.flash_rate) + '/s' if self.flash_rate else 'as fast as it can'}")
-        objects = provisioning_manifests(NAMESPACE, url, GROUP)
+        objects = provisioning_manifests(NAMESPACE, url, GROUP, sorted(self.servers[0].dpus))
         self.say("applying upstream's hbn_only BFB bf-bundle, DPUFlavor dpf-provisioning-hbn and DPUSet dpuset "
                  f"(nodeSelector feature.node.kubernetes.io/dpu-enabled=true, RollingUpdate maxUnavailable 10%, node "
                  f"effect taint dpu=provisioning; DPU nodes labelled {chains.GROUP_LABEL}={GROUP}, "
-                 f"{chains.HBN_LABEL}=true)")
+                 f"{chains.HBN_LABEL}=true" + (f"; dpuSelector: the {self.dpus_per_host} BlueFields of each host"
+                                              if self.dpus_per_host > 1 else "") + ")")
         started = time.monotonic()
         apply(objects)
         self.watch(started, lambda dpus: len(dpus) == self.expected and
@@ -367,31 +373,75 @@ class Provisioning:
                                     f"log: {self.workdir / 'controller' / 'controller.log'})") from None
 
     def _poll(self, started: float) -> None:
-        listing = cast(dict, self._custom.list_namespaced_custom_object(*PROVISIONING, NAMESPACE, "dpus"))
         now = time.monotonic() - started
+        bfbs = cast(dict, self._custom.list_namespaced_custom_object(*PROVISIONING, NAMESPACE, "bfbs"))
+        for bfb in bfbs["items"]:
+            name, phase = bfb["metadata"]["name"], (bfb.get("status") or {}).get("phase") or ""
+            if phase and self._bfb_phases.get(name) != phase:
+                self._bfb_phases[name] = phase
+                cached = self.bfb_dir / ((bfb.get("spec") or {}).get("fileName") or "")
+                detail = (f"  (downloaded by the controller: {_size(cached.stat().st_size)} in {cached})"
+                          if phase == "Ready" and cached.is_file() else "")
+                self.say(f"BFB {name}: {now:6.1f}s  {phase}{detail}")
+        listing = cast(dict, self._custom.list_namespaced_custom_object(*PROVISIONING, NAMESPACE, "dpus"))
         present = {obj["metadata"]["name"] for obj in listing["items"]}
         for gone in self.dpus.values():
             if gone.name not in present and (not gone.phases or gone.phases[-1][0] != GONE):
                 gone.phases.append((GONE, now))
                 gone.message = ""
                 self.say(f"DPU {gone.name}: {now:6.1f}s  {GONE}")
+        statuses: dict[str, dict[str, Any]] = {}
         for obj in listing["items"]:
             name = obj["metadata"]["name"]
-            view = self.dpus.get(name) or self._new_dpu(obj)
-            if view is None:
+            if (self.dpus.get(name) or self._new_dpu(obj)) is not None:
+                statuses[name] = obj.get("status") or {}
+        # Phase changes from the controller's PhaseChanged Events ("A → B: why"), so a phase shorter than a poll
+        # is still shown; the status adds flash progress, and stands in for an Event that does not come.
+        for event in self._new_phase_events():
+            view = self.dpus.get(event.regarding.name)
+            if view is None or view.name not in statuses:
                 continue
-            status = obj.get("status") or {}
-            phase = status.get("phase") or ""
-            message = _progress(status)
+            before, _, after = (event.note or "").partition(" → ")
+            phase, _, why = after.partition(": ")
+            if not view.phases and before:
+                self._phase(view, before, now, "")
+            self._phase(view, phase, now, why)
+        for name, status in statuses.items():
+            view = self.dpus[name]
+            phase, message = status.get("phase") or "", _progress(status)
+            last = view.phases[-1][0] if view.phases else ""
             if not phase:
                 continue
-            if not view.phases or view.phases[-1][0] != phase:
-                view.phases.append((phase, now))
-                view.message = message
-                self.say(f"DPU {name}: {now:6.1f}s  {phase}{f'  ({message})' if message else ''}")
-            elif message != view.message and phase == "OS Installing" and message:
-                view.message = message
-                self.say(f"DPU {name}: {now:6.1f}s  {phase}  ({message})")
+            if phase == last:
+                view.differs_since = None
+                if message and message != view.message and (phase == "OS Installing" or not view.message):
+                    view.message = message
+                    self.say(f"DPU {name}: {now:6.1f}s  {phase}  ({message})")
+            elif not view.phases:
+                self._phase(view, phase, now, message)
+            elif view.differs_since is None:
+                view.differs_since = now
+            elif now - view.differs_since > EVENT_GRACE:
+                self._phase(view, phase, now, message)
+
+    def _phase(self, view: DpuView, phase: str, now: float, detail: str) -> None:
+        if not phase or (view.phases and view.phases[-1][0] == phase):
+            return
+        view.phases.append((phase, now))
+        view.message = detail
+        view.differs_since = None
+        self.say(f"DPU {view.name}: {now:6.1f}s  {phase}{f'  ({detail})' if detail else ''}")
+
+    def _new_phase_events(self) -> list[Any]:
+        """PhaseChanged Events about DPUs not seen before, oldest first."""
+        fresh = []
+        for event in k8s.EventsV1Api(self.host.client).list_namespaced_event(NAMESPACE).items:
+            name = event.metadata.name if event.metadata else None
+            if name and name not in self._seen_events and event.reason == "PhaseChanged" and \
+                    event.regarding is not None and event.regarding.kind == "DPU":
+                self._seen_events.add(name)
+                fresh.append(event)
+        return sorted(fresh, key=lambda e: e.event_time or (e.metadata and e.metadata.creation_timestamp))
 
     def _new_dpu(self, obj: dict[str, Any]) -> DpuView | None:
         name = obj["metadata"]["name"]
@@ -432,6 +482,7 @@ class Provisioning:
         for view in self.dpus.values():
             view.phases.clear()
             view.message = ""
+            view.differs_since = None
         self.agents.clear()  # each DPU's OS starts its agent again after the update's boot
         started = time.monotonic()
         patch = {"spec": {"dpuTemplate": {"spec": {"bfb": {"name": UPDATE_BFB}}}}}

@@ -5,6 +5,7 @@ first boot's software and starts it again from the persisted OVS database."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,3 +74,44 @@ def test_a_flashed_dpu_runs_its_flavor_and_restarts_it_on_a_power_cycle(host: Em
     finally:
         os_.close()
     assert nodes[-1].stopped
+
+
+def test_a_boot_the_dpu_left_while_it_was_starting_stops_before_its_agent(host: EmulatedHost, tmp_path: Path) -> None:
+    """The lab's case: the controller resets the host right after the flash, while the DPU's OS is still joining
+    from the install boot. That boot must not start an agent only for the next boot to tear it down."""
+    dpu = host.dpus[0]
+    nodes: list[FakeNode] = []
+    agents: list[FakeNode] = []
+    reset_seen = threading.Event()
+
+    def join(event: BootEvent, netns: str) -> FakeNode:
+        assert event.bfcfg is not None
+        nodes.append(FakeNode(event.bfcfg.join_command or "", netns))
+        if len(nodes) == 1:
+            host.power_action("reset")
+            assert reset_seen.wait(30), "the reset's boot event never came"
+        return nodes[-1]
+
+    def agent(hostname: str, _ovs: object) -> FakeNode:
+        agents.append(FakeNode(hostname, dpu.netns))
+        return agents[-1]
+
+    os_ = DpuOs(dpu, tmp_path / "dpu-os", join=join, agent=agent).start()
+    # Called after DpuOs's own callback: once this fires, the reset's event is queued for the OS.
+    dpu.on_ready.append(lambda event: reset_seen.set() if event.reason == "reset" else None)
+    try:
+        bfcfg = render_bfcfg(hbn_flavor(), "worker1-0000-08-00", JOIN)
+        writer = Writer(dpu.rshim.boot, iter([*EmulatedBfb("bf-bundle-2.9.1", 2 << 20).chunks(), bfcfg.encode()]))
+        writer.join(30)
+        first = os_.wait_booted(1, timeout=60)
+        second = os_.wait_booted(2, timeout=60)
+        assert first.event.reason == "install"
+        assert first.agent is None, "the install boot, already left, started no agent"
+        assert nodes[0].stopped, "the next boot stopped what the left one had joined with"
+        assert second.event.reason == "reset"
+        assert [a.command for a in agents] == ["worker1-0000-08-00"], "one agent, from the boot the DPU is in"
+        assert second.agent is agents[0]
+        assert not agents[0].stopped
+    finally:
+        os_.close()
+    assert agents[0].stopped

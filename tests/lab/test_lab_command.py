@@ -77,7 +77,7 @@ class RunningLab:
 @pytest.fixture(scope="module")
 def lab() -> Iterator[RunningLab]:
     """One lab for the module's tests, in file order: up, a fault, then Ctrl-C (the last test)."""
-    # Short: the DPUs' containerd sockets live under it (unix socket paths are limited to about 100 bytes).
+    # Short, as the lab's default: the DPU agents' CNI sockets live under it (unix socket paths: about 100 bytes).
     workdir = Path(tempfile.mkdtemp(prefix="dpf-lab-", dir="/tmp"))
     proc = subprocess.Popen([*DPF, "lab", "--workdir", str(workdir)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -120,6 +120,8 @@ def test_lab_provisions_its_dpus_and_prints_every_phase(lab: RunningLab) -> None
         assert all(int(total) >= 256 and int(sent) <= int(total) for sent, total, _ in flashing), flashing
         assert re.search(rf"^\[lab\] DPU {dpu}: its OS started the DPU agent \(SFC programmer \+ CNI server\), "
                          r"pid \d+", text, re.MULTILINE)
+    assert re.search(r"^\[lab\] BFB bf-bundle: +[\d.]+s  Ready  \(downloaded by the controller: 256\.\d MiB in "
+                     r"\S+/bfb/", text, re.MULTILINE), "the BFB's download shown"
     took = re.search(r"^\[lab\] all 2 DPUs Ready ([\d.]+)s after the DPUSet was applied", text, re.MULTILINE)
     assert took, text
     assert f"Time to Ready: {took[1]}s for 2 DPUs" in text

@@ -125,9 +125,13 @@ class DPUSetReconciler(Reconciler):
         at = objects.now()
         conditions = objects.build_conditions(dpuset, dpuset_status.CONDITION_TYPES,
                                               dpuset_status.marks(plan, dpuset, errors), at)
-        status = objects.status_body(dpuset, conditions, dpuStatistics=dict(plan.statistics))
+        # No DPUs: the field is left out, not applied as {} (which server-side apply turns into null, and the
+        # schema refuses: 422); leaving it out of our apply removes it.
+        statistics = dict(plan.statistics) or None
+        status = objects.status_body(dpuset, conditions, dpuStatistics=statistics)
         try:
-            await objects.write_status(rest, DPU_SET, dpuset, status, self.ctx.settings.kube.field_manager)
+            await objects.write_status(rest, DPU_SET, dpuset, status, self.ctx.settings.kube.field_manager,
+                                       absent=() if statistics else ("dpuStatistics",))
         except KubeError as exc:
             if not exc.not_found:  # deleted meanwhile: its DELETED event ends this key
                 raise

@@ -83,9 +83,11 @@ def build_conditions(obj: Obj, types: Sequence[str], marks: Iterable[tuple[str, 
     return cond.summarize(conditions, now=at, generation=generation)
 
 
-def status_differs(obj: Obj, desired: Mapping[str, Any]) -> bool:
+def status_differs(obj: Obj, desired: Mapping[str, Any], absent: Sequence[str] = ()) -> bool:
+    """Whether obj's status lacks what `desired` says, or still holds a key of `absent` (dropped from the apply,
+    so the server removes it)."""
     current = obj.get("status") or {}
-    return any(current.get(key) != value for key, value in desired.items())
+    return any(current.get(key) != value for key, value in desired.items()) or any(k in current for k in absent)
 
 
 def status_body(obj: Obj, conditions: Sequence[Condition], **extra: Any) -> dict[str, Any]:
@@ -96,9 +98,11 @@ def status_body(obj: Obj, conditions: Sequence[Condition], **extra: Any) -> dict
     return body
 
 
-async def write_status(rest: Rest, kind: Kind, obj: Obj, status: Mapping[str, Any], field_manager: str) -> bool:
-    """Server-side apply `status` to obj's status subresource if it differs from the cached object."""
-    if not status_differs(obj, status):
+async def write_status(rest: Rest, kind: Kind, obj: Obj, status: Mapping[str, Any], field_manager: str,
+                       absent: Sequence[str] = ()) -> bool:
+    """Server-side apply `status` to obj's status subresource if it differs from the cached object (or still
+    holds a key of `absent`)."""
+    if not status_differs(obj, status, absent):
         return False
     meta = obj["metadata"]
     body = {"apiVersion": kind.api_version, "kind": kind.kind,

@@ -208,6 +208,23 @@ def test_dpus_follow_node_labels_and_go_with_the_set(kube: ControlPlane, namespa
     run(scenario())
 
 
+def test_a_set_left_without_dpus_drops_its_statistics(kube: ControlPlane, namespace: str) -> None:
+    """The last DPU gone: dpuStatistics disappears (an empty map is not applied: it would be null, a 422 that kept
+    the old counts and the old conditions forever)."""
+    async def scenario() -> None:
+        async with fleet(kube, namespace, {"w1": dpu_labels(namespace)}) as (rest, names):
+            await rest.create(DPU_SET, example_dpuset(namespace), namespace)
+            await eventually(lambda: _status_where(rest, namespace, lambda s: s.get("dpuStatistics") == {
+                "Initializing": 1}), "dpuStatistics {Initializing: 1}")
+            await rest.merge_patch(NODE, names["w1"], {"metadata": {"labels": {ENABLED: None}}})
+            await eventually(lambda: _none_left(rest, namespace), "w1's DPU to be deleted")
+            status = await eventually(lambda: _status_where(rest, namespace, lambda s: "dpuStatistics" not in s),
+                                      "dpuStatistics gone with the last DPU")
+            assert "selects no host Node" in condition(status, "DPUsReady")["message"], status
+
+    run(scenario())
+
+
 def test_an_invalid_selector_is_reported_and_changes_nothing(kube: ControlPlane, namespace: str) -> None:
     async def scenario() -> None:
         async with fleet(kube, namespace, {"w1": dpu_labels(namespace)}) as (rest, _):

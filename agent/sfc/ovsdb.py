@@ -5,13 +5,15 @@ The only module that imports `ovs`. One `Ovsdb` serves the whole agent process: 
 server (`submit`, awaited through `asyncio.wrap_future`, see `dpf.agent.cni.ovs_ports`). Callers never
 touch the IDL: they hand a transaction builder to the IDL thread, which runs it on the replica, commits
 (TRY_AGAIN: the builder runs again on the refreshed replica, so what it read and `verify`d is re-read),
-and resolves a future with a deadline. One request is one transaction; transactions commit one at a
+and resolves a future with a deadline. Whoever drives the IDL holds the IDL lock: when the IDL is idle,
+`submit` builds and sends the transaction on the caller's thread (one thread wake-up less), and the IDL
+thread reads the answer. One request is one transaction; transactions commit one at a
 time (one IDL, one transaction in flight), but a committed port change waiting for ovs-vswitchd does
 not hold up the next commit. After a port change we bump `next_cfg` and wait for ovs-vswitchd to report
 `cur_cfg >= next_cfg` (committed is not realised); that wait is woken by the IDL's own update of
 `cur_cfg`, never by polling. Replica changes are published as an immutable `SwitchView` (readable from
 any thread) and announced to subscribers through `"update" | "reconnected"` (the callbacks run on the
-IDL thread and must only enqueue). Each user pairs `start` with `stop`: the first start connects, the
+IDL thread, or a submitter's, and must only enqueue). Each user pairs `start` with `stop`: the first start connects, the
 last stop disconnects.
 
 Why python-ovs rather than ovsdbapp: ovsdbapp wraps this same IDL in a command/threading layer made for
@@ -101,7 +103,8 @@ class OvsdbSettings:
 
 
 Builder = Callable[[ovs.db.idl.Idl, ovs.db.idl.Transaction], None]
-"""Fills a transaction from the replica (on the IDL thread); may run again after TRY_AGAIN."""
+"""Fills a transaction from the replica (under the IDL lock, on the IDL thread or the submitter's); may run
+again after TRY_AGAIN."""
 
 
 @dataclass
@@ -148,7 +151,7 @@ class Ovsdb:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def subscribe(self, on_event: Callable[[str], None]) -> None:
-        """Also call `on_event("update" | "reconnected")` (on the IDL thread: it must only enqueue)."""
+        """Also call `on_event("update" | "reconnected")` (under the IDL lock, on any thread: it must only enqueue)."""
         self._listeners.append(on_event)
 
     def start(self) -> None:
@@ -320,7 +323,7 @@ class Ovsdb:
     def find_ports(self, names: Iterable[str]) -> dict[str, tuple[ovs.db.idl.Row, ovs.db.idl.Row | None]]:
         """Port name → (its Port row, the Bridge row listing it or None), for the names that exist.
 
-        For builders only (the IDL thread): answered from the replica's name index, which follows every
+        For builders only (under the IDL lock): answered from the replica's name index, which follows every
         IDL change before a builder runs, so no bridge's port set is scanned."""
         if self._idl.change_seqno != self._published_seqno:
             self._publish()  # not expected (builders run after the loop published), but never read a stale index

@@ -1,6 +1,6 @@
 """OVS ports of CNI attachments: add and delete them in batched transactions on the agent's OVSDB client.
 
-Used by `dpf.agent.cni.attach`. Every transaction goes through the IDL thread of `dpf.agent.sfc.ovsdb`,
+Used by `dpf.agent.cni.attach`. Every transaction goes through the IDL of `dpf.agent.sfc.ovsdb`,
 the process's one OVSDB connection (shared with the SFC programmer in the DPU agent, owned by us when
 the CNI server runs alone: `OvsPorts.standalone`). Requests that arrive while a transaction is in
 flight are merged into the next one (one OVSDB transaction and one vswitchd reconfiguration for a
@@ -203,7 +203,7 @@ def _settle(op: _Op, result: int | None = None, error: BaseException | None = No
 
 
 def _builder(ovsdb: Ovsdb, adds: Sequence[PortSpec], dels: Sequence[str]) -> Builder:
-    """One transaction for the batch, run on the IDL thread (again after TRY_AGAIN, on the fresh replica).
+    """One transaction for the batch, run under the IDL lock (again after TRY_AGAIN, on the fresh replica).
 
     A port of a wanted name is unlinked from its bridge (OVSDB garbage-collects the Port and Interface
     rows) and, for an add, inserted anew. The port sets we decided on are verified: if another writer

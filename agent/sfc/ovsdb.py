@@ -5,13 +5,15 @@ The only module that imports `ovs`. One `Ovsdb` serves the whole agent process: 
 server (`submit`, awaited through `asyncio.wrap_future`, see `dpf.agent.cni.ovs_ports`). Callers never
 touch the IDL: they hand a transaction builder to the IDL thread, which runs it on the replica, commits
 (TRY_AGAIN: the builder runs again on the refreshed replica, so what it read and `verify`d is re-read),
-and resolves a future with a deadline. One request is one transaction; transactions commit one at a
+and resolves a future with a deadline. Whoever drives the IDL holds the IDL lock: when the IDL is idle,
+`submit` builds and sends the transaction on the caller's thread (one thread wake-up less), and the IDL
+thread reads the answer. One request is one transaction; transactions commit one at a
 time (one IDL, one transaction in flight), but a committed port change waiting for ovs-vswitchd does
 not hold up the next commit. After a port change we bump `next_cfg` and wait for ovs-vswitchd to report
 `cur_cfg >= next_cfg` (committed is not realised); that wait is woken by the IDL's own update of
 `cur_cfg`, never by polling. Replica changes are published as an immutable `SwitchView` (readable from
 any thread) and announced to subscribers through `"update" | "reconnected"` (the callbacks run on the
-IDL thread and must only enqueue). Each user pairs `start` with `stop`: the first start connects, the
+IDL thread, or a submitter's, and must only enqueue). Each user pairs `start` with `stop`: the first start connects, the
 last stop disconnects.
 
 Why python-ovs rather than ovsdbapp: ovsdbapp wraps this same IDL in a command/threading layer made for
@@ -101,7 +103,8 @@ class OvsdbSettings:
 
 
 Builder = Callable[[ovs.db.idl.Idl, ovs.db.idl.Transaction], None]
-"""Fills a transaction from the replica (on the IDL thread); may run again after TRY_AGAIN."""
+"""Fills a transaction from the replica (under the IDL lock, on the IDL thread or the submitter's); may run
+again after TRY_AGAIN."""
 
 
 @dataclass
@@ -129,7 +132,8 @@ class Ovsdb:
         self._view = SwitchView()
         self._synced = threading.Event()
         self._stopping = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the queue and the user count
+        self._idl_lock = threading.Lock()  # the IDL and everything it feeds: held by whoever drives it
         self._users = 0
         self._closed = False
         self._queue: deque[_Request] = deque()
@@ -147,7 +151,7 @@ class Ovsdb:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def subscribe(self, on_event: Callable[[str], None]) -> None:
-        """Also call `on_event("update" | "reconnected")` (on the IDL thread: it must only enqueue)."""
+        """Also call `on_event("update" | "reconnected")` (under the IDL lock, on any thread: it must only enqueue)."""
         self._listeners.append(on_event)
 
     def start(self) -> None:
@@ -174,7 +178,8 @@ class Ovsdb:
         self._wake()
         if self._thread.is_alive():
             self._thread.join(5)
-        self._idl.close()
+        with self._idl_lock:
+            self._idl.close()
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -293,13 +298,32 @@ class Ovsdb:
                 request.future.set_exception(OvsdbError(f"{what}: OVSDB client stopped", transient=True))
                 return request.future
             self._queue.append(request)
-        self._wake()
+        if not self._send_here():
+            self._wake()
         return request.future
+
+    def _send_here(self) -> bool:
+        """Build and send the request just queued on the caller's thread when the IDL is idle; True if done.
+
+        Saves waking the IDL thread for it, which on a loaded machine is a scheduling delay per transaction
+        (a CNI DEL is one commit). The IDL thread still reads the answer, as for any other transaction."""
+        if threading.get_ident() == self._thread.ident or not self._connected:
+            return False
+        if not self._idl_lock.acquire(blocking=False):
+            return False  # the IDL thread is at work: it takes the request from the queue
+        try:
+            if self._stopping.is_set() or self._active is not None or not self._synced.is_set():
+                return False
+            self._step()
+            # Output that did not fit the socket needs the IDL thread to wait for POLLOUT: wake it.
+            return not self._idl._session.get_backlog()
+        finally:
+            self._idl_lock.release()
 
     def find_ports(self, names: Iterable[str]) -> dict[str, tuple[ovs.db.idl.Row, ovs.db.idl.Row | None]]:
         """Port name → (its Port row, the Bridge row listing it or None), for the names that exist.
 
-        For builders only (the IDL thread): answered from the replica's name index, which follows every
+        For builders only (under the IDL lock): answered from the replica's name index, which follows every
         IDL change before a builder runs, so no bridge's port set is scanned."""
         if self._idl.change_seqno != self._published_seqno:
             self._publish()  # not expected (builders run after the loop published), but never read a stale index
@@ -331,27 +355,35 @@ class Ovsdb:
     def _run(self) -> None:
         while not self._stopping.is_set():
             try:
-                self._idl.run()
-                self._track_session()
-                if self._idl.change_seqno != self._published_seqno:
-                    self._publish()
-                self._check_realizing()
-                self._step()
-                poller = ovs.poller.Poller()
-                self._idl.wait(poller)
-                if self._active and self._active.txn:
-                    self._active.txn.wait(poller)
-                elif self._connected and (self._active or self._queue):
-                    poller.immediate_wake()  # a request to (re)build now: do not sleep on it
-                poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
-                poller.timer_wait(_TICK_MS)
+                with self._idl_lock:
+                    poller = self._iterate()
                 poller.block()
                 self._drain_wake()
             except Exception:  # the thread must survive; the request in flight gets the error
                 log.exception("OVSDB loop error")
-                if self._active is not None:
-                    self._finish(self._active, OvsdbError("internal error in the OVSDB loop (see log)"))
+                with self._idl_lock:
+                    if self._active is not None:
+                        self._finish(self._active, OvsdbError("internal error in the OVSDB loop (see log)"))
                 time.sleep(0.1)
+
+    def _iterate(self) -> ovs.poller.Poller:
+        """One turn of the IDL thread (holding the IDL lock): read, publish, move transactions on; returns the
+        poller to sleep on (outside the lock, so a submitter may send meanwhile: see `_send_here`)."""
+        self._idl.run()
+        self._track_session()
+        if self._idl.change_seqno != self._published_seqno:
+            self._publish()
+        self._check_realizing()
+        self._step()
+        poller = ovs.poller.Poller()
+        self._idl.wait(poller)
+        if self._active and self._active.txn:
+            self._active.txn.wait(poller)
+        elif self._connected and (self._active or self._queue):
+            poller.immediate_wake()  # a request to (re)build now: do not sleep on it
+        poller.fd_wait(self._wake_r, ovs.poller.POLLIN)
+        poller.timer_wait(_TICK_MS)
+        return poller
 
     def _track_session(self) -> None:
         # python-ovs exposes reconnects only through the session's seqno (it moves on connect and disconnect).

@@ -191,7 +191,8 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                  "data": {"admin.conf": base64.b64encode(dpu_kube.kubeconfig.read_bytes()).decode()}},
                 {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DPUCluster",
                  "metadata": {"name": "dpu", "namespace": NAMESPACE},
-                 "spec": {"type": "static", "maxNodes": n + 10, "version": "v1.37.2", "kubeconfig": "dpu-admin"}}]))
+                 "spec": {"type": "static", "maxNodes": min(n + 10, 1000),  # the CRD's maximum is 1000
+                          "version": "v1.37.2", "kubeconfig": "dpu-admin"}}]))
             start_controller(controller, "warning" if n > 10 else "info", workers)
             annotations = {REBOOT_COMMAND: "skip"} if reboot == "skip" else None
             for i in range(hosts):

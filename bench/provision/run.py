@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client as k8s
 
@@ -254,7 +255,13 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                 for child in alive:
                     if child is not None and not child.alive():
                         raise RuntimeError(f"{child.name} exited; see {child.log}")
-                for d in dpus(custom):
+                try:
+                    listed = dpus(custom)
+                except (k8s.ApiException, urllib3.exceptions.HTTPError) as exc:  # an overloaded apiserver
+                    say(f"N={n}: listing the DPUs failed ({exc}); again")
+                    time.sleep(1.0)
+                    continue
+                for d in listed:
                     name = d["metadata"]["name"]
                     first_seen.setdefault(name, now)
                     phase = (d.get("status") or {}).get("phase", "")

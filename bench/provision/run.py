@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3
 import yaml
 from kubernetes import client as k8s
 
@@ -88,6 +89,7 @@ class Result:
     per_host: int
     join: str
     reboot: str
+    workers: int
     total: float = 0.0
     singles: list[float] = field(default_factory=list)
     controller_cpu: float = 0.0
@@ -145,6 +147,17 @@ class Server:
         self.machine.stop(timeout=120)
 
 
+def start_controller(controller: ControllerProcess, log_level: str, workers: int) -> None:
+    """`ControllerProcess.start` with `--workers` (concurrent reconciles)."""
+    controller.workdir.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "dpf.cli", "controller", "run", "--kubeconfig", str(controller.kubeconfig),
+            "--namespace", NAMESPACE, "--watch-namespace", NAMESPACE, "--listen", controller.endpoint,
+            "--health-listen", "127.0.0.1:0", "--no-leader-elect", "--log-level", log_level,
+            "--bfb-dir", str(controller.bfb_dir), "--workers", str(workers)]
+    controller.child = Child("dpf-controller", argv, controller.workdir / "controller.log")
+    wait_until(controller.socket.exists, 30, "the controller's NodeState socket", while_alive=[controller.child])
+
+
 def hbn(kind: str) -> dict[str, Any]:
     doc = next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d and d["kind"] == kind)
     doc["metadata"]["namespace"] = NAMESPACE
@@ -156,9 +169,9 @@ def dpus(api: k8s.CustomObjectsApi) -> list[dict[str, Any]]:
 
 
 def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install_seconds: float, vfs: int,
-            timeout: float, work: Path) -> Result:
+            timeout: float, workers: int, work: Path) -> Result:
     hosts = math.ceil(n / per_host)
-    result = Result(n, hosts, per_host, join, reboot)
+    result = Result(n, hosts, per_host, join, reboot, workers)
     setup_started = time.monotonic()
     servers: list[Server] = []
     controller: ControllerProcess | None = None
@@ -179,8 +192,9 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                  "data": {"admin.conf": base64.b64encode(dpu_kube.kubeconfig.read_bytes()).decode()}},
                 {"apiVersion": f"{GROUP}/{VERSION}", "kind": "DPUCluster",
                  "metadata": {"name": "dpu", "namespace": NAMESPACE},
-                 "spec": {"type": "static", "maxNodes": n + 10, "version": "v1.37.2", "kubeconfig": "dpu-admin"}}]))
-            controller.start(log_level="warning" if n > 10 else "info")
+                 "spec": {"type": "static", "maxNodes": min(n + 10, 1000),  # the CRD's maximum is 1000
+                          "version": "v1.37.2", "kubeconfig": "dpu-admin"}}]))
+            start_controller(controller, "warning" if n > 10 else "info", workers)
             annotations = {REBOOT_COMMAND: "skip"} if reboot == "skip" else None
             for i in range(hosts):
                 core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=f"worker-{i}", annotations=annotations)))
@@ -241,7 +255,13 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                 for child in alive:
                     if child is not None and not child.alive():
                         raise RuntimeError(f"{child.name} exited; see {child.log}")
-                for d in dpus(custom):
+                try:
+                    listed = dpus(custom)
+                except (k8s.ApiException, urllib3.exceptions.HTTPError) as exc:  # an overloaded apiserver
+                    say(f"N={n}: listing the DPUs failed ({exc}); again")
+                    time.sleep(1.0)
+                    continue
+                for d in listed:
                     name = d["metadata"]["name"]
                     first_seen.setdefault(name, now)
                     phase = (d.get("status") or {}).get("phase", "")
@@ -285,17 +305,19 @@ def phase_line(r: Result) -> str:
 
 def table(results: list[Result]) -> str:
     solo = next((r.slowest for r in results if r.n == 1), None)
-    lines = ["| N | servers x DPUs | DPU nodes | reboot | total s | slowest single s | median single s | "
-             "total / slowest | total / solo | controller CPU s (% of a core) | controller RSS MB (peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| N | servers x DPUs | DPU nodes | reboot | controller workers | total s | slowest single s | "
+             "median single s | total / slowest | total / solo | controller CPU s (% of a core) | "
+             "controller RSS MB (peak) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         vs_solo = f"{r.total / solo:.2f}" if solo else "-"
-        lines.append(f"| {r.n} | {r.hosts} x {r.per_host} | {r.join} | {r.reboot} | {r.total:.1f} | "
+        lines.append(f"| {r.n} | {r.hosts} x {r.per_host} | {r.join} | {r.reboot} | {r.workers} | {r.total:.1f} | "
                      f"{r.slowest:.1f} | {statistics.median(r.singles):.1f} | {r.total / r.slowest:.2f} | {vs_solo} | "
                      f"{r.controller_cpu:.1f} ({100 * r.controller_cpu / r.total:.0f} %) | "
                      f"{r.controller_rss:.0f} ({r.controller_hwm:.0f}) |")
     lines.append("")
-    lines.extend(f"- N={r.n}, seconds in each phase (median / max over DPUs, polled): {phase_line(r)}" for r in results)
+    lines.extend(f"- N={r.n}, {r.workers} workers, seconds in each phase (median / max over DPUs, polled): "
+                 f"{phase_line(r)}" for r in results)
     return "\n".join(lines)
 
 
@@ -327,16 +349,18 @@ def main() -> int:
     parser.add_argument("--vfs", type=int, default=2, help="NUM_OF_VFS in the flavor (upstream's hbn: 46)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="per N, from the DPUSet to all Ready")
     parser.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md")
+    parser.add_argument("--workers", type=int, nargs="+", default=[4],
+                        help="the controller's --workers (concurrent reconciles); every N runs with each")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work under DIR/<N> and keep it (logs)")
     args = parser.parse_args()
     results = []
-    for n in args.dpus:
+    for n, workers in itertools.product(args.dpus, args.workers):
         per_host = args.per_host or (1 if n <= 10 else 10 if n <= 100 else 25)
         reboot = args.reboot or ("cycle" if per_host == 1 else "skip")
         with tempfile.TemporaryDirectory(prefix=f"dpf-bench-provision-{n}-") as tmp:
-            work = Path(tmp) if args.keep is None else args.keep / str(n)
+            work = Path(tmp) if args.keep is None else args.keep / f"{n}-w{workers}"
             results.append(run_one(n, per_host, args.join, reboot, args.bfb_mib, args.install_seconds, args.vfs,
-                                   args.timeout, work))
+                                   args.timeout, workers, work))
         print(table(results), flush=True)
     text = table(results)
     if args.record:

@@ -16,6 +16,7 @@ Key: (reconciler name, namespace, name).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Hashable, Iterable
 
@@ -24,7 +25,7 @@ from dpf.controller.kube.events import NORMAL, WARNING
 from dpf.controller.kube.informer import Informer, key_of
 from dpf.controller.kube.rest import KubeError, Obj
 from dpf.controller.provisioning import dpuset_status
-from dpf.controller.provisioning.dpuset_plan import Plan, compute_plan, controller_ref, set_of_labels
+from dpf.controller.provisioning.dpuset_plan import Plan, Wanted, compute_plan, controller_ref, set_of_labels
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
@@ -36,6 +37,7 @@ LEGACY_FINALIZER = "provisioning.dpu.nvidia.com/dpuset-protection"
 NAMESPACE_INDEX = "dpuset.namespace"  # DPU informer: the DPU's namespace
 FLAVOR_INDEX = "dpuset.flavor"  # DPUSet informer: "<namespace>/<template dpuFlavor>"
 CACHE_RETRY = 0.5
+CREATES_AT_ONCE = 16  # DPU creations of one plan in flight at once
 
 
 def _template_flavor(obj: Obj) -> list[str]:
@@ -158,14 +160,15 @@ class DPUSetReconciler(Reconciler):
         namespace, set_name = key_of(dpuset)
         errors: list[str] = []
         conflict = False
-        for want in plan.creates:
-            try:
-                await rest.apply(DPU, want.body, self.ctx.settings.kube.field_manager)
-            except KubeError as exc:
-                errors.append(f"creating DPU {want.name}: {exc}")
-                await self._event(dpuset, WARNING, "FailedCreate",
-                                  f"Failed to create DPU {namespace}/{want.name} on node {want.node}: {exc}")
-                continue
+        async def create(want: Wanted) -> None:
+            async with creating:
+                try:
+                    await rest.apply(DPU, want.body, self.ctx.settings.kube.field_manager)
+                except KubeError as exc:
+                    errors.append(f"creating DPU {want.name}: {exc}")
+                    await self._event(dpuset, WARNING, "FailedCreate",
+                                      f"Failed to create DPU {namespace}/{want.name} on node {want.node}: {exc}")
+                    return
             spec = want.body["spec"]
             # The template in the note also keeps a rolling update's re-creation from being deduplicated with
             # the first creation (and a repeated apply before our cache shows the DPU yields no second Event).
@@ -173,6 +176,11 @@ class DPUSetReconciler(Reconciler):
                     + (f", dpuFlavor {spec['dpuFlavor']}" if spec.get("dpuFlavor") else ""))
             log.info("DPUSet %s/%s: %s", namespace, set_name, note)
             await self._event(dpuset, NORMAL, "SuccessfulCreate", note)
+
+        # Concurrently (bounded): one at a time, a fleet's last DPU waited ~N apiserver round trips for its turn
+        # (bench/provision, N=100: 15-75 s of the total), while each DPU alone provisions in seconds.
+        creating = asyncio.Semaphore(CREATES_AT_ONCE)
+        await asyncio.gather(*(create(want) for want in plan.creates))
         for gap in plan.gaps:
             if gap.warn:
                 await self._event(dpuset, WARNING, "FailedCreate", f"No DPU created: {gap.message}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,9 +123,10 @@ def test_two_dpus_of_one_host_provisioned_at_once(kube: ControlPlane, namespace:
     run(scenario(), timeout=300)
 
 
-async def _rollout(bed: ProvisioningBed, strategy: dict[str, Any]) -> list[int]:
-    """Two DPUs Ready on BFB 1; the set's BFB changed to 2; waits until both are Ready on 2. Returns the number
-    of DPUs that were not Ready at each look during the rollout."""
+async def _rollout(bed: ProvisioningBed, strategy: dict[str, Any],
+                   after_change: Callable[[list[str]], Awaitable[None]] | None = None) -> list[int]:
+    """Two DPUs Ready on BFB 1; the set's BFB changed to 2 (then `after_change`, e.g. the user's deletes); waits
+    until both are Ready on 2. Returns the number of DPUs that were not Ready at each look during the rollout."""
     image(bed.bfb_dir, "os-2.bfb", seed=2, version="doca-3.0")
     await bed.create_bfb("bf-bundle-2", "os-2.bfb", url="https://example.com/doca-3.0.bfb")
     await bed.rest.create(DPU_SET, _dpuset(bed, "fleet", strategy=strategy, selector={
@@ -137,6 +139,8 @@ async def _rollout(bed: ProvisioningBed, strategy: dict[str, Any]) -> list[int]:
             await bed.wait_phase(name, ph.READY, timeout=150)
         await bed.rest.merge_patch(DPU_SET, "fleet", {"spec": {"dpuTemplate": {"spec": {"bfb": {
             "name": "bf-bundle-2"}}}}}, bed.namespace)
+        if after_change is not None:
+            await after_change(names)
 
         async def rolled() -> bool:
             dpus = {d["metadata"]["name"]: d for d in await _dpus(bed)}
@@ -144,7 +148,11 @@ async def _rollout(bed: ProvisioningBed, strategy: dict[str, Any]) -> list[int]:
             return all(n in dpus and phase_of(dpus[n]) == ph.READY and dpus[n]["spec"]["bfb"] == "bf-bundle-2"
                        for n in names)
 
-        await bed.until(rolled, "both DPUs Ready on the new BFB", timeout=200)
+        try:
+            await bed.until(rolled, "both DPUs Ready on the new BFB", timeout=200)
+        except AssertionError as exc:
+            states = [f"{n}: {await bed.describe(n)}" for n in names]
+            raise AssertionError(f"{exc}; {states}; looks: {unavailable[-20:]}") from None
     finally:
         await kubelets.stop()
     for index in (0, 1):
@@ -163,11 +171,24 @@ def test_a_rolling_update_replaces_one_dpu_at_a_time(kube: ControlPlane, namespa
     run(scenario(), timeout=360)
 
 
-def test_recreate_replaces_every_dpu_at_once(kube: ControlPlane, namespace: str, tmp_path: Path) -> None:
+def test_recreate_leaves_dpus_alone_until_the_user_deletes_them(kube: ControlPlane, namespace: str,
+                                                                 tmp_path: Path) -> None:
+    """Upstream's Recreate: a template change does nothing by itself; the DPUs the user deletes come back with
+    the new template, and are flashed with the new image."""
     async def scenario() -> None:
         async with ProvisioningBed(kube, namespace, tmp_path, dpus=2, dpuset=True,
                                    host_labels={"dpf.test/fleet": namespace}) as bed:
-            unavailable = await _rollout(bed, {"type": "Recreate"})
-            assert max(unavailable) == 2, unavailable
+            async def untouched_then_deleted(names: list[str]) -> None:
+                async def on_the_old_bfb() -> bool:
+                    dpus = {d["metadata"]["name"]: d for d in await _dpus(bed)}
+                    return all(n in dpus and phase_of(dpus[n]) == ph.READY and dpus[n]["spec"]["bfb"] == BFB_NAME
+                               for n in names)
+
+                await bed.holds(on_the_old_bfb, "both DPUs Ready on the old BFB", 3.0)
+                for name in names:
+                    await bed.delete_dpu(name)
+
+            unavailable = await _rollout(bed, {"type": "Recreate"}, untouched_then_deleted)
+            assert max(unavailable) == 2, unavailable  # both replaced at once
 
     run(scenario(), timeout=360)

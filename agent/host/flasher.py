@@ -6,7 +6,9 @@ the file's pages into the pipe without a copy through user space, in writes as l
 buffer; the device's back-pressure is the only pacing. Then `misc` is watched for the outcome:
 
 - ` ERR[...]: <why>` after the stream → FAILED with that line (a bad image, a truncated stream);
-- ` INFO[MISC]: DPU is ready` after the complete stream → DONE;
+- ` INFO[MISC]: DPU is ready` after ` INFO[MISC]: Installation finished` of the complete stream → DONE;
+- ` INFO[MISC]: DPU is ready` without it → FAILED: the DPU was reset or power-cycled mid-install (e.g. by
+  the reboot of a host whose other DPU finished first) and booted its previous image;
 - neither within the timeout, counted from the stream's start (a stalled device, a DPU that never boots)
   → FAILED naming the timeout and the last log line.
 
@@ -41,6 +43,7 @@ LOG_LINES = 20
 MISC_POLL_SECONDS = 0.2
 OPEN_RETRY_SECONDS = 10.0
 READY_LINE = "DPU is ready"
+INSTALLED_LINE = "Installation finished"  # the BFB's installer, before it reboots into what it installed
 LOG_BANNER = "Log Messages"
 SHOW_LOG_SECONDS = 5.0
 
@@ -228,8 +231,15 @@ class Flasher:
             for line in lines:
                 if "ERR[" in line:
                     return self._finish(ppb.INSTALL_STATE_FAILED, f"the DPU refused the install: {line.strip()}")
-            if any(READY_LINE in line for line in lines):
+            finished = next((i for i, line in enumerate(lines) if INSTALLED_LINE in line), None)
+            if finished is not None and any(READY_LINE in line for line in lines[finished:]):
                 return self._finish(ppb.INSTALL_STATE_DONE, "")
+            if any(READY_LINE in line for line in lines):
+                # Booted, but not from this install: the DPU was reset or power-cycled mid-install (another
+                # DPU's host reboot, a person); it runs what it had before.
+                return self._finish(ppb.INSTALL_STATE_FAILED, f"the DPU booted without finishing the install "
+                                    f"(no {INSTALLED_LINE!r} before {READY_LINE!r}: reset or power-cycled "
+                                    f"mid-install?); it runs its previous image")
             try:
                 self._check(wait=MISC_POLL_SECONDS)
             except TimeoutError:

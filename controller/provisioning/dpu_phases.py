@@ -210,6 +210,8 @@ class Observed:
     """The bf.cfg rendered for the record's install id (None: not rendered yet)."""
     bf_cfg_error: str = ""
     high_speed_mtu: int = 1500
+    installing_beside: tuple[str, ...] = ()
+    """Other DPUs of the same host in OS Installing: a host reboot now would cut their installs."""
 
 
 # ---- what to do ---------------------------------------------------------------------------------------
@@ -458,6 +460,8 @@ def _timeout(phase: str, obs: Observed) -> float:
     s = obs.settings
     if phase == REBOOTING and not _automatic_reboot(obs.dpu):
         return s.manual_reboot_timeout
+    if phase == REBOOTING and obs.installing_beside:  # their installs' time, then the reboot's
+        return s.install_timeout + INSTALL_GRACE + s.reboot_timeout
     return {INITIALIZING: s.initializing_timeout, NODE_EFFECT: s.node_effect_timeout, PENDING: s.pending_timeout,
             DMS_DEPLOYMENT: s.dms_timeout, OS_INSTALLING: s.install_timeout + INSTALL_GRACE,
             REBOOTING: s.reboot_timeout, HOST_NETWORK: s.host_network_timeout,
@@ -574,6 +578,12 @@ def _rebooting(p: _Pass) -> _Wait | _Done | _Fail:
         return _Wait("WaitingForManualPowerCycleOrReboot",
                      f"automaticNodeReboot is off: {kind.replace('-', ' ')} host {node}; the host agent reports "
                      f"when it booted again")
+    if not record.reboot and obs.installing_beside:
+        # Better than upstream: one DPU's reboot would reset the others mid-install (they would boot their old
+        # image and install again); the host is rebooted once they are through.
+        return _Wait("WaitingForOtherDPUsToInstall",
+                     f"the {kind} ({command}) of host {node} waits until DPU {', '.join(obs.installing_beside)} on "
+                     f"the same host finished installing")
     if not record.reboot:
         n = record.reboots + 1
         p.record = record = replace(record, reboot=f"{obs.dpu['metadata'].get('uid', '')}/r{n}", reboots=n)

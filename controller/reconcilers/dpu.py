@@ -133,6 +133,8 @@ class DPUReconciler(Reconciler):
 
     def _on_dpu(self, _type: str, old: Obj | None, new: Obj | None) -> None:
         self._enqueue(new or old)
+        if _phase(old) != _phase(new) and (node := ((new or old or {}).get("spec") or {}).get("nodeName")):
+            self._enqueue_node(node)  # a DPU beside it may wait for this one to leave OS Installing
         if new is None and old is not None and ((old.get("spec") or {}).get("cluster") or {}).get("name"):
             # Its allocator slot is free: DPUs still waiting for a cluster may take it.
             self._enqueue_all(d for d in self.dpus.list()
@@ -250,7 +252,14 @@ class DPUReconciler(Reconciler):
             flavor=flavor, allocated=allocated, allocation_error=allocation_error, agent=self._agent_view(dpu),
             cluster=self._cluster_view(dpu), effect=self._effects.get(uid),
             bf_cfg=self._bfcfg.get(record.install), bf_cfg_error=self._bfcfg_errors.get(record.install, ""),
-            high_speed_mtu=self._high_speed_mtu())
+            high_speed_mtu=self._high_speed_mtu(), installing_beside=self._installing_beside(dpu))
+
+    def _installing_beside(self, dpu: Obj) -> tuple[str, ...]:
+        """The other DPUs of this DPU's host that are in OS Installing (not being deleted)."""
+        uid = dpu["metadata"]["uid"]
+        return tuple(sorted(d["metadata"]["name"] for d in self.dpus.by_index(NODE_INDEX, dpu["spec"]["nodeName"])
+                            if d["metadata"]["uid"] != uid and not d["metadata"].get("deletionTimestamp")
+                            and (d.get("status") or {}).get("phase") == phases.OS_INSTALLING))
 
     def _agent_view(self, dpu: Obj) -> phases.AgentView:
         status = self.ctx.nodes.get(dpu["spec"]["nodeName"])
@@ -507,6 +516,10 @@ class DPUReconciler(Reconciler):
             return await _join(rest, entry["server"], ca, ttl)
         finally:
             await rest.close()
+
+
+def _phase(dpu: Obj | None) -> str | None:
+    return ((dpu or {}).get("status") or {}).get("phase")
 
 
 def _only_messages_differ(current: Obj, desired: Obj) -> bool:

@@ -3,7 +3,8 @@
 Protocol: one JSON object per line each way on the unix socket `<root>/run/emulator/control.sock`.
     {"op": "power", "action": "status|on|off|cycle|reset"} -> {"ok": true, "power": "on"}
     {"op": "faults", "dpu": 0, "set": {"stall": true, "rate": 8000000, "timings": {"install": 2}}}
-    {"op": "status"} -> {"ok": true, "power": "on", "dpus": [{"name", "state", "version", "bytes", ...}]}
+    {"op": "status"} -> {"ok": true, "power": "on", "dpus": [{"name", "state", "version", "bytes", "boots",
+                          "streams", ...}]}  (bytes: of the last boot stream; streams: boot streams seen)
 Errors: {"ok": false, "error": "..."}.
 """
 

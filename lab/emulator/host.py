@@ -199,7 +199,8 @@ class EmulatedHost:
         if op == "status":
             return {"ok": True, "power": self.power, "dpus": [
                 {"name": d.name, "pci": d.pci_address, "state": d.state, "version": d.installed_version,
-                 "bytes": d.rshim.bytes_accepted, "error": d.last_error, "boots": len(d.boots)}
+                 "bytes": d.rshim.bytes_accepted, "error": d.last_error, "boots": len(d.boots),
+                 "streams": len(d.rshim.streams)}
                 for d in self.dpus]}
         return {"ok": False, "error": f"unknown op {op!r}"}
 

@@ -118,7 +118,7 @@ class ProvisioningBed:
     def __init__(self, kube: ControlPlane, namespace: str, workdir: Path, *,
                  settings: ProvisioningSettings = FAST, dpus: int = 1, dpuset: bool = False,
                  host_annotations: dict[str, str] | None = None, host_labels: dict[str, str] | None = None,
-                 max_nodes: int | None = None, bfb_ready: bool = True) -> None:
+                 max_nodes: int | None = None, bfb_ready: bool = True, replicas: int = 1) -> None:
         self.kube = kube
         self.namespace = namespace
         self.workdir = workdir
@@ -132,6 +132,9 @@ class ProvisioningBed:
         self._bfb_ready = bfb_ready
         self.bfb_dir = workdir / "bfb"
         self.socket = workdir / "controller.sock"
+        self.sockets = [self.socket] + [workdir / f"controller-{i}.sock" for i in range(1, replicas)]
+        self.replicas: list[Controller] = []
+        """With replicas > 1: every replica started (and not stopped), in start order."""
         self.rest: Rest
         self.emulator: Emulator
         self.controller: Controller | None = None
@@ -157,7 +160,12 @@ class ProvisioningBed:
             await self.rest.merge_patch(DPU_CLUSTER, "dpu", {"status": {"phase": "Ready"}}, self.namespace,
                                         subresource="status")
             await self.create_bfb(BFB_NAME, BFB_FILE, ready=self._bfb_ready)
-            await self.start_controller()
+            if len(self.sockets) == 1:
+                await self.start_controller()
+            else:
+                for index in range(len(self.sockets)):
+                    await self.start_replica(index)
+                await eventually(lambda: self.leader() is not None, "one replica leading and serving")
             self.start_agent()
         except BaseException:
             await self.close()
@@ -187,7 +195,33 @@ class ProvisioningBed:
         self.controller = await started(Controller(settings, reconcilers=reconcilers))
         return self.controller
 
+    async def start_replica(self, index: int) -> Controller:
+        """Replica `index` (identity replica-<index>, on its own socket); it leads only if nobody does."""
+        settings = insecure(controller_settings(self.kube.kubeconfig, self.namespace,
+                                                identity=f"replica-{index}-{len(self.replicas)}"))
+        settings = dataclasses.replace(settings, server=ServerSettings(listen=f"unix:{self.sockets[index]}",
+                                                                       hello_timeout=5.0),
+                                       provisioning=self._provisioning)
+        reconcilers = [DPUClusterReconciler, HostNodeReconciler, DPUReconciler]
+        if self._dpuset:
+            reconcilers.append(DPUSetReconciler)
+        replica = Controller(settings, reconcilers=reconcilers)
+        await replica.start()
+        self.replicas.append(replica)
+        return replica
+
+    def leader(self) -> Controller | None:
+        return next((r for r in self.replicas if r.is_leader and r.cache.ready.is_set()), None)
+
+    async def crash(self, replica: Controller) -> None:
+        """Stop `replica` as a crash would: its Lease is left held until it expires."""
+        self.replicas.remove(replica)
+        await replica.stop(release=False)
+
     async def stop_controller(self) -> None:
+        for replica in self.replicas:
+            await replica.stop()
+        self.replicas.clear()
         if self.controller is not None:
             controller, self.controller = self.controller, None
             await controller.stop()
@@ -198,7 +232,8 @@ class ProvisioningBed:
             return self.agent
         self.agent = Child("host-agent", [
             "ip", "netns", "exec", self.emulator.netns, sys.executable, "-m", "dpf.cli", "agent", "host", "--node",
-            self.host, "--controller", f"unix:{self.socket}", "--insecure", "--state-dir",
+            self.host, *(a for sock in self.sockets for a in ("--controller", f"unix:{sock}")), "--insecure",
+            "--state-dir",
             str(self.workdir / "state"), "--sysroot", str(self.emulator.root), "--bfb-dir", str(self.bfb_dir),
             "--power-command", str(self.emulator.ipmitool), "--poll-interval", "0.5"], self.workdir / "agent.log")
         return self.agent

@@ -136,8 +136,9 @@ def test_dpus_join_and_only_a_known_dpu_gets_its_serving_certificate(
         assert {"type": "InternalIP", "address": kubelets["dpu-a"].node_ip} in addresses
         # Both kubelets asked for serving certificates; nothing in Kubernetes approves those.
         for name in kubelets:
-            csrs = _serving_csrs(dpu_cluster, name)
-            assert csrs, f"{name} asked for no serving certificate"
+            # The kubelet asks once it has registered its Node, which on a loaded machine can be after Ready.
+            csrs = wait_until(lambda name=name: _serving_csrs(dpu_cluster, name), 60,
+                              f"{name}'s kubelet to ask for a serving certificate")
             assert not csrs[0].get("status", {}).get("conditions"), csrs
 
         for name in kubelets:

@@ -32,7 +32,8 @@ from dpf.lab.emulator.bfb import EmulatedBfb
 from dpf.lab.emulator.serve import BfbHttpServer
 from tests.api.helpers import example_documents
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns, kubelet and OVS")
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns, kubelet and OVS"),
+              pytest.mark.timeout(900)]
 
 BFB_FILE = "bf-bundle-2.9.1-30_24.11_ubuntu-22.04_prod.bfb"
 PROVISION_TIMEOUT = 480.0  # about 60 s on an idle 2-core machine; CI runs loaded

@@ -17,7 +17,7 @@ import pytest
 
 from dpf.controller.provisioning import dpu_phases as ph
 from dpf.lab.bed.kube import ControlPlane
-from tests.controlplane.harness import run
+from tests.controlplane.harness import eventually, run
 from tests.provisioning.bed import ProvisioningBed, condition, phase_of
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for the emulated host's netns")
@@ -61,8 +61,11 @@ def test_the_reboot_policy_decides_what_the_power_interface_is_asked(
             assert rebooted is not None
             if not expected:
                 assert bed.emulator.root.joinpath("proc/sys/kernel/random/boot_id").read_text() == boot_id
-                events = " ".join(e.get("note", "") for e in await bed.events(name))
-                assert "command is skip" in events, events
+                async def skip_said() -> str | None:  # Events are written after the status: wait for it
+                    notes = " ".join(e.get("note", "") for e in await bed.events(name))
+                    return notes if "command is skip" in notes else None
+
+                await eventually(skip_said, "a PhaseChanged Event saying the reboot command is skip")
             # It goes on: the host network, then the DPU's Node.
             await bed.wait_phase(name, ph.CLUSTER_CONFIG)
             await bed.join(name)

@@ -86,17 +86,6 @@ def nad_body(obj: Obj) -> Obj:
             "spec": {"config": json.dumps(config, sort_keys=True)}}
 
 
-def _differs(current: Obj | None, desired: Obj) -> bool:
-    if current is None:
-        return True
-    have, want = current["metadata"], desired["metadata"]
-    for key in ("labels", "annotations"):
-        held = have.get(key) or {}
-        if any(held.get(k) != v for k, v in (want.get(key) or {}).items()):
-            return True
-    return (current.get("spec") or {}).get("config") != desired["spec"]["config"]
-
-
 def _ours(nad: Obj, owner: Obj) -> bool:
     labels = nad["metadata"].get("labels") or {}
     return labels.get(NAME_LABEL) == owner["metadata"]["name"] and \
@@ -161,7 +150,7 @@ class DPUServiceNADReconciler(Reconciler):
         if current is not None and not _ours(current, owner):
             raise KubeError(409, "NotOurs", f"{NAD.kind} {namespace}/{name} exists and was not made by this "
                                             "DPUServiceNAD; it is not overwritten")
-        if not _differs(current, desired):
+        if not objects.child_differs(current, desired):
             return
         try:
             await cluster.rest.apply(NAD, desired, self.ctx.settings.kube.field_manager)

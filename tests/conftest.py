@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client as k8s
 
+from dpf.lab.bed.dpucluster import DPUCluster, NodeNetwork
+from dpf.lab.bed.images import build_busybox_image
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import NetnsBed, bed_namespaces, reap_stale
 from dpf.lab.bed.ovs import OvsSwitch
@@ -94,3 +96,25 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if daemons or namespaces:
         print(f"\nLEAK after teardown: processes {daemons}, namespaces {namespaces}")
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# A DPU cluster of its own (module-scoped: a control plane takes seconds) on a bridge DPU namespaces reach, and the
+# local busybox image its kubelets import (tests/dpucluster, tests/e2e).
+@pytest.fixture(scope="module")
+def node_network() -> Iterator[NodeNetwork]:
+    network = NodeNetwork()
+    try:
+        yield network
+    finally:
+        network.remove()
+
+
+@pytest.fixture(scope="module")
+def dpu_cluster(node_network: NodeNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DPUCluster]:
+    with DPUCluster(tmp_path_factory.mktemp("dpu-cluster"), address=node_network.address) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def busybox_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_busybox_image(tmp_path_factory.mktemp("image"))

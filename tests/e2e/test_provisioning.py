@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from kubernetes import client as k8s
 
 from dpf.lab import chains
 from dpf.lab.bed.dpucluster import DPUCluster, NodeNetwork
-from dpf.lab.bed.images import build_busybox_image
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import Child, wait_until
 from dpf.lab.controller import ControllerProcess
@@ -37,21 +35,6 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns
 
 BFB_FILE = "bf-bundle-2.9.1-30_24.11_ubuntu-22.04_prod.bfb"
 PROVISION_TIMEOUT = 480.0  # about 60 s on an idle 2-core machine; CI runs loaded
-
-
-@pytest.fixture(scope="module")
-def node_network() -> Iterator[NodeNetwork]:
-    network = NodeNetwork()
-    try:
-        yield network
-    finally:
-        network.remove()
-
-
-@pytest.fixture(scope="module")
-def own_dpu_cluster(node_network: NodeNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DPUCluster]:
-    with DPUCluster(tmp_path_factory.mktemp("dpu-cluster"), address=node_network.address) as cluster:
-        yield cluster
 
 
 def _hbn(kind: str, namespace: str) -> dict[str, Any]:
@@ -102,21 +85,21 @@ class Server:
 
 
 def test_a_dpuset_provisions_a_dpu_that_joins_its_own_dpu_cluster(
-        kube: ControlPlane, namespace: str, own_dpu_cluster: DPUCluster, node_network: NodeNetwork,
-        tmp_path: Path) -> None:
+        kube: ControlPlane, namespace: str, dpu_cluster: DPUCluster, node_network: NodeNetwork,
+        busybox_image: Path, tmp_path: Path) -> None:
     host = f"worker-{namespace[-6:]}"
     dpu = f"{host}-0000-08-00"
     bfb_dir = tmp_path / "bfb"
     bfb_dir.mkdir()
-    image_tar = build_busybox_image(tmp_path / "image")
+    image_tar = busybox_image
     core = k8s.CoreV1Api(kube.client)
-    dpu_core = k8s.CoreV1Api(own_dpu_cluster.client)
+    dpu_core = k8s.CoreV1Api(dpu_cluster.client)
     core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=host)))
     controller = ControllerProcess(kube.kubeconfig, namespace, tmp_path / "controller", bfb_dir)
     server = None
     try:
         with BfbHttpServer({BFB_FILE: EmulatedBfb("bf-bundle-2.9.1-30", 16 << 20, seed=7)}) as files:
-            admin = own_dpu_cluster.admin_conf()
+            admin = dpu_cluster.admin_conf()
             kube.kubectl("apply", "-f", "-", input=chains.to_yaml([
                 {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "dpu-admin", "namespace": namespace},
                  "data": {"admin.conf": base64.b64encode(admin).decode()}},
@@ -173,7 +156,7 @@ def test_a_dpuset_provisions_a_dpu_that_joins_its_own_dpu_cluster(
             taints = core.read_node(host).spec.taints or []
             assert not [t for t in taints if t.key == "dpu"], "the node effect's taint is gone at Ready"
             assert (server.root / "run/emulator/power.log").read_text().strip(), "the host was rebooted"
-            approved = [c for c in k8s.CertificatesV1Api(own_dpu_cluster.client).list_certificate_signing_request()
+            approved = [c for c in k8s.CertificatesV1Api(dpu_cluster.client).list_certificate_signing_request()
                         .items if c.spec.signer_name == "kubernetes.io/kubelet-serving" and c.spec.username ==
                         f"system:node:{dpu}" and any(s.type == "Approved" for s in (c.status.conditions or []))]
             assert approved, "the controller approved the provisioned DPU's serving certificate"

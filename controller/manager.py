@@ -229,7 +229,7 @@ class Controller:
                     raise PermanentError(f"no reconciler for key {key!r}")
                 requeue = await reconciler.reconcile(key)
                 queue.forget(key)
-                if requeue:
+                if requeue is not None:  # 0 is "look again now", None "nothing to wait for"
                     queue.add_after(key, requeue)
             except TemporaryError as exc:
                 delay = queue.retry(key, exc.delay)

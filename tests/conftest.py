@@ -21,6 +21,7 @@ from kubernetes import client as k8s
 from dpf.lab.bed.dpucluster import DPUCluster, NodeNetwork
 from dpf.lab.bed.images import build_busybox_image
 from dpf.lab.bed.kube import ControlPlane
+from dpf.lab.bed.kubelet import HOST_SYSCTLS
 from dpf.lab.bed.netns import NetnsBed, bed_namespaces, reap_stale
 from dpf.lab.bed.ovs import OvsSwitch
 from dpf.lab.bed.process import descendants, live_children
@@ -73,6 +74,14 @@ def ovs(netns: NetnsBed, tmp_path: Path) -> Iterator[OvsSwitch]:
         yield switch.start()
     finally:
         switch.stop()
+
+
+def host_sysctls() -> dict[str, str]:
+    """The kernel sysctls a kubelet sets on the host (it must leave them as it found them)."""
+    return {key: Path("/proc/sys", key).read_text().strip() for key in HOST_SYSCTLS}
+
+
+SESSION_START_SYSCTLS = host_sysctls()
 
 
 def leaked_processes() -> dict[int, str]:

@@ -62,7 +62,8 @@ BFB_INDEX = "dpu.bfb"  # DPU informer: "<namespace>/<spec.bfb>"
 NAME_INDEX = "dpu.name"  # DPU informer: metadata.name (the DPU-cluster Node's name)
 EFFECT_RETRY = 2.0  # seconds between node-effect calls that are not done yet
 CACHE_RETRY = 0.5
-AGAIN = 0.02  # seconds: the smallest requeue, for "look again now" (an effect's outcome changed, bf.cfg rendered)
+AGAIN = 0.02  # seconds: the smallest requeue ("look again now": an effect's outcome changed, bf.cfg rendered); a floor
+# so a step that keeps asking for it cannot spin the worker
 AGENT_PHASES = frozenset({phases.DMS_DEPLOYMENT, phases.OS_INSTALLING, phases.REBOOTING, phases.HOST_NETWORK})
 CLUSTER_PHASES = frozenset({phases.CLUSTER_CONFIG, phases.READY})
 INSTALL_PHASES = frozenset({phases.OS_INSTALLING, phases.REBOOTING})  # the phases that publish the install
@@ -356,7 +357,6 @@ class DPUReconciler(Reconciler):
             self._effects.pop(dpu["metadata"]["uid"], None)
             return None
         due = [r for r in requeues if r is not None]
-        # Positive: the manager takes a requeue of 0 for "no requeue", and "look again now" must not be lost.
         return max(AGAIN, min(due)) if due else None
 
     async def _store_record(self, dpu: Obj, record: phases.Record) -> Obj:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
@@ -34,6 +35,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,14 +159,17 @@ def discover(join: JoinCommand, timeout: float = DISCOVERY_TIMEOUT) -> tuple[str
 
 # -- host sysctls the kubelet changes -------------------------------------------------------------
 
-_saved_sysctls: dict[str, str] = {}
 _running = 0
+_ORIGINAL = "original.json"
 
 
-def _sysctl_record(pid: int) -> Path:
-    """Where a process keeps the host values it will restore, so that a run killed before it could is undone by
-    the next one (`reap_stale`)."""
-    return SYSCTL_RECORDS / f"{pid}.json"
+@contextlib.contextmanager
+def _records_locked() -> Iterator[None]:
+    """The sysctl records are shared by every process that runs kubelets here (the lab's servers, tests)."""
+    SYSCTL_RECORDS.mkdir(parents=True, exist_ok=True)
+    with open(SYSCTL_RECORDS / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def _restore_sysctls(values: dict[str, str]) -> None:
@@ -175,12 +180,31 @@ def _restore_sysctls(values: dict[str, str]) -> None:
             log.warning("cannot restore sysctl %s=%s: %s", key, value, exc)
 
 
+def _release_if_unheld() -> bool:
+    """Under the lock: with no live holder left, put the host values back (recorded by the first holder)."""
+    for holder in SYSCTL_RECORDS.glob("*.holder"):
+        if not holder.stem.isdigit() or not Path(f"/proc/{holder.stem}").exists():
+            holder.unlink(missing_ok=True)
+    original = SYSCTL_RECORDS / _ORIGINAL
+    if any(SYSCTL_RECORDS.glob("*.holder")) or not original.exists():
+        return False
+    with contextlib.suppress(OSError, ValueError):
+        _restore_sysctls(json.loads(original.read_text()))
+    original.unlink(missing_ok=True)
+    return True
+
+
 def _hold_sysctls() -> None:
+    """The host values are recorded once per machine, by the first process to start a kubelet, and restored by the
+    last one to stop (or by `reap_stale` after a killed run): per-process records would let a process that started
+    while another's kubelet ran restore that kubelet's values."""
     global _running
     if _running == 0:
-        _saved_sysctls.update({k: Path("/proc/sys", k).read_text().strip() for k in HOST_SYSCTLS})
-        SYSCTL_RECORDS.mkdir(parents=True, exist_ok=True)
-        _sysctl_record(os.getpid()).write_text(json.dumps(_saved_sysctls))
+        with _records_locked():
+            original = SYSCTL_RECORDS / _ORIGINAL
+            if not original.exists():
+                original.write_text(json.dumps({k: Path("/proc/sys", k).read_text().strip() for k in HOST_SYSCTLS}))
+            (SYSCTL_RECORDS / f"{os.getpid()}.holder").touch()
     _running += 1
 
 
@@ -188,9 +212,9 @@ def _release_sysctls() -> None:
     global _running
     _running -= 1
     if _running == 0:
-        _restore_sysctls(_saved_sysctls)
-        _saved_sysctls.clear()
-        _sysctl_record(os.getpid()).unlink(missing_ok=True)
+        with _records_locked():
+            (SYSCTL_RECORDS / f"{os.getpid()}.holder").unlink(missing_ok=True)
+            _release_if_unheld()
 
 
 # -- cgroups -------------------------------------------------------------------------------------------
@@ -243,12 +267,10 @@ def reap_stale() -> list[str]:
             time.sleep(0.1)
         _remove_cgroup(cgroup)
         reaped.append(cgroup)
-    for record in SYSCTL_RECORDS.glob("*.json") if SYSCTL_RECORDS.is_dir() else ():
-        if not Path(f"/proc/{record.stem}").exists():
-            with contextlib.suppress(OSError, ValueError):
-                _restore_sysctls(json.loads(record.read_text()))
-            record.unlink(missing_ok=True)
-            reaped.append(f"sysctls of {record.stem}")
+    if SYSCTL_RECORDS.is_dir():
+        with _records_locked():
+            if _release_if_unheld():
+                reaped.append("host sysctls")
     return reaped
 
 

@@ -65,6 +65,7 @@ class ClusterSet:
         self.dpu_kinds: dict[Kind, str | None] = {}  # kind -> label selector of its watch (None: all objects)
         self._on_dpu_added: list[Callable[[Cluster], None]] = []
         self._on_failure = on_failure
+        self.closed = False
 
     def need_dpu_kind(self, kind: Kind, label_selector: str | None = None) -> None:
         """Watch `kind` in every DPU cluster; with `label_selector`, only the objects it selects (so a
@@ -77,6 +78,9 @@ class ClusterSet:
         self._on_dpu_added.append(callback)
 
     def add_dpu(self, name: str, rest: Rest, config_hash: str) -> Cluster:
+        """Take `rest` over; on a closed set this raises, and closing `rest` stays the caller's job."""
+        if self.closed:
+            raise RuntimeError(f"DPU cluster {name} not added: the controller is stopping")
         cluster = Cluster(name, rest, self.settings, self._on_failure, config_hash,
                           label_selectors=self.dpu_kinds)
         for kind in self.dpu_kinds:
@@ -100,6 +104,7 @@ class ClusterSet:
         return [(c, c.informer(kind)) for c in self.dpu.values()]
 
     async def close(self) -> None:
+        self.closed = True
         try:
             for name in list(self.dpu):
                 cluster = self.dpu.pop(name)

@@ -129,6 +129,9 @@ class Controller:
         async with contextlib.AsyncExitStack() as stack:  # each later step runs even if an earlier one fails
             stack.push_async_callback(self.clusters.close)  # last: the API clients go whatever failed before
             stack.push_async_callback(self._stop_serving)
+            # The election loop goes first: left running, a renewal racing the release takes the lease back and
+            # starts a new term (workers) while the old one is being stopped.
+            await self._tasks.stop()
             if self._elector is not None and release:
                 await self._elector.release()
 
@@ -136,6 +139,7 @@ class Controller:
         await self._tasks.stop()
         if self._leading:
             await self._stopped_leading()
+        await self._lead_tasks.stop()  # also when a step-down was cut short: no worker outlives the controller
         if self._server is not None:
             await self._server.stop(grace=1.0)
         if self._http is not None:

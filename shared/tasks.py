@@ -58,11 +58,13 @@ class TaskGroup:
 
     async def stop(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109 - a bound per task, not one deadline
         self._stopping = True
-        for task in reversed(self._tasks):
-            if not task.done():
-                task.cancel()
-            await asyncio.wait({task}, timeout=timeout)
-            if not task.done():
-                log.error("task %s did not stop within %.1fs", task.get_name(), timeout)
-        self._tasks.clear()
-        self._stopping = False
+        try:
+            while self._tasks:  # popped one by one: a task started while we wait is stopped too, never dropped
+                task = self._tasks.pop()
+                if not task.done():
+                    task.cancel()
+                await asyncio.wait({task}, timeout=timeout)
+                if not task.done():
+                    log.error("task %s did not stop within %.1fs", task.get_name(), timeout)
+        finally:
+            self._stopping = False

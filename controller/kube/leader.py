@@ -143,7 +143,8 @@ class LeaderElector:
         return spec
 
     async def release(self) -> None:
-        """Give the lease up (clean shutdown): followers may take it at their next try."""
+        """Give the lease up (clean shutdown): followers may take it at their next try. Call it once `run()` has
+        been stopped, or a renewal racing the release takes the lease back."""
         if not self.is_leader:
             return
         self._set_leading(False)

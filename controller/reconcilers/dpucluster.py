@@ -210,10 +210,10 @@ class DPUClusterReconciler(Reconciler):
                 return Kubeconfig(Mark(False, "KubeconfigInvalid", f"{where}: {exc}"), usable=False)
             try:
                 await self.ctx.clusters.remove_dpu(cluster_name)
+                self.ctx.clusters.add_dpu(cluster_name, rest, digest)
             except BaseException:
-                await rest.close()  # cancelled (controller stopping) before the new client was handed over
+                await rest.close()  # the controller is stopping: the new client was never handed over
                 raise
-            self.ctx.clusters.add_dpu(cluster_name, rest, digest)
         return Kubeconfig(Mark(True, CREATED, f"{where}: {_server(self.ctx.clusters.dpu[cluster_name])}"),
                           usable=True)
 

@@ -115,3 +115,29 @@ def test_two_replicas_one_leader_and_failover_within_the_lease(kube: ControlPlan
 async def _hello_then_read(call, hello: pb.StreamRequest) -> pb.StreamResponse:
     await call.write(hello)
     return await call.read()
+
+
+def test_a_clean_stop_while_the_lease_is_renewed_leaves_no_task_and_no_holder(kube: ControlPlane, namespace: str,
+                                                                              tmp_path: Path) -> None:
+    """Renewing every few milliseconds, the election loop races each release: it must never take the lease back
+    and start a new term (workers, DPU-cluster clients) that outlives the stopped controller."""
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        before = asyncio.all_tasks()
+        try:
+            for attempt in range(5):
+                controller = Controller(controller_settings(kube.kubeconfig, namespace, identity=f"racer-{attempt}",
+                                                            lease_duration=LEASE_SECONDS, retry_period=0.005))
+                await controller.start()
+                await eventually(lambda c=controller: c.is_leader and c.cache.ready.is_set(), "the racer to lead")
+                await controller.stop()
+                assert not controller.is_leader
+                left = [t.get_name() for t in asyncio.all_tasks() - before]
+                assert left == [], f"tasks outlived the stopped controller (attempt {attempt}): {left}"
+                lease = await rest.get(LEASE, LeaderSettings.lease_name, namespace)
+                assert lease["spec"]["holderIdentity"] == "", f"the lease is still held: {lease['spec']}"
+        finally:
+            await rest.close()
+
+    run(scenario())

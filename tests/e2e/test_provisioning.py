@@ -156,10 +156,14 @@ def test_a_dpuset_provisions_a_dpu_that_joins_its_own_dpu_cluster(
             taints = core.read_node(host).spec.taints or []
             assert not [t for t in taints if t.key == "dpu"], "the node effect's taint is gone at Ready"
             assert (server.root / "run/emulator/power.log").read_text().strip(), "the host was rebooted"
-            approved = [c for c in k8s.CertificatesV1Api(dpu_cluster.client).list_certificate_signing_request()
+            # The kubelet asks for its serving certificate after it registers its Node, so the CSR (and the
+            # controller's approval) may come a little after Ready.
+            def approved() -> list[Any]:
+                return [c for c in k8s.CertificatesV1Api(dpu_cluster.client).list_certificate_signing_request()
                         .items if c.spec.signer_name == "kubernetes.io/kubelet-serving" and c.spec.username ==
                         f"system:node:{dpu}" and any(s.type == "Approved" for s in (c.status.conditions or []))]
-            assert approved, "the controller approved the provisioned DPU's serving certificate"
+            wait_until(approved, 60.0, "the controller's approval of the provisioned DPU's serving certificate",
+                       interval=0.2, while_alive=[controller.child])
             print(f"provisioned {dpu} in {took:.1f}s: {' -> '.join(phases)}")
 
             kube.kubectl("delete", "dpuset", dpuset["metadata"]["name"], "-n", namespace, "--wait=false")

@@ -38,3 +38,24 @@ def test_loop_exit_is_fatal_and_one_off_failure_is_not(caplog) -> None:
 
     asyncio.run(scenario())
     assert "one-off task t/event failed: RuntimeError('apiserver said 500')" in caplog.text
+
+
+def test_stop_also_stops_a_task_started_while_it_waits() -> None:
+    async def scenario() -> None:
+        group = TaskGroup("t")
+        late: list[asyncio.Task[None]] = []
+
+        async def starts_another_when_cancelled() -> None:
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                late.append(group.start("late", asyncio.Event().wait()))
+                raise
+
+        group.start("first", starts_another_when_cancelled())
+        await asyncio.sleep(0)
+        await group.stop(timeout=1)
+        assert len(late) == 1
+        assert late[0].cancelled(), "a task started during stop() is stopped, not dropped"
+
+    asyncio.run(scenario())

@@ -84,6 +84,14 @@ def host_sysctls() -> dict[str, str]:
 SESSION_START_SYSCTLS = host_sysctls()
 
 
+def pod_netns() -> set[str]:
+    """containerd's pod network namespaces as the host sees them (`/run/netns/cni-*`)."""
+    return {p.name for p in Path("/run/netns").glob("cni-*")}
+
+
+SESSION_START_POD_NETNS = pod_netns()
+
+
 def leaked_processes() -> dict[int, str]:
     """Bed daemons still running under this test process that no live fixture owns."""
     owned = live_children()

@@ -15,7 +15,7 @@ From a join command (`kubeadm join <host:port> --token <id>.<secret> --discovery
    dirs, CNI config and IPAM data, and a cgroup root created in every cgroup v1 hierarchy.
 
 `stop()` undoes it all: kubelet and containerd stopped, every container and shim of this DPU killed, the cgroups
-removed, and the kernel sysctls the kubelet changed on the host (`vm.overcommit_memory`, `kernel.panic`,
+and the pods' netns files (`/run/netns/cni-*`) removed, and the kernel sysctls the kubelet changed on the host (`vm.overcommit_memory`, `kernel.panic`,
 `kernel.panic_on_oops`) restored once the last kubelet of this process stops.
 """
 
@@ -50,6 +50,7 @@ from dpf.lab.bed.tools import tool
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+NETNS_DIR = Path("/run/netns")
 HOST_SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
 SYSCTL_RECORDS = Path("/run/dpf-kubelet-sysctls")
 # Paths the kubelet uses whatever its flags say (device-plugin socket, default cert dir, container log links).
@@ -267,11 +268,47 @@ def reap_stale() -> list[str]:
             time.sleep(0.1)
         _remove_cgroup(cgroup)
         reaped.append(cgroup)
+    if reaped:  # its pods' netns files, whose mounts died with its mount namespace
+        reaped.extend(_remove_unmounted_pod_netns())
     if SYSCTL_RECORDS.is_dir():
         with _records_locked():
             if _release_if_unheld():
                 reaped.append("host sysctls")
     return reaped
+
+
+def _pod_netns_mounts(mountinfo: str) -> set[Path]:
+    """containerd's pod netns mounts (`/run/netns/cni-*`, nsfs) in one mount namespace's mountinfo."""
+    found = set()
+    for line in mountinfo.splitlines():
+        fields = line.split(" - ", 1)
+        mount_point = Path(fields[0].split()[4])
+        if len(fields) == 2 and fields[1].split()[0] == "nsfs" and mount_point.name.startswith("cni-") \
+                and mount_point.parent in (NETNS_DIR, Path("/var/run/netns")):
+            found.add(NETNS_DIR / mount_point.name)
+    return found
+
+
+def _remove_unmounted_pod_netns() -> list[str]:
+    """Remove `/run/netns/cni-*` files no mount namespace of the machine mounts any more. Only after a crashed
+    run was reaped: a live containerd creates the file a moment before it mounts the namespace there."""
+    mounted: set[Path] = set()
+    namespaces: set[str] = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            namespace = os.readlink(proc / "ns" / "mnt")
+            if namespace not in namespaces:
+                namespaces.add(namespace)
+                mounted |= _pod_netns_mounts((proc / "mountinfo").read_text())
+        except OSError:
+            continue  # gone meanwhile
+    removed = []
+    for path in NETNS_DIR.glob("cni-*"):
+        if path not in mounted and not os.path.ismount(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(str(path))
+    return removed
 
 
 # -- the node ----------------------------------------------------------------------------------------
@@ -326,9 +363,14 @@ class Kubelet:
         for child in reversed(self.children[1:]):  # kubelet, containerd; the mount-namespace holder last
             child.stop()
         self._kill_leftovers()
+        pod_netns = self._pod_netns()  # nothing creates pods any more; their mounts live on with the holder
         for child in self.children[:1]:
             child.stop()
         self.children.clear()
+        for path in pod_netns:  # the mount went with the namespace; the file it hid stays in the host's /run/netns
+            if not os.path.ismount(path):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         self._remove_cgroups()
         if self._holds_sysctls:
             self._holds_sysctls = False
@@ -422,6 +464,16 @@ state = "{d / 'containerd/state'}"
 
     def _remove_cgroups(self) -> None:
         _remove_cgroup(self.cgroup)
+
+    def _pod_netns(self) -> set[Path]:
+        """The pods' network namespaces containerd pinned (`/run/netns/cni-*`, bind mounts of nsfs made in this
+        node's private mount namespace: only their mount points are visible on the host)."""
+        if not self.children:
+            return set()
+        try:
+            return _pod_netns_mounts(Path(f"/proc/{self.children[0].pid}/mountinfo").read_text())
+        except OSError:
+            return set()
 
     def cgroup_pids(self) -> set[int]:
         return _cgroup_pids(self.cgroup)

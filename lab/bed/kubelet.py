@@ -15,8 +15,8 @@ From a join command (`kubeadm join <host:port> --token <id>.<secret> --discovery
    dirs, CNI config and IPAM data, and a cgroup root created in every cgroup v1 hierarchy.
 
 `stop()` undoes it all: kubelet and containerd stopped, every container and shim of this DPU killed, the cgroups
-and the pods' netns files (`/run/netns/cni-*`) removed, and the kernel sysctls the kubelet changed on the host (`vm.overcommit_memory`, `kernel.panic`,
-`kernel.panic_on_oops`) restored once the last kubelet of this process stops.
+and the pods' netns files (`/run/netns/cni-*`) removed, and the kernel sysctls the kubelet changed on the host
+(`vm.overcommit_memory`, `kernel.panic`, `kernel.panic_on_oops`) restored once the last kubelet stops.
 """
 
 from __future__ import annotations

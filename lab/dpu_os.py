@@ -59,8 +59,12 @@ class Boot:
     node: Stoppable | None = None
     agent: Stoppable | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    stopped: bool = False
 
     def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
         for part in (self.agent, self.node, self.ovs):
             if part is not None:
                 try:
@@ -130,6 +134,10 @@ class DpuOs:
         while True:
             event = self._events.get()
             if event is None:
+                # Stopped on this thread: the kubelet's children die with the thread that started them, and its
+                # stop() needs them alive (it reads the pods' netns mounts from its mount namespace holder).
+                if self.current is not None:
+                    self.current.stop()
                 return
             previous = self.current
             if previous is not None:

@@ -39,9 +39,13 @@ def start_holding_run(tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
     test_file = tmp_path / "test_hold.py"
     test_file.write_text(HOLDING_TEST.format(marker=str(marker)))
     log = (tmp_path / "inner.log").open("wb")
+    # A run started in the background by a non-interactive shell inherits SIGINT ignored, and Python then never
+    # turns Ctrl-C into KeyboardInterrupt: the nested run gets the default disposition back before it starts.
+    default_sigint = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                      "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])")
     inner = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider", "-s",
-         "--log-cli-level=INFO", "--basetemp", str(tmp_path / "inner"), "--rootdir", str(tmp_path),
+        [sys.executable, "-c", default_sigint, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:cacheprovider",
+         "-s", "--log-cli-level=INFO", "--basetemp", str(tmp_path / "inner"), "--rootdir", str(tmp_path),
          "-c", os.devnull, str(test_file)],
         cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     log.close()

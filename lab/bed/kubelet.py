@@ -321,7 +321,12 @@ class Kubelet:
     `start()` from the main thread: its children die with the thread that started them (see `process.py`)."""
 
     def __init__(self, netns: str, node_name: str, join_command: str, workdir: Path,
-                 pod_subnet: str = "10.244.0.0/24", image_tar: Path | None = None) -> None:
+                 pod_subnet: str = "10.244.0.0/24", image_tar: Path | None = None,
+                 multus_kubeconfig: Path | None = None, cni_plugins: dict[str, Path] | None = None) -> None:
+        """With `multus_kubeconfig`, Multus (thin plugin) is the node's CNI: the pod network stays its cluster
+        network (eth0) and a pod's `k8s.v1.cni.cncf.io/networks` annotation adds the NetworkAttachmentDefinitions
+        it names, read with that kubeconfig (Multus' own credentials; a DaemonSet's ServiceAccount upstream).
+        `cni_plugins` adds plugin binaries by type name (e.g. the SFC CNI) beside the standard ones."""
         self.netns = netns
         self.node_name = node_name
         self.join = JoinCommand.parse(join_command)
@@ -333,6 +338,13 @@ class Kubelet:
         self.node_ip = ""
         self.server = ""
         self._holds_sysctls = False
+        self.multus_kubeconfig = multus_kubeconfig
+        self.cni_plugins = cni_plugins or {}
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        """The node's CNI plugin directory: the standard plugins, Multus and `cni_plugins`, as links."""
+        return self.dir / "cni" / "bin"
 
     @property
     def containerd_socket(self) -> Path:
@@ -391,7 +403,7 @@ class Kubelet:
 
     def _write_files(self, ca_pem: bytes) -> None:
         d = self.dir
-        for sub in ("containerd/root", "containerd/state", "runc", "cni/conf", "cni/ipam", "kubelet/root",
+        for sub in ("containerd/root", "containerd/state", "runc", "cni/conf", "cni/ipam", "cni/bin", "kubelet/root",
                     "kubelet/pki", "kubelet/var-lib-kubelet", "kubelet/pod-logs", "kubelet/containers", "opt"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         (d / "ca.crt").write_bytes(ca_pem)
@@ -426,15 +438,23 @@ state = "{d / 'containerd/state'}"
         # Shims daemonize away from containerd: in the DPU's cgroup, stop() and reap_stale() find them there.
         ShimCgroup = "{self.cgroup}/shims"
   [{cri}.cni]
-    bin_dir = "/usr/lib/cni"
+    bin_dir = "{self.cni_bin_dir}"
     conf_dir = "{d / 'cni/conf'}"
 """)
-        (d / "cni" / "conf" / "10-pods.conflist").write_text(json.dumps({
-            "cniVersion": "0.4.0", "name": "pods", "plugins": [{
-                "type": "bridge", "bridge": "cni0", "isGateway": True,
-                "ipMasq": True,  # pods reach the apiserver through the DPU's own address
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": self.pod_subnet}]],
-                         "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(d / "cni/ipam")}}]}, indent=1))
+        self._link_cni_plugins()
+        pods = {"cniVersion": "0.4.0", "name": "pods", "plugins": [{
+            "type": "bridge", "bridge": "cni0", "isGateway": True,
+            "ipMasq": True,  # pods reach the apiserver through the DPU's own address
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": self.pod_subnet}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(d / "cni/ipam")}}]}
+        if self.multus_kubeconfig is None:
+            (d / "cni" / "conf" / "10-pods.conflist").write_text(json.dumps(pods, indent=1))
+        else:  # containerd takes the first file of conf_dir: Multus, delegating eth0 to the pod network
+            (d / "cni" / "conf" / "00-multus.conf").write_text(json.dumps({
+                "cniVersion": "0.4.0", "name": "multus-cni-network", "type": "multus",
+                "kubeconfig": str(self.multus_kubeconfig), "cniDir": str(d / "cni/multus"),
+                "binDir": str(self.cni_bin_dir), "logFile": str(d / "multus.log"), "logLevel": "verbose",
+                "delegates": [pods]}, indent=1))
         (d / "kubelet" / "config.yaml").write_text(yaml.safe_dump({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
             "failCgroupV1": False, "cgroupDriver": "cgroupfs", "cgroupRoot": self.cgroup,
@@ -450,6 +470,16 @@ state = "{d / 'containerd/state'}"
                              "nodefs.inodesFree": "1%"},
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         }))
+
+    def _link_cni_plugins(self) -> None:
+        plugins = {p.name: p for p in Path("/usr/lib/cni").iterdir()}
+        if self.multus_kubeconfig is not None:
+            plugins["multus"] = Path(tool("multus"))
+        plugins.update(self.cni_plugins)
+        for name, target in plugins.items():
+            link = self.cni_bin_dir / name
+            link.unlink(missing_ok=True)
+            link.symlink_to(target)
 
     def _make_cgroups(self) -> None:
         # The kubelet requires its cgroup root in every v1 hierarchy; cpuset children start empty, so copy.

@@ -9,7 +9,7 @@ namespace, with real processes:
 2. Open vSwitch (userspace datapath) and the flavor's `/opt/dpf/ovs.sh`, with `type=dpdk` ports created
    as `system` ones (the one difference: this OVS has no DPDK);
 3. the join: `join(event, netns)` (the lab passes one that starts containerd + kubelet with the bf.cfg's
-   join command), and then `agent(hostname, ovs)` (the DPU agent);
+   join command), and then `agent(hostname, ovs, node)` (the DPU agent, beside what the join started);
 4. every boot of the DPU (install, power cycle, reset) first stops what the previous boot started; a boot the
    DPU has already left (a newer boot event is queued: the host was reset while this one was still starting)
    stops before its next step instead of joining and starting an agent only to be torn down.
@@ -46,8 +46,8 @@ class Stoppable(Protocol):
 
 JoinFn = Callable[[BootEvent, str], Stoppable | None]
 """(boot event, DPU netns) → the started node software (kubelet …), or None when there is nothing to join."""
-AgentFn = Callable[[str, OvsSwitch], Stoppable | None]
-"""(hostname, the DPU's OVS) → the started DPU agent."""
+AgentFn = Callable[[str, OvsSwitch, Stoppable | None], Stoppable | None]
+"""(hostname, the DPU's OVS, what the join started or None) → the started DPU agent."""
 
 
 @dataclass
@@ -182,7 +182,7 @@ class DpuOs:
             return
         if self._agent is not None and boot.ovs is not None:
             agent, ovs = self._agent, boot.ovs
-            self._step("starting the DPU agent", lambda: setattr(boot, "agent", agent(hostname, ovs)))
+            self._step("starting the DPU agent", lambda: setattr(boot, "agent", agent(hostname, ovs, boot.node)))
         self._say(f"{hostname}: up ({event.reason}, {event.version})")
 
     def _superseded(self, boot: Boot) -> bool:

@@ -94,12 +94,14 @@ def agent_certs(directory: Path, node: str, timeout: float = CERT_TIMEOUT) -> li
 
 
 def start_dpu_agent(netns: str, node: str, ovs: OvsSwitch, workdir: Path, controller: str, certs: Path,
-                    log_level: str) -> Child:
-    """The DPU agent of a booted DPU, in its network namespace next to its OVS (as `lab/dpus.py` runs it)."""
+                    log_level: str, kubelet: Kubelet | None = None) -> Child:
+    """The DPU agent of a booted DPU, in its network namespace next to its OVS; with the DPU's kubelet, in its
+    mount namespace too, as on a DPU (the CNI server opens pods' netns paths, mounts made in that namespace)."""
     tls = agent_certs(certs, node)
     socket = workdir / "run" / "cni.sock"
     socket.unlink(missing_ok=True)  # a restart waits for the new agent's socket
-    argv = ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent", "dpu", "--node", node,
+    enter = kubelet.enter_argv() if kubelet is not None else ["ip", "netns", "exec", netns]
+    argv = [*enter, sys.executable, "-m", "dpf.cli", "agent", "dpu", "--node", node,
             "--controller", controller, "--state-dir", str(workdir / "agent-state"), "--ovs-rundir", str(ovs.rundir),
             "--port-type", "system", "--cni-socket", str(socket), "--log-level", log_level, *tls]
     agent = Child(f"dpu-agent-{node}", argv, workdir / "agent.log")
@@ -170,9 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                     say(f"{event.dpu}: joined the DPU cluster as node {node} ({address})")
                     return kubelet
 
-                def agent(hostname: str, ovs: OvsSwitch, workdir: Path = workdir, netns: str = dpu.netns) -> Child:
+                def agent(hostname: str, ovs: OvsSwitch, node: object, workdir: Path = workdir,
+                          netns: str = dpu.netns) -> Child:
                     child = start_dpu_agent(netns, hostname, ovs, workdir, args.controller, args.agent_certs,
-                                            args.agent_log_level)
+                                            args.agent_log_level, node if isinstance(node, Kubelet) else None)
                     supervisor.watch(child, f"dpu agent {hostname}")
                     say(f"dpu agent {hostname} started as pid {child.pid}; log: {child.log}")
                     return child

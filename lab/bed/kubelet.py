@@ -550,6 +550,14 @@ state = "{d / 'containerd/state'}"
     def _enter(self, holder: Child) -> list[str]:
         return [tool("nsenter"), f"--target={holder.pid}", "--mount", "--net"]
 
+    def enter_argv(self) -> list[str]:
+        """The prefix that runs a command in this node's network and mount namespaces, where the DPU's other
+        software belongs (on a DPU the agent and the kubelet share the OS's mount namespace: a pod's netns
+        `/run/netns/cni-*` is a mount made in it, only an empty file outside)."""
+        if not self.children:
+            raise RuntimeError(f"{self.node_name}: not started")
+        return self._enter(self.children[0])
+
     def _start_containerd(self, holder: Child) -> None:
         containerd = Child(f"containerd ({self.node_name})", [
             *self._enter(holder), tool("containerd"), "--config", str(self.dir / "containerd" / "config.toml"),

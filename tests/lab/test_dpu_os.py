@@ -92,7 +92,7 @@ def test_a_boot_the_dpu_left_while_it_was_starting_stops_before_its_agent(host: 
             assert reset_seen.wait(30), "the reset's boot event never came"
         return nodes[-1]
 
-    def agent(hostname: str, _ovs: object) -> FakeNode:
+    def agent(hostname: str, _ovs: object, _node: object) -> FakeNode:
         agents.append(FakeNode(hostname, dpu.netns))
         return agents[-1]
 

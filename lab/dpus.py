@@ -44,8 +44,10 @@ def cni_bin_dir(directory: Path) -> Path:
     """A CNI bin dir whose `dpf-sfc-cni` runs the shim with this Python (the frozen build is the same code)."""
     directory.mkdir(parents=True, exist_ok=True)
     plugin = directory / CNI_PLUGIN
-    plugin.write_text(f"#!{sys.executable}\nimport sys\nfrom dpf.cni.shim import main\nsys.exit(main())\n")
-    plugin.chmod(0o755)
+    script = f"#!{sys.executable}\nimport sys\nfrom dpf.cni.shim import main\nsys.exit(main())\n"
+    if not plugin.exists() or plugin.read_text() != script:  # never rewritten under a kubelet that may run it
+        plugin.write_text(script)
+        plugin.chmod(0o755)
     return directory
 
 

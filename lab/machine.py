@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-address", action="append", default=[],
                         help="CIDR of DPU i on the node network (once per DPU, in order)")
     parser.add_argument("--image-tar", type=Path, help="OCI image tar imported into each DPU's containerd")
+    parser.add_argument("--multus-kubeconfig", type=Path,
+                        help="make Multus each DPU kubelet's CNI, reading pods and NADs with this kubeconfig")
+    parser.add_argument("--cni-plugin", action="append", default=[], metavar="TYPE=PATH",
+                        help="a CNI plugin binary beside the standard ones in each DPU's CNI bin dir (repeatable)")
     parser.add_argument("--kwok", type=Path, metavar="KUBECONFIG",
                         help="scale benches: a booted DPU only registers its Node in the DPU cluster (this admin "
                              "kubeconfig) for kwok to simulate; no OVS, kubelet or DPU agent (lab/bed/kwok.py)")
@@ -139,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--node-address must be given once per DPU ({args.dpus}), got {len(args.node_address)}")
     if args.controller and not args.agent_certs:
         parser.error("--controller needs --agent-certs")
+    if any("=" not in p for p in args.cni_plugin):
+        parser.error("--cni-plugin takes TYPE=PATH, e.g. dpf-sfc-cni=/opt/cni/bin/dpf-sfc-cni")
+    cni_plugins = {k: Path(v) for k, v in (p.split("=", 1) for p in args.cni_plugin)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
 
@@ -167,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                     assert event.bfcfg.join_command is not None
                     attach(netns, args.node_bridge, address, host_end)
                     node = event.hostname or event.dpu
-                    kubelet = Kubelet(netns, node, event.bfcfg.join_command, kubelet_dir,
-                                      image_tar=args.image_tar).start()
+                    kubelet = Kubelet(netns, node, event.bfcfg.join_command, kubelet_dir, image_tar=args.image_tar,
+                                      multus_kubeconfig=args.multus_kubeconfig, cni_plugins=cni_plugins).start()
                     say(f"{event.dpu}: joined the DPU cluster as node {node} ({address})")
                     return kubelet
 

@@ -41,6 +41,7 @@ from dpf.lab.bed.ovs import OvsSwitch
 from dpf.lab.bed.process import Child, wait_until
 from dpf.lab.bed.tools import tool
 from dpf.lab.controller import ControllerProcess
+from dpf.lab.dpus import CNI_PLUGIN, cni_bin_dir
 from dpf.lab.emulator.bfb import EmulatedBfb
 from dpf.lab.emulator.serve import BfbHttpServer
 
@@ -248,6 +249,13 @@ class Provisioning:
         assert self.network is not None
         image = build_busybox_image(self.workdir / "image")
         self.bfb_dir.mkdir(parents=True, exist_ok=True)
+        # Each DPU's kubelet runs Multus as its CNI (reading pods and NADs as the DPU cluster's admin: upstream's
+        # Multus DaemonSet has a ServiceAccount of its own), with our SFC CNI plugin among its plugins.
+        assert self.cluster is not None
+        multus_kubeconfig = self.workdir / "multus.kubeconfig"
+        multus_kubeconfig.write_bytes(self.cluster.admin_conf())
+        multus_kubeconfig.chmod(0o600)
+        plugin = cni_bin_dir(self.workdir / "cni-bin") / CNI_PLUGIN
         core = k8s.CoreV1Api(self.host.client)
         prefix = self.network.network.prefixlen
         for i in range(1, self.hosts + 1):
@@ -259,6 +267,7 @@ class Provisioning:
             argv = [sys.executable, "-m", "dpf.lab.machine", str(workdir / "root"), "--name", f"w{i}",
                     "--dpus", str(self.dpus_per_host), "--owner", "lab", "--workdir", str(workdir / "dpus"),
                     "--node-bridge", self.network.bridge, "--image-tar", str(image), "--totalvfs", "64",
+                    "--multus-kubeconfig", str(multus_kubeconfig), "--cni-plugin", f"{CNI_PLUGIN}={plugin}",
                     "--install-seconds", "1", "--controller", controller.endpoint, "--agent-certs", str(self.certs),
                     *(["--flash-rate", str(self.flash_rate)] if self.flash_rate else []),
                     *(a for address in addresses for a in ("--node-address", address))]

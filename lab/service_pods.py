@@ -1,10 +1,10 @@
-"""The lab's service pods: on every provisioned DPU, a pod (in the DPU cluster, run by the DPU's kubelet as a
-stand-in container) with a network namespace the lab attaches as kubelet would, by the real Multus thin plugin
-reading the pod's `k8s.v1.cni.cncf.io/networks` annotation and a NetworkAttachmentDefinition (DPU cluster) for our
-CNI plugin. Its `net1` lands on br-sfc with an address the DPU agent
-leases from a DPUServiceIPAM pool (`manifests/service_pods.yaml`), and a chain joins it to uplink p2; each
-pod's interface, address and a ping through the chain are printed. Teardown runs Multus DEL first, which
-releases the lease and unplugs the port, as kubelet does when a pod goes.
+"""The lab's service pods: on every provisioned DPU, a real pod (in the DPU cluster, run by the DPU's kubelet) whose
+`k8s.v1.cni.cncf.io/networks` annotation names a NetworkAttachmentDefinition (DPU cluster) for our CNI plugin:
+the kubelet's CNI is Multus, which adds that network through our plugin and the DPU agent, as on a DPU. Its
+`net1` lands on br-sfc with an address the DPU agent leases from a DPUServiceIPAM pool
+(`manifests/service_pods.yaml`), and a chain joins it to uplink p2; each pod's address (from Multus'
+network-status annotation) and a ping through the chain are printed. When a DPU reboots its kubelet starts the
+pod again, with a new sandbox and possibly a new address: `current()` reads it again.
 """
 
 from __future__ import annotations
@@ -12,20 +12,20 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
-import os
 import string
-import subprocess
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from dpf.lab import chains
 from dpf.lab.bed.images import BUSYBOX_IMAGE
 from dpf.lab.bed.kube import ControlPlane
-from dpf.lab.bed.netns import NetnsBed, Pod, ns_exec
-from dpf.lab.bed.tools import tool
+from dpf.lab.bed.netns import NetnsBed, Pod
+from dpf.lab.bed.process import wait_until
 from dpf.lab.dpus import CNI_PLUGIN, EmulatedDpu
 
 POOL = "lab-pool"
@@ -37,8 +37,23 @@ NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 CRDS = chains.MANIFESTS / "crds"
 
 
+ATTACH_TIMEOUT = 120.0
+NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
+
+
 class ServicePodError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class ServicePod:
+    name: str
+    node: str
+    cidr: str
+
+    @property
+    def ip(self) -> str:
+        return str(ipaddress.ip_interface(self.cidr).ip)
 
 
 def manifests(namespace: str, group: str) -> list[chains.Obj]:
@@ -80,7 +95,7 @@ class ServicePods:
         self.namespace, self.group, self.stack, self.say = namespace, group, stack, say
         self.apply, self.apply_dpu, self.wait_ready = apply, apply_dpu, wait_ready
         self.fabric: dict[str, Pod] = {}
-        self.pods: dict[str, Pod] = {}
+        self.pods: dict[str, ServicePod] = {}
 
     def start(self, dpus: list[EmulatedDpu]) -> None:
         crds = self.cluster.install_crds(CRDS)
@@ -105,57 +120,45 @@ class ServicePods:
         self.wait_ready("dpuservicechains", f"{SERVICE}-to-fabric")
         self.show_traffic()
 
-    def _attach(self, dpu: EmulatedDpu, name: str) -> Pod:
+    def _attach(self, dpu: EmulatedDpu, name: str) -> ServicePod:
         network = f"{NETWORK}-{dpu.short}"
         self.apply_dpu([nad(self.namespace, network, dpu.cni_socket), pod(self.namespace, name, dpu.name, network)])
-        obj = k8s.CoreV1Api(self.cluster.client).read_namespaced_pod(name, self.namespace)
-        netns = self.bed.namespace(f"{dpu.short}s")
-        workdir = dpu.workdir / "multus"
-        conf = {"cniVersion": "1.0.0", "name": "multus-cni-network", "type": "multus",
-                "kubeconfig": str(self.cluster.kubeconfig), "cniDir": str(workdir / "cache"),
-                "binDir": str(self.bin_dir), "logFile": str(workdir / "multus.log"), "logLevel": "verbose",
-                # the cluster network (eth0) is not the lab's subject: loopback stands in for it
-                "delegates": [{"cniVersion": "1.0.0", "name": "cluster", "plugins": [{"type": "loopback"}]}]}
-        metadata = obj.metadata
-        assert metadata is not None, "the API server sets metadata on every pod it returns"
-        uid = metadata.uid
-        assert uid, "the API server sets metadata.uid on every pod it returns"
-        sandbox = f"lab-{uid[:8]}"
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_CONTAINERID": sandbox,
-               "CNI_NETNS": f"/run/netns/{netns}", "CNI_IFNAME": "eth0", "CNI_PATH": f"{self.bin_dir}:/usr/lib/cni",
-               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={self.namespace};K8S_POD_NAME={name};"
-                           f"K8S_POD_INFRA_CONTAINER_ID={sandbox};K8S_POD_UID={uid}"}
-
-        def multus(command: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([tool("multus")], input=json.dumps(conf), env={**env, "CNI_COMMAND": command},
-                                  capture_output=True, text=True, timeout=60)
-
-        workdir.mkdir(parents=True, exist_ok=True)
-        added = multus("ADD")
-        if added.returncode != 0:
-            raise ServicePodError(f"Multus ADD of {self.namespace}/{name} on {dpu.name} failed: "
-                                  f"{added.stdout.strip()} {added.stderr.strip()} (log: {workdir / 'multus.log'})")
-        self.stack.callback(self._detach, dpu, name, multus)
-        link = json.loads(ns_exec(netns, tool("ip"), "-j", "addr", "show", "dev", "net1").stdout)[0]
-        cidr = next(f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if a["family"] == "inet")
+        try:
+            cidr = wait_until(lambda: self._net1(name), ATTACH_TIMEOUT, f"service pod {self.namespace}/{name} "
+                              "Running with net1 in Multus' network-status", interval=0.3)
+        except TimeoutError as exc:
+            raise ServicePodError(f"{exc}; the DPU's kubelet log and multus.log are in its kubelet directory, the "
+                                  f"CNI calls in its DPU agent's log") from None
         if ipaddress.ip_interface(cidr).ip not in pool_subnet():
             raise ServicePodError(f"{name} on {dpu.name} got {cidr}, outside pool {POOL} ({pool_subnet()})")
-        self.say(f"DPU {dpu.name}: service pod {self.namespace}/{name} attached by Multus (NAD {network}, "
-                 f"{CNI_PLUGIN} + dpf-ipam): interface net1 ip {cidr} from DPUServiceIPAM {POOL}")
-        return Pod(netns=netns, ifname="net1", peer="", peer_ns=dpu.netns, cidr=cidr, mac=link["address"])
+        self.say(f"DPU {dpu.name}: service pod {self.namespace}/{name} Running; its kubelet's CNI (Multus) added NAD "
+                 f"{network} ({CNI_PLUGIN} + dpf-ipam): net1 ip {cidr} from DPUServiceIPAM {POOL}")
+        return ServicePod(name, dpu.name, cidr)
 
-    def _detach(self, dpu: EmulatedDpu, name: str,
-                multus: Callable[[str], subprocess.CompletedProcess[str]]) -> None:
+    def _net1(self, name: str) -> str | None:
+        """net1's address (CIDR) from the pod's network-status while it is Running, else None."""
         try:
-            deleted = multus("DEL")
-        except subprocess.TimeoutExpired:
-            self.say(f"Multus DEL of {self.namespace}/{name} on {dpu.name} timed out")
-            return
-        if deleted.returncode != 0:  # the netns and OVS go next anyway; say so and carry on
-            self.say(f"Multus DEL of {self.namespace}/{name} on {dpu.name} failed: {deleted.stdout.strip()}")
+            obj = k8s.CoreV1Api(self.cluster.client).read_namespaced_pod(name, self.namespace)
+        except ApiException:
+            return None
+        annotations = (obj.metadata.annotations if obj.metadata else None) or {}
+        if obj.status is None or obj.status.phase != "Running" or NETWORK_STATUS not in annotations:
+            return None
+        for network in json.loads(annotations[NETWORK_STATUS]):
+            if network.get("interface") == "net1" and network.get("ips"):
+                return f"{network['ips'][0]}/{pool_subnet().prefixlen}"
+        return None
+
+    def current(self) -> dict[str, ServicePod]:
+        """The pods as they are now (a DPU's reboot starts its pod again, with a new sandbox and address)."""
+        for dpu_name, known in list(self.pods.items()):
+            cidr = self._net1(known.name)
+            if cidr is not None:
+                self.pods[dpu_name] = ServicePod(known.name, dpu_name, cidr)
+        return self.pods
 
     def show_traffic(self) -> None:
-        for dpu_name, service in self.pods.items():
+        for dpu_name, service in self.current().items():
             fabric = self.fabric[dpu_name]
             what = f"DPU {dpu_name}: ping {fabric.ip} (fabric p2) -> {service.ip} (service pod net1)"
             if not fabric.ping(service.ip, count=3, wait=0.5):

@@ -147,7 +147,7 @@ class SfcDemo:
         def passes() -> bool:
             return all(dpu.pods[f"{dpu.short}f{port[1]}"].ping(self.hbn[dpu.name][port].ip, count=1, wait=0.5)
                        for dpu in self.dpus for port in ("p0", "p1")) and \
-                all(service.fabric[name].ping(pod.ip, count=1, wait=0.5) for name, pod in service.pods.items())
+                all(service.fabric[name].ping(pod.ip, count=1, wait=0.5) for name, pod in service.current().items())
 
         started = time.monotonic()
         try:

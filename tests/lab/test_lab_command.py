@@ -205,12 +205,14 @@ def test_lab_starts_serves_kubectl_and_shows_the_chain_working(lab: RunningLab) 
                               "servicechain.svc.dpu.nvidia.com/lab-svc-to-fabric-worker1-0000-08-00",
                               "servicechain.svc.dpu.nvidia.com/lab-svc-to-fabric-worker2-0000-08-00"]
 
-    # Service pods: attached by Multus with an address from the DPUServiceIPAM pool, chained to p2.
+    # Service pods: real pods, attached by their kubelet's CNI (Multus) with an address from the DPUServiceIPAM
+    # pool, chained to p2.
     assert "dpuserviceipams/lab-pool Ready after" in text
     addresses = []
     for i, dpu in enumerate(("worker1-0000-08-00", "worker2-0000-08-00"), start=1):
-        attached = re.search(rf"DPU {dpu}: service pod dpf-operator-system/lab-svc-{i} attached by Multus "
-                             r"\(NAD mybrsfc-pool-d\d, .*\): interface net1 ip (\S+) from DPUServiceIPAM lab-pool",
+        attached = re.search(rf"DPU {dpu}: service pod dpf-operator-system/lab-svc-{i} Running; its kubelet's CNI "
+                             r"\(Multus\) added NAD mybrsfc-pool-d\d \(.*\): net1 ip (\S+) "
+                             r"from DPUServiceIPAM lab-pool",
                              text)
         assert attached, text
         address = ipaddress.ip_interface(attached.group(1))
@@ -223,7 +225,10 @@ def test_lab_starts_serves_kubectl_and_shows_the_chain_working(lab: RunningLab) 
     status = json.loads(lab.kubectl(
         "get", "pod", "lab-svc-1", "-n", "dpf-operator-system", "-o",
         "jsonpath={.metadata.annotations.k8s\\.v1\\.cni\\.cncf\\.io/network-status}", kubeconfig=lab.dpu_kubeconfig))
-    assert any(n.get("interface") == "net1" and n.get("ips") == [str(addresses[0])] for n in status), status
+    # The rolling update restarted the pod with the DPU (a new sandbox, a new lease): the address last shown is live.
+    shown = re.findall(r"traffic passes: DPU worker1-0000-08-00: ping 10\.200\.0\.254 \(fabric p2\) -> (\S+) "
+                       r"\(service pod net1\)", text)
+    assert any(n.get("interface") == "net1" and n.get("ips") == [shown[-1]] for n in status), (status, shown)
 
     second = subprocess.run([*DPF, "lab", "--workdir", str(workdir), "--for", "0"], capture_output=True,
                             text=True, timeout=60)

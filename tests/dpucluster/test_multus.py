@@ -55,7 +55,7 @@ def test_multus_adds_the_network_a_pod_names_beside_the_pod_network(
     multus_kubeconfig.write_bytes(dpu_cluster.admin_conf())  # reachable from the node: the cluster's own address
     multus_kubeconfig.chmod(0o600)
     ipam_dir = tmp_path / "side-ipam"
-    dpu_cluster.kubectl("apply", "--server-side", "-f", str(NAD_CRD))
+    dpu_cluster.install_crds(NAD_CRD.parent)  # waits until Established: a NAD applied before fails
     dpu_cluster.kubectl("apply", "-f", "-", input=_nad(ipam_dir))
     kubelet = Kubelet(ns, "dpu-m", run(_join(dpu_cluster)), tmp_path / "node", pod_subnet=str(POD_SUBNET),
                       image_tar=busybox_image, multus_kubeconfig=multus_kubeconfig)

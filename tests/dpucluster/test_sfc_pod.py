@@ -67,7 +67,7 @@ def test_a_pod_naming_the_sfc_network_gets_a_port_on_br_sfc_through_multus(
         pools = tmp_path / "agent" / "pools.json"
         pools.parent.mkdir(parents=True)
         pools.write_text(json.dumps([POOL]))
-        dpu_cluster.kubectl("apply", "--server-side", "-f", str(NAD_CRD))
+        dpu_cluster.install_crds(NAD_CRD.parent)  # waits until Established: a NAD applied before fails
         dpu_cluster.kubectl("apply", "-f", "-", input=_nad(socket))
         plugin = _script_plugin(tmp_path / "plugins")
         kubelet = Kubelet(ns, "dpu-s", run(_join(dpu_cluster)), tmp_path / "node", image_tar=busybox_image,

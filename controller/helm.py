@@ -24,6 +24,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 STDERR_LIMIT = 1500  # characters of Helm's stderr kept in an error (conditions are bounded anyway)
+PASSED_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy",
+              "no_proxy")
 DEFAULT_CONCURRENCY = 4  # helm processes at once: each is ~70 MB and a core's worth of YAML work
 
 
@@ -103,6 +105,8 @@ class Helm:
                    "HELM_DATA_HOME": f"{state}/data"}
             # No kubeconfig: the in-cluster service account (client-go reads these two variables).
             env.update({k: v for k, v in os.environ.items() if k.startswith("KUBERNETES_SERVICE_")})
+            # Trust and proxies for chart repositories follow the controller's environment (Go reads these).
+            env.update({k: v for k, v in os.environ.items() if k in PASSED_ENV})
             config = ["--kubeconfig", str(kubeconfig)] if kubeconfig is not None else []
             async with self._slots:
                 proc = await asyncio.create_subprocess_exec(

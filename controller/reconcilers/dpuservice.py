@@ -10,6 +10,9 @@ with the kubeconfig the DPUCluster's Secret (`admin.conf`) holds, written to a p
 - Values: `spec.helmChart.values` deep-merged with a `serviceDaemonSet` block (nodeSelector, updateStrategy, labels
   incl. `svc.dpu.nvidia.com/service` = serviceID, else the DPUService name; annotations); the block wins on
   conflict (upstream's mergemaps).
+- Upgrades run as background tasks (bounded by the Helm wrapper's semaphore), not inside reconcile: `--wait` may
+  take minutes and the reconcile workers are shared by every reconciler. A spec change cancels a running upgrade
+  of the older spec; a finished one enqueues the DPUService; a failed one is retried every 10 s, its error shown.
 - Idempotence: each upgrade records a digest of (chart, version, values) as the release description; a release
   whose deployed description matches is not upgraded again, so a resync costs one `helm status` per cluster.
 - Conditions (upstream's types): `ApplicationPrereqsReconciled` (every target's kubeconfig read),
@@ -26,11 +29,13 @@ Not done (upstream has them): `interfaces` (DPUServiceInterface/Multus), image-p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +68,8 @@ RELEASE_LIMIT = 53  # Helm's release-name limit
 RESYNC = 60.0
 RETRY = 10.0
 NOT_READY_RETRY = 3.0
-HELM_TIMEOUT = 300.0
+HELM_TIMEOUT = 300.0  # Helm's --timeout for an upgrade's --wait (then it rolls back)
+CANCEL_TIMEOUT = 10.0
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,6 +128,16 @@ def daemonsets_in(manifest: str) -> list[tuple[str | None, str]]:
 
 
 @dataclass
+class Rollout:
+    """A `helm upgrade` of one DPUService into one cluster, running or finished (its last failure kept)."""
+
+    digest: str
+    task: asyncio.Task[None]
+    error: str = ""
+    finished: float = 0.0
+
+
+@dataclass
 class Target:
     name: str  # "in-cluster" or the DPU cluster's "namespace/name"
     cluster: Cluster
@@ -133,6 +149,7 @@ class DPUServiceReconciler(Reconciler):
 
     def setup(self) -> None:
         self.helm = helm.Helm()
+        self._rollouts: dict[tuple[str, str, str], Rollout] = {}  # by (namespace, name, target)
         self.services: Informer = self.ctx.clusters.host.informer(DPU_SERVICE)
         self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))
         self.dpuclusters: Informer = self.ctx.clusters.host.informer(DPU_CLUSTER)
@@ -156,7 +173,7 @@ class DPUServiceReconciler(Reconciler):
             return [Target(IN_CLUSTER, self.ctx.clusters.host)]
         return [Target(c.name, c) for c in sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name)]
 
-    @contextmanager
+    @contextlib.contextmanager
     def _host_kubeconfig(self) -> Iterator[Path | None]:
         yield self.ctx.settings.kube.kubeconfig  # None: Helm uses the pod's in-cluster service account
 
@@ -174,7 +191,7 @@ class DPUServiceReconciler(Reconciler):
             raise clients.KubeconfigError(f"Secret {namespace}/{secret_name} of DPUCluster {target.name} is gone")
         return yaml.safe_dump(clients.parse_admin_conf(secret))
 
-    @contextmanager
+    @contextlib.contextmanager
     def _kubeconfig_file(self, text: str | None) -> Iterator[Path | None]:
         if text is None:
             with self._host_kubeconfig() as path:
@@ -183,12 +200,22 @@ class DPUServiceReconciler(Reconciler):
             with helm.private_file(text, ".kubeconfig") as path:
                 yield path
 
+    async def close(self) -> None:
+        """Cancel every running Helm upgrade (Helm rolls a killed one back on its next upgrade: a release left
+        pending is replaced) and forget outcomes; the next leader term starts from the releases' state."""
+        tasks = [r.task for r in self._rollouts.values() if not r.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT)
+        self._rollouts.clear()
+
     async def reconcile(self, key: ObjectKey) -> float | None:
         obj = self.services.get(key.namespace, key.name)
         if obj is None:
             return None
         if obj["metadata"].get("deletionTimestamp"):
-            return await self._delete(obj)
+            return await self._delete(key, obj)
         if (obj.get("spec") or {}).get("paused"):
             return None  # upstream's skip-reconcile: nothing deployed changes until unpaused
         obj = await objects.add_finalizer(self.ctx.clusters.host.rest, DPU_SERVICE, obj, FINALIZER)
@@ -205,14 +232,14 @@ class DPUServiceReconciler(Reconciler):
                 prereq_problems.append(f"cluster {target.name}: {exc}")
                 continue
             release = release_name(obj, target.name)
-            with self._kubeconfig_file(text) as kubeconfig:
-                try:
-                    await self._ensure_release(target, release, key.namespace, chart, values, digest, kubeconfig)
-                    waiting = await self._readiness(target, release, key.namespace, kubeconfig)
-                except helm.HelmError as exc:
-                    apply_problems.append(f"cluster {target.name}: {exc}")
-                    continue
-            if waiting:
+            try:
+                waiting, error = await self._target(key, target, release, chart, values, digest, text)
+            except helm.HelmError as exc:
+                apply_problems.append(f"cluster {target.name}: {exc}")
+                continue
+            if error:
+                apply_problems.append(f"cluster {target.name}: {error}")
+            elif waiting:
                 not_ready.append(f"cluster {target.name}: {waiting}")
         marks = [
             (PREREQS, "False", cond.ERROR, "; ".join(prereq_problems)) if prereq_problems
@@ -234,16 +261,53 @@ class DPUServiceReconciler(Reconciler):
             return RETRY
         return NOT_READY_RETRY if not_ready else RESYNC
 
-    async def _ensure_release(self, target: Target, release: str, namespace: str, chart: helm.Chart,
-                              values: Mapping[str, Any], digest: str, kubeconfig: Path | None) -> None:
-        status = await self.helm.status(release, namespace, kubeconfig)
-        info = (status or {}).get("info") or {}
-        if info.get("status") == "deployed" and info.get("description") == DESCRIPTION_PREFIX + digest:
-            return
-        await self.helm.upgrade_install(release, chart, namespace, values, kubeconfig, HELM_TIMEOUT,
-                                        description=DESCRIPTION_PREFIX + digest)
-        log.info("DPUService %s/%s: release %s in cluster %s at %s", namespace, release, release, target.name,
-                 chart.describe())
+    async def _target(self, key: ObjectKey, target: Target, release: str, chart: helm.Chart,
+                      values: Mapping[str, Any], digest: str, text: str | None) -> tuple[str, str]:
+        """(what is waited for, the last Helm failure) of one target; starts an upgrade when one is due.
+
+        Upgrades run as tasks, not in reconcile: `--wait` may take minutes and must not hold one of the few
+        workers every reconciler shares. A finished task enqueues the DPUService again.
+        """
+        where = (key.namespace, key.name, target.name)
+        rollout = self._rollouts.get(where)
+        same = rollout is not None and rollout.digest == digest
+        if rollout is not None and not rollout.task.done():
+            if same:
+                return f"helm upgrade of release {release} in progress", rollout.error
+            rollout.task.cancel()  # superseded by a newer spec: the next upgrade replaces it
+            with contextlib.suppress(BaseException):
+                await rollout.task
+        with self._kubeconfig_file(text) as kubeconfig:
+            status = await self.helm.status(release, key.namespace, kubeconfig)
+            info = (status or {}).get("info") or {}
+            if info.get("status") == "deployed" and info.get("description") == DESCRIPTION_PREFIX + digest:
+                return await self._readiness(target, release, key.namespace, kubeconfig), ""
+        error = rollout.error if rollout is not None and same else ""
+        if error and rollout is not None and time.monotonic() - rollout.finished < RETRY:
+            return "", error  # failed at this spec: tried again after RETRY, the failure shown meanwhile
+        task = asyncio.create_task(self._upgrade(key, target, release, chart, values, digest, text),
+                                   name=f"helm-upgrade/{key.namespace}/{key.name}/{target.name}")
+        self._rollouts[where] = Rollout(digest, task, error)
+        return f"helm upgrade of release {release} in progress", error
+
+    async def _upgrade(self, key: ObjectKey, target: Target, release: str, chart: helm.Chart,
+                       values: Mapping[str, Any], digest: str, text: str | None) -> None:
+        rollout = self._rollouts.get((key.namespace, key.name, target.name))
+        try:
+            with self._kubeconfig_file(text) as kubeconfig:
+                await self.helm.upgrade_install(release, chart, key.namespace, values, kubeconfig, HELM_TIMEOUT,
+                                                description=DESCRIPTION_PREFIX + digest)
+            log.info("DPUService %s/%s: release %s in cluster %s at %s", key.namespace, key.name, release,
+                     target.name, chart.describe())
+            error = ""
+        except helm.HelmError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must not leave the rollout "in progress" forever: shown and retried
+            log.exception("DPUService %s/%s: helm upgrade crashed", key.namespace, key.name)
+            error = f"helm upgrade of release {release} crashed: {exc!r}"
+        if rollout is not None:
+            rollout.error, rollout.finished = error, time.monotonic()
+        self.ctx.queue.add(key)  # not reached when cancelled: whoever cancelled owns the next step
 
     async def _readiness(self, target: Target, release: str, namespace: str, kubeconfig: Path | None) -> str:
         """'' when every DaemonSet of the release is rolled out, else what is still waited for."""
@@ -258,10 +322,15 @@ class DPUServiceReconciler(Reconciler):
                 return f"DaemonSet {ds_namespace or namespace}/{ds_name}: {ready}/{desired} pods ready"
         return ""
 
-    async def _delete(self, obj: Obj) -> float | None:
+    async def _delete(self, key: ObjectKey, obj: Obj) -> float | None:
         if FINALIZER not in (obj["metadata"].get("finalizers") or ()):
             return None
         namespace = obj["metadata"]["namespace"]
+        for where in [w for w in self._rollouts if w[:2] == (key.namespace, key.name)]:
+            task = self._rollouts.pop(where).task
+            task.cancel()  # an upgrade racing the uninstall could bring the release back
+            with contextlib.suppress(BaseException):
+                await task
         problems: list[str] = []
         # Uninstalled even when paused: a finalizer removed over live releases would orphan them.
         for target in self._targets(obj):

@@ -26,7 +26,8 @@ import pytest
 from dpf.controller.helm import find_helm
 from dpf.controller.kube.rest import Obj, Rest
 from dpf.controller.manager import Controller
-from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL
+from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL, helm_values, release_name
+from dpf.controller.reconcilers.kinds import NAMESPACE
 from dpf.lab.bed.kube import ControlPlane
 from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
 
@@ -192,3 +193,52 @@ async def _none(value: Any) -> bool:
     return await value is None
 
 
+
+
+def test_values_put_the_service_daemonset_block_over_user_values_and_release_names_are_bounded() -> None:
+    obj = dpuservice("ns", "tiny", "https://charts.example")
+    obj["spec"]["helmChart"]["values"]["serviceDaemonSet"]["labels"]["keep"] = "me"
+    values = helm_values(obj)
+    assert values["image"] == "tiny:1"
+    labels = values["serviceDaemonSet"]["labels"]
+    assert labels == {SERVICE_LABEL: "svc-tiny", "keep": "me", "team": "net"}  # deep merge, the block wins
+    assert values["serviceDaemonSet"]["annotations"] == {"note": "hbn"}
+    del obj["spec"]["serviceID"]
+    assert helm_values(obj)["serviceDaemonSet"]["labels"][SERVICE_LABEL] == "tiny"  # no serviceID: the name
+    assert release_name(obj, "ns/one") == "one-tiny"
+    assert release_name(obj, "in-cluster") == "in-cluster-tiny"
+    obj["metadata"]["name"] = "a" * 60 + "1"
+    long = release_name(obj, "ns/one")
+    assert len(long) <= 53
+    assert long != release_name({**obj, "metadata": {"name": "a" * 60 + "2"}}, "ns/one")  # the hash tells them apart
+    obj["spec"]["helmChart"]["source"]["releaseName"] = "named"
+    assert release_name(obj, "ns/one") == "named"
+
+
+def test_deploy_in_cluster_installs_into_the_host_cluster(tmp_path: Path, chart_repo: str) -> None:
+    """`deployInCluster`: the release goes to the controller's own cluster (here one with the DaemonSet controller,
+    so Helm's --wait sees real status), named in-cluster-<dpuservice>, and is uninstalled on delete."""
+    controllers = ("garbagecollector", "namespace", "daemonset")
+    with ControlPlane(tmp_path / "host", name="svchost", controllers=controllers) as host:
+        async def scenario() -> None:
+            rest = await host_rest(host.kubeconfig)
+            namespace = "svc-in-cluster"
+            await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            controller = await started(Controller(controller_settings(host.kubeconfig, namespace)))
+            try:
+                obj = dpuservice(namespace, "tiny", chart_repo)
+                obj["spec"]["deployInCluster"] = True
+                await rest.create(DPU_SERVICE, obj, namespace)
+                await eventually(lambda: ready(rest, namespace, "tiny"), "the DPUService Ready", SLOW)
+                ds = await rest.get(DAEMON_SET, "in-cluster-tiny", namespace)
+                assert ds is not None
+                assert ds["spec"]["template"]["metadata"]["labels"][SERVICE_LABEL] == "svc-tiny"
+                await rest.delete(DPU_SERVICE, "tiny", namespace)
+                await eventually(lambda: _none(rest.get(DPU_SERVICE, "tiny", namespace)), "the DPUService gone",
+                                 SLOW)
+                assert await rest.get(DAEMON_SET, "in-cluster-tiny", namespace) is None
+            finally:
+                await controller.stop()
+                await rest.close()
+
+        run(scenario(), timeout=300)

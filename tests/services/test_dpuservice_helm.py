@@ -24,14 +24,16 @@ from typing import Any
 import pytest
 
 from dpf.controller.helm import find_helm
-from dpf.controller.kube.rest import Obj, Rest
+from dpf.controller.kube.rest import Kind, Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL, helm_values, release_name
 from dpf.controller.reconcilers.kinds import NAMESPACE
 from dpf.lab.bed.kube import ControlPlane
 from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
 
-CHART = Path(__file__).parent / "charts" / "tiny"
+DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
+CHART = Path(__file__).parent / "charts" / "tiny"  # version 0.1.0
+BROKEN = Path(__file__).parent / "charts" / "tiny-broken"  # version 0.2.0: a Deployment the apiserver refuses
 SLOW = 120.0  # a helm upgrade --wait plus the DaemonSet controller's first status on a shared 2-core machine
 
 
@@ -55,7 +57,8 @@ def chart_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]
     server.socket = context.wrap_socket(server.socket, server_side=True)
     url = f"https://127.0.0.1:{server.server_address[1]}"
     helm = find_helm()
-    subprocess.run([helm, "package", str(CHART), "--destination", str(repo)], check=True, capture_output=True)
+    for chart in (CHART, BROKEN):
+        subprocess.run([helm, "package", str(chart), "--destination", str(repo)], check=True, capture_output=True)
     subprocess.run([helm, "repo", "index", str(repo), "--url", url], check=True, capture_output=True)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     thread = threading.Thread(target=server.serve_forever, name="chart-repo", daemon=True)
@@ -157,6 +160,21 @@ def test_dpuservice_helm_release_in_the_dpu_cluster_upgraded_failed_paused_and_u
                 after = await rest.get(DPU_SERVICE, "tiny", namespace)
                 assert condition(after, "Ready")["status"] == "False"
                 assert await image_of(one, namespace, "one-tiny") == "tiny:2"
+
+                # A version whose DaemonSet applies but whose Deployment is refused: Helm rolls the release back,
+                # so the DaemonSet is as before and no Deployment is left.
+                await rest.merge_patch(DPU_SERVICE, "tiny", {"spec": {"helmChart": {"source": {"version": "0.2.0"}}}},
+                                       namespace)
+
+                async def refused() -> str:
+                    message = await failed()
+                    return message if "0.2.0" in message else ""
+
+                message = await eventually(refused, "the refused upgrade reported", SLOW)
+                assert "tiny 0.2.0" in message, message
+                assert "replicas" in message, message  # the apiserver's words, through Helm
+                assert await image_of(one, namespace, "one-tiny") == "tiny:2"
+                assert await one.get(DEPLOYMENT, "one-tiny-broken", namespace) is None
 
                 # Back to a good version, then paused: a change is not applied.
                 await rest.merge_patch(DPU_SERVICE, "tiny", {"spec": {"helmChart": {"source": {"version": "0.1.0"}}}},

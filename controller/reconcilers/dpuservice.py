@@ -1,0 +1,352 @@
+"""DPUService (host cluster) → one Helm release per DPU cluster, or one in the host cluster with `deployInCluster`.
+
+Upstream DPF renders each DPUService as ArgoCD Applications named `<cluster>-<dpuservice>`; we run Helm itself
+(`controller/helm.py`, `helm upgrade --install --rollback-on-failure --wait=watcher`) against each target cluster
+with the kubeconfig the DPUCluster's Secret (`admin.conf`) holds, written to a private 0600 temp file per call.
+
+- Release: `spec.helmChart.source.releaseName`, else upstream's Application name `<dpucluster>-<dpuservice>`
+  (`in-cluster-<dpuservice>` in the host cluster), bounded to Helm's 53 characters; namespace: the DPUService's
+  (made when missing, as upstream's prereqs step does).
+- Values: `spec.helmChart.values` deep-merged with a `serviceDaemonSet` block (nodeSelector, updateStrategy, labels
+  incl. `svc.dpu.nvidia.com/service` = serviceID, else the DPUService name; annotations); the block wins on
+  conflict (upstream's mergemaps).
+- Upgrades run as background tasks (bounded by the Helm wrapper's semaphore), not inside reconcile: `--wait` may
+  take minutes and the reconcile workers are shared by every reconciler. A spec change cancels a running upgrade
+  of the older spec; a finished one enqueues the DPUService; a failed one is retried every 10 s, its error shown.
+- Idempotence: each upgrade records a digest of (chart, version, values) as the release description; a release
+  whose deployed description matches is not upgraded again, so a resync costs one `helm status` per cluster.
+- Conditions (upstream's types): `ApplicationPrereqsReconciled` (every target's kubeconfig read),
+  `ApplicationsReconciled` (every release at the desired digest; False `Error` naming the cluster, the chart and
+  Helm's stderr, and Helm has rolled the failed upgrade back), `ApplicationsReady` (every release deployed and
+  each DaemonSet in its manifest has numberReady == desiredNumberScheduled; upstream's "Synced+Healthy", so a
+  DaemonSet with 0 desired pods (no matching node) is ready; else False `Pending`), `Ready` (summary).
+- `paused`: no Helm call at all (upstream's skip-reconcile); conditions stay as they were.
+- Delete (paused or not): `helm uninstall` in every target, then the finalizer `dpu.nvidia.com/dpuservice` goes.
+
+Not done (upstream has them): `interfaces` (DPUServiceInterface/Multus), image-pull-secret mirroring, git
+`path` sources, repairing objects edited in a DPU cluster between spec changes (Argo's selfHeal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dpf.controller import helm
+from dpf.controller.api import conditions as cond
+from dpf.controller.api.svc import DPUService
+from dpf.controller.clusters import Cluster
+from dpf.controller.kube import clients
+from dpf.controller.kube.informer import Informer, key_of, key_of_event
+from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj
+from dpf.controller.reconcilers import objects
+from dpf.controller.reconcilers.base import Reconciler
+from dpf.controller.reconcilers.keys import ObjectKey
+from dpf.controller.reconcilers.kinds import DPU_CLUSTER, SVC, V1ALPHA1
+
+log = logging.getLogger(__name__)
+
+DPU_SERVICE = Kind(SVC, V1ALPHA1, "dpuservices", "DPUService")
+DAEMON_SET = Kind("apps", "v1", "daemonsets", "DaemonSet")
+FINALIZER = DPUService.FINALIZERS[0]
+SERVICE_LABEL = "svc.dpu.nvidia.com/service"
+PREREQS, RECONCILED, APPS_READY = "ApplicationPrereqsReconciled", "ApplicationsReconciled", "ApplicationsReady"
+TYPES = (cond.READY, PREREQS, RECONCILED, APPS_READY)
+IN_CLUSTER = "in-cluster"
+DESCRIPTION_PREFIX = "dpf-dpuservice "
+RELEASE_LIMIT = 53  # Helm's release-name limit
+RESYNC = 60.0
+RETRY = 10.0
+NOT_READY_RETRY = 3.0
+HELM_TIMEOUT = 300.0  # Helm's --timeout for an upgrade's --wait (then it rolls back)
+CANCEL_TIMEOUT = 10.0
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge; `over` wins on conflict (maps merge key by key, anything else is replaced). Pure."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def helm_values(obj: Obj) -> dict[str, Any]:
+    """The chart values of a DPUService: user values under upstream's `serviceDaemonSet` block. Pure."""
+    spec = obj.get("spec") or {}
+    daemon = spec.get("serviceDaemonSet") or {}
+    labels = {**(daemon.get("labels") or {}), SERVICE_LABEL: spec.get("serviceID") or obj["metadata"]["name"]}
+    block: dict[str, Any] = {"labels": labels}
+    for field in ("nodeSelector", "updateStrategy", "annotations"):
+        if daemon.get(field):
+            block[field] = daemon[field]
+    return merge((spec.get("helmChart") or {}).get("values") or {}, {"serviceDaemonSet": block})
+
+
+def chart_of(obj: Obj) -> helm.Chart:
+    source = obj["spec"]["helmChart"]["source"]
+    return helm.Chart(repo_url=source["repoURL"], chart=source.get("chart"), version=source["version"],
+                      path=source.get("path"))
+
+
+def release_name(obj: Obj, target: str) -> str:
+    """Upstream's Application name `<cluster>-<dpuservice>` unless spec names the release. Pure."""
+    named = obj["spec"]["helmChart"]["source"].get("releaseName")
+    name = named or f"{target.rsplit('/', 1)[-1]}-{obj['metadata']['name']}"
+    if len(name) <= RELEASE_LIMIT:
+        return name
+    suffix = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:RELEASE_LIMIT - 9].rstrip('-')}-{suffix}"
+
+
+def desired_digest(chart: helm.Chart, values: Mapping[str, Any]) -> str:
+    payload = json.dumps({"chart": [chart.repo_url, chart.chart, chart.path, chart.version], "values": values},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def daemonsets_in(manifest: str) -> list[tuple[str | None, str]]:
+    """(namespace, name) of every DaemonSet in a release manifest. Pure."""
+    found = []
+    for doc in yaml.safe_load_all(manifest):
+        if isinstance(doc, dict) and doc.get("kind") == "DaemonSet" and doc.get("apiVersion") == "apps/v1":
+            meta = doc.get("metadata") or {}
+            found.append((meta.get("namespace"), meta["name"]))
+    return found
+
+
+@dataclass
+class Rollout:
+    """A `helm upgrade` of one DPUService into one cluster, running or finished (its last failure kept)."""
+
+    digest: str
+    task: asyncio.Task[None]
+    error: str = ""
+    finished: float = 0.0
+
+
+@dataclass
+class Target:
+    name: str  # "in-cluster" or the DPU cluster's "namespace/name"
+    cluster: Cluster
+
+
+class DPUServiceReconciler(Reconciler):
+    name = "dpuservice"
+    kind = "DPUService"
+
+    def setup(self) -> None:
+        self.helm = helm.Helm()
+        self._rollouts: dict[tuple[str, str, str], Rollout] = {}  # by (namespace, name, target)
+        self.services: Informer = self.ctx.clusters.host.informer(DPU_SERVICE)
+        self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))
+        self.dpuclusters: Informer = self.ctx.clusters.host.informer(DPU_CLUSTER)
+        self.ctx.clusters.on_dpu_added(lambda _cluster: self._enqueue_all())
+
+    def _enqueue(self, namespace: str, name: str) -> None:
+        self.ctx.queue.add(ObjectKey(self.name, namespace, name))
+
+    def _enqueue_all(self) -> None:
+        for obj in self.services.list():
+            self._enqueue(*key_of(obj))
+
+    def all_keys(self) -> Iterable[Hashable]:
+        return [ObjectKey(self.name, *key_of(o)) for o in self.services.list()]
+
+    def synced(self) -> bool:
+        return self.services.synced.is_set() and self.dpuclusters.synced.is_set()
+
+    def _targets(self, obj: Obj) -> list[Target]:
+        if (obj.get("spec") or {}).get("deployInCluster"):
+            return [Target(IN_CLUSTER, self.ctx.clusters.host)]
+        return [Target(c.name, c) for c in sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name)]
+
+    @contextlib.contextmanager
+    def _host_kubeconfig(self) -> Iterator[Path | None]:
+        yield self.ctx.settings.kube.kubeconfig  # None: Helm uses the pod's in-cluster service account
+
+    async def _kubeconfig_text(self, target: Target) -> str | None:
+        """The target's kubeconfig (YAML) from its DPUCluster's Secret; None for the host cluster's own."""
+        if target.name == IN_CLUSTER:
+            return None
+        namespace, name = target.name.split("/", 1)
+        dpucluster = self.dpuclusters.get(namespace, name)
+        secret_name = ((dpucluster or {}).get("spec") or {}).get("kubeconfig")
+        if not secret_name:
+            raise clients.KubeconfigError(f"DPUCluster {target.name} names no kubeconfig Secret")
+        secret = await self.ctx.clusters.host.rest.get(SECRET, secret_name, namespace)
+        if secret is None:
+            raise clients.KubeconfigError(f"Secret {namespace}/{secret_name} of DPUCluster {target.name} is gone")
+        return yaml.safe_dump(clients.parse_admin_conf(secret))
+
+    @contextlib.contextmanager
+    def _kubeconfig_file(self, text: str | None) -> Iterator[Path | None]:
+        if text is None:
+            with self._host_kubeconfig() as path:
+                yield path
+        else:
+            with helm.private_file(text, ".kubeconfig") as path:
+                yield path
+
+    async def close(self) -> None:
+        """Cancel every running Helm upgrade (Helm rolls a killed one back on its next upgrade: a release left
+        pending is replaced) and forget outcomes; the next leader term starts from the releases' state."""
+        tasks = [r.task for r in self._rollouts.values() if not r.task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT)
+        self._rollouts.clear()
+
+    async def reconcile(self, key: ObjectKey) -> float | None:
+        obj = self.services.get(key.namespace, key.name)
+        if obj is None:
+            return None
+        if obj["metadata"].get("deletionTimestamp"):
+            return await self._delete(key, obj)
+        if (obj.get("spec") or {}).get("paused"):
+            return None  # upstream's skip-reconcile: nothing deployed changes until unpaused
+        obj = await objects.add_finalizer(self.ctx.clusters.host.rest, DPU_SERVICE, obj, FINALIZER)
+        targets = self._targets(obj)
+        chart, values = chart_of(obj), helm_values(obj)
+        digest = desired_digest(chart, values)
+        prereq_problems: list[str] = []
+        apply_problems: list[str] = []
+        not_ready: list[str] = []
+        for target in targets:
+            try:
+                text = await self._kubeconfig_text(target)
+            except (clients.KubeconfigError, KubeError) as exc:
+                prereq_problems.append(f"cluster {target.name}: {exc}")
+                continue
+            release = release_name(obj, target.name)
+            try:
+                waiting, error = await self._target(key, target, release, chart, values, digest, text)
+            except helm.HelmError as exc:
+                apply_problems.append(f"cluster {target.name}: {exc}")
+                continue
+            if error:
+                apply_problems.append(f"cluster {target.name}: {error}")
+            elif waiting:
+                not_ready.append(f"cluster {target.name}: {waiting}")
+        marks = [
+            (PREREQS, "False", cond.ERROR, "; ".join(prereq_problems)) if prereq_problems
+            else (PREREQS, "True", cond.SUCCESS, ""),
+            (RECONCILED, "False", cond.ERROR, "; ".join(apply_problems)) if apply_problems
+            else (RECONCILED, "True", cond.SUCCESS, ""),
+        ]
+        if not targets:
+            marks.append((APPS_READY, "False", cond.PENDING, "no DPU cluster is connected"))
+        elif prereq_problems or apply_problems or not_ready:
+            marks.append((APPS_READY, "False", cond.PENDING,
+                          "; ".join(not_ready) or "Application is not yet deployed."))
+        else:
+            marks.append((APPS_READY, "True", cond.SUCCESS, ""))
+        conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
+        await objects.write_status(self.ctx.clusters.host.rest, DPU_SERVICE, obj,
+                                   objects.status_body(obj, conditions), self.ctx.settings.kube.field_manager)
+        if prereq_problems or apply_problems:
+            return RETRY
+        return NOT_READY_RETRY if not_ready else RESYNC
+
+    async def _target(self, key: ObjectKey, target: Target, release: str, chart: helm.Chart,
+                      values: Mapping[str, Any], digest: str, text: str | None) -> tuple[str, str]:
+        """(what is waited for, the last Helm failure) of one target; starts an upgrade when one is due.
+
+        Upgrades run as tasks, not in reconcile: `--wait` may take minutes and must not hold one of the few
+        workers every reconciler shares. A finished task enqueues the DPUService again.
+        """
+        where = (key.namespace, key.name, target.name)
+        rollout = self._rollouts.get(where)
+        same = rollout is not None and rollout.digest == digest
+        if rollout is not None and not rollout.task.done():
+            if same:
+                return f"helm upgrade of release {release} in progress", rollout.error
+            rollout.task.cancel()  # superseded by a newer spec: the next upgrade replaces it
+            with contextlib.suppress(BaseException):
+                await rollout.task
+        with self._kubeconfig_file(text) as kubeconfig:
+            status = await self.helm.status(release, key.namespace, kubeconfig)
+            info = (status or {}).get("info") or {}
+            if info.get("status") == "deployed" and info.get("description") == DESCRIPTION_PREFIX + digest:
+                return await self._readiness(target, release, key.namespace, kubeconfig), ""
+        error = rollout.error if rollout is not None and same else ""
+        if error and rollout is not None and time.monotonic() - rollout.finished < RETRY:
+            return "", error  # failed at this spec: tried again after RETRY, the failure shown meanwhile
+        task = asyncio.create_task(self._upgrade(key, target, release, chart, values, digest, text),
+                                   name=f"helm-upgrade/{key.namespace}/{key.name}/{target.name}")
+        self._rollouts[where] = Rollout(digest, task, error)
+        return f"helm upgrade of release {release} in progress", error
+
+    async def _upgrade(self, key: ObjectKey, target: Target, release: str, chart: helm.Chart,
+                       values: Mapping[str, Any], digest: str, text: str | None) -> None:
+        rollout = self._rollouts.get((key.namespace, key.name, target.name))
+        try:
+            with self._kubeconfig_file(text) as kubeconfig:
+                await self.helm.upgrade_install(release, chart, key.namespace, values, kubeconfig, HELM_TIMEOUT,
+                                                description=DESCRIPTION_PREFIX + digest)
+            log.info("DPUService %s/%s: release %s in cluster %s at %s", key.namespace, key.name, release,
+                     target.name, chart.describe())
+            error = ""
+        except helm.HelmError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must not leave the rollout "in progress" forever: shown and retried
+            log.exception("DPUService %s/%s: helm upgrade crashed", key.namespace, key.name)
+            error = f"helm upgrade of release {release} crashed: {exc!r}"
+        if rollout is not None:
+            rollout.error, rollout.finished = error, time.monotonic()
+        self.ctx.queue.add(key)  # not reached when cancelled: whoever cancelled owns the next step
+
+    async def _readiness(self, target: Target, release: str, namespace: str, kubeconfig: Path | None) -> str:
+        """'' when every DaemonSet of the release is rolled out, else what is still waited for."""
+        for ds_namespace, ds_name in daemonsets_in(await self.helm.manifest(release, namespace, kubeconfig)):
+            ds = await target.cluster.rest.get(DAEMON_SET, ds_name, ds_namespace or namespace)
+            if ds is None:
+                return f"DaemonSet {ds_namespace or namespace}/{ds_name} of release {release} is missing"
+            status = ds.get("status") or {}
+            desired, ready = status.get("desiredNumberScheduled", 0), status.get("numberReady", 0)
+            current = status.get("observedGeneration") == ds["metadata"].get("generation")
+            if not current or ready < desired or status.get("updatedNumberScheduled", 0) < desired:
+                return f"DaemonSet {ds_namespace or namespace}/{ds_name}: {ready}/{desired} pods ready"
+        return ""
+
+    async def _delete(self, key: ObjectKey, obj: Obj) -> float | None:
+        if FINALIZER not in (obj["metadata"].get("finalizers") or ()):
+            return None
+        namespace = obj["metadata"]["namespace"]
+        for where in [w for w in self._rollouts if w[:2] == (key.namespace, key.name)]:
+            task = self._rollouts.pop(where).task
+            task.cancel()  # an upgrade racing the uninstall could bring the release back
+            with contextlib.suppress(BaseException):
+                await task
+        problems: list[str] = []
+        # Uninstalled even when paused: a finalizer removed over live releases would orphan them.
+        for target in self._targets(obj):
+            release = release_name(obj, target.name)
+            try:
+                text = await self._kubeconfig_text(target)
+                with self._kubeconfig_file(text) as kubeconfig:
+                    await self.helm.uninstall(release, namespace, kubeconfig, HELM_TIMEOUT)
+            except (helm.HelmError, clients.KubeconfigError, KubeError) as exc:
+                problems.append(f"cluster {target.name}: {exc}")
+        if problems:
+            conditions = objects.build_conditions(obj, TYPES, [(RECONCILED, "False", cond.AWAITING_DELETION,
+                                                                "; ".join(problems))], objects.now())
+            await objects.write_status(self.ctx.clusters.host.rest, DPU_SERVICE, obj,
+                                       objects.status_body(obj, conditions), self.ctx.settings.kube.field_manager)
+            return RETRY
+        await objects.remove_finalizer(self.ctx.clusters.host.rest, DPU_SERVICE, obj, FINALIZER)
+        log.info("DPUService %s/%s: releases uninstalled", namespace, obj["metadata"]["name"])
+        return None

@@ -1,0 +1,262 @@
+"""DPUService with the Helm backend against real parts: the host control plane, a DPU cluster started here with
+kube-controller-manager's DaemonSet controller (so DaemonSet status is real), the Helm CLI built by `./dev setup`,
+and a chart repository on loopback HTTPS (the CRD only admits https:// and oci:// sources) whose self-signed
+certificate the controller trusts through SSL_CERT_FILE, as a deployment would trust its registry's CA.
+
+Readiness: the DPU cluster has no Nodes, so the DaemonSet wants 0 pods; upstream's "Synced+Healthy" reading
+(ready == desired) makes that ready, which is what we assert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http.server
+import shutil
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpf.controller.helm import find_helm
+from dpf.controller.kube.rest import Kind, Obj, Rest
+from dpf.controller.manager import Controller
+from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL, helm_values, release_name
+from dpf.controller.reconcilers.kinds import NAMESPACE
+from dpf.lab.bed.kube import ControlPlane
+from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
+
+DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
+CHART = Path(__file__).parent / "charts" / "tiny"  # version 0.1.0
+BROKEN = Path(__file__).parent / "charts" / "tiny-broken"  # version 0.2.0: a Deployment the apiserver refuses
+SLOW = 120.0  # a helm upgrade --wait plus the DaemonSet controller's first status on a shared 2-core machine
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def chart_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """`helm package` + `helm repo index` served over loopback HTTPS; yields the repository URL."""
+    repo, cert, key = tmp_path / "repo", tmp_path / "repo.crt", tmp_path / "repo.key"
+    repo.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:TRUE"],
+                   check=True, capture_output=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(repo)))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    helm = find_helm()
+    for chart in (CHART, BROKEN):
+        subprocess.run([helm, "package", str(chart), "--destination", str(repo)], check=True, capture_output=True)
+    subprocess.run([helm, "repo", "index", str(repo), "--url", url], check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    thread = threading.Thread(target=server.serve_forever, name="chart-repo", daemon=True)
+    thread.start()
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def condition(obj: Obj | None, type_: str) -> dict[str, Any]:
+    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or () if c["type"] == type_), {})
+
+
+def dpuservice(namespace: str, name: str, repo_url: str, version: str = "0.1.0", image: str = "tiny:1") -> Obj:
+    return {"apiVersion": DPU_SERVICE.api_version, "kind": DPU_SERVICE.kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"serviceID": "svc-tiny",
+                     "helmChart": {"source": {"repoURL": repo_url, "chart": "tiny", "version": version},
+                                   # the serviceDaemonSet block wins over a user value at the same key
+                                   "values": {"image": image,
+                                              "serviceDaemonSet": {"labels": {SERVICE_LABEL: "user-value"}}}},
+                     "serviceDaemonSet": {
+                         "labels": {"team": "net"}, "annotations": {"note": "hbn"},
+                         "updateStrategy": {"type": "RollingUpdate"},
+                         "nodeSelector": {"nodeSelectorTerms": [{"matchExpressions": [
+                             {"key": "dpu.nvidia.com/role", "operator": "In", "values": ["service"]}]}]}}}}
+
+
+async def ready(rest: Rest, namespace: str, name: str) -> Obj | None:
+    obj = await rest.get(DPU_SERVICE, name, namespace)
+    generation = (obj or {}).get("metadata", {}).get("generation")
+    fresh = ((obj or {}).get("status") or {}).get("observedGeneration") == generation
+    return obj if fresh and condition(obj, "Ready").get("status") == "True" else None
+
+
+async def image_of(rest: Rest, namespace: str, name: str) -> str | None:
+    ds = await rest.get(DAEMON_SET, name, namespace)
+    return ds["spec"]["template"]["spec"]["containers"][0]["image"] if ds else None
+
+
+def test_dpuservice_helm_release_in_the_dpu_cluster_upgraded_failed_paused_and_uninstalled(
+        kube: ControlPlane, namespace: str, chart_repo: str, tmp_path: Path) -> None:
+    assert shutil.which("openssl")
+    timings: dict[str, float] = {}
+    controllers = ("garbagecollector", "namespace", "daemonset")  # the DaemonSet controller writes real status
+    with ControlPlane(tmp_path / "dpu", name="dpusvc", controllers=controllers) as dpu:
+        async def scenario() -> None:
+            rest, one = await host_rest(kube.kubeconfig), await host_rest(dpu.kubeconfig)
+            controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
+            try:
+                await dpu_cluster(rest, namespace, dpu.kubeconfig, "one")
+                await eventually(lambda: len(controller.clusters.dpu) == 1, "the DPU cluster connected")
+                begin = time.monotonic()
+                await rest.create(DPU_SERVICE, dpuservice(namespace, "tiny", chart_repo), namespace)
+                obj = await eventually(lambda: ready(rest, namespace, "tiny"), "the DPUService Ready", SLOW)
+                timings["install"] = time.monotonic() - begin
+                for type_ in ("ApplicationPrereqsReconciled", "ApplicationsReconciled", "ApplicationsReady"):
+                    assert condition(obj, type_)["status"] == "True", condition(obj, type_)
+                assert "dpu.nvidia.com/dpuservice" in obj["metadata"]["finalizers"]
+
+                # Upstream's Application name <cluster>-<dpuservice> is the release (and here the DaemonSet) name.
+                ds = await one.get(DAEMON_SET, "one-tiny", namespace)
+                assert ds is not None
+                template = ds["spec"]["template"]
+                assert template["metadata"]["labels"][SERVICE_LABEL] == "svc-tiny"  # the block won
+                assert template["metadata"]["labels"]["team"] == "net"
+                assert template["metadata"]["annotations"]["note"] == "hbn"
+                assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+                terms = template["spec"]["affinity"]["nodeAffinity"][
+                    "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                assert terms[0]["matchExpressions"][0]["key"] == "dpu.nvidia.com/role"
+                assert template["spec"]["containers"][0]["image"] == "tiny:1"
+                assert ds["status"]["desiredNumberScheduled"] == 0  # no Nodes: 0 wanted is rolled out
+
+                # A changed value upgrades the release.
+                begin = time.monotonic()
+                await rest.merge_patch(DPU_SERVICE, "tiny", {"spec": {"helmChart": {"values": {"image": "tiny:2"}}}},
+                                 namespace)
+                await eventually(lambda: _equals(image_of(one, namespace, "one-tiny"), "tiny:2"), "the upgrade",
+                                 SLOW)
+                await eventually(lambda: ready(rest, namespace, "tiny"), "Ready after the upgrade", SLOW)
+                timings["upgrade"] = time.monotonic() - begin
+
+                # A chart version the repository lacks: named with Helm's error; the release stays as it was.
+                await rest.merge_patch(DPU_SERVICE, "tiny", {"spec": {"helmChart": {
+                    "source": {"version": "9.9.9"}, "values": {"image": "tiny:3"}}}}, namespace)
+
+                async def failed() -> str:
+                    found = condition(await rest.get(DPU_SERVICE, "tiny", namespace), "ApplicationsReconciled")
+                    return found["message"] if found.get("status") == "False" else ""
+
+                message = await eventually(failed, "the failed upgrade reported", SLOW)
+                assert "tiny 9.9.9" in message, message
+                assert f"cluster {namespace}/one" in message
+                assert "9.9.9" in message.split("):", 1)[1], message  # Helm's own words follow the chart
+                after = await rest.get(DPU_SERVICE, "tiny", namespace)
+                assert condition(after, "Ready")["status"] == "False"
+                assert await image_of(one, namespace, "one-tiny") == "tiny:2"
+
+                # A version whose DaemonSet applies but whose Deployment is refused: Helm rolls the release back,
+                # so the DaemonSet is as before and no Deployment is left.
+                await rest.merge_patch(DPU_SERVICE, "tiny", {"spec": {"helmChart": {"source": {"version": "0.2.0"}}}},
+                                       namespace)
+
+                async def refused() -> str:
+                    message = await failed()
+                    return message if "0.2.0" in message else ""
+
+                message = await eventually(refused, "the refused upgrade reported", SLOW)
+                assert "tiny 0.2.0" in message, message
+                assert "replicas" in message, message  # the apiserver's words, through Helm
+                assert await image_of(one, namespace, "one-tiny") == "tiny:2"
+                assert await one.get(DEPLOYMENT, "one-tiny-broken", namespace) is None
+
+                # Back to a good version, then paused: a change is not applied.
+                await rest.merge_patch(DPU_SERVICE, "tiny", {"spec": {"helmChart": {"source": {"version": "0.1.0"}}}},
+                                 namespace)
+                await eventually(lambda: ready(rest, namespace, "tiny"), "Ready on a good version", SLOW)
+                assert await image_of(one, namespace, "one-tiny") == "tiny:3"
+                await rest.merge_patch(DPU_SERVICE, "tiny", {"spec": {"paused": True,
+                                                                "helmChart": {"values": {"image": "tiny:4"}}}},
+                                 namespace)
+                await asyncio.sleep(5.0)
+                assert await image_of(one, namespace, "one-tiny") == "tiny:3"
+
+                # Delete: the release is uninstalled (paused or not), then the finalizer goes.
+                begin = time.monotonic()
+                await rest.delete(DPU_SERVICE, "tiny", namespace)
+                await eventually(lambda: _none(rest.get(DPU_SERVICE, "tiny", namespace)), "the DPUService gone",
+                                 SLOW)
+                timings["uninstall"] = time.monotonic() - begin
+                assert await one.get(DAEMON_SET, "one-tiny", namespace) is None
+            finally:
+                await controller.stop()
+                for client in (rest, one):
+                    await client.close()
+
+        run(scenario(), timeout=600)
+    print(f"dpuservice helm timings: {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}")
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    return bool(await value == expected)
+
+
+async def _none(value: Any) -> bool:
+    return await value is None
+
+
+
+
+def test_values_put_the_service_daemonset_block_over_user_values_and_release_names_are_bounded() -> None:
+    obj = dpuservice("ns", "tiny", "https://charts.example")
+    obj["spec"]["helmChart"]["values"]["serviceDaemonSet"]["labels"]["keep"] = "me"
+    values = helm_values(obj)
+    assert values["image"] == "tiny:1"
+    labels = values["serviceDaemonSet"]["labels"]
+    assert labels == {SERVICE_LABEL: "svc-tiny", "keep": "me", "team": "net"}  # deep merge, the block wins
+    assert values["serviceDaemonSet"]["annotations"] == {"note": "hbn"}
+    del obj["spec"]["serviceID"]
+    assert helm_values(obj)["serviceDaemonSet"]["labels"][SERVICE_LABEL] == "tiny"  # no serviceID: the name
+    assert release_name(obj, "ns/one") == "one-tiny"
+    assert release_name(obj, "in-cluster") == "in-cluster-tiny"
+    obj["metadata"]["name"] = "a" * 60 + "1"
+    long = release_name(obj, "ns/one")
+    assert len(long) <= 53
+    assert long != release_name({**obj, "metadata": {"name": "a" * 60 + "2"}}, "ns/one")  # the hash tells them apart
+    obj["spec"]["helmChart"]["source"]["releaseName"] = "named"
+    assert release_name(obj, "ns/one") == "named"
+
+
+def test_deploy_in_cluster_installs_into_the_host_cluster(tmp_path: Path, chart_repo: str) -> None:
+    """`deployInCluster`: the release goes to the controller's own cluster (here one with the DaemonSet controller,
+    so Helm's --wait sees real status), named in-cluster-<dpuservice>, and is uninstalled on delete."""
+    controllers = ("garbagecollector", "namespace", "daemonset")
+    with ControlPlane(tmp_path / "host", name="svchost", controllers=controllers) as host:
+        async def scenario() -> None:
+            rest = await host_rest(host.kubeconfig)
+            namespace = "svc-in-cluster"
+            await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            controller = await started(Controller(controller_settings(host.kubeconfig, namespace)))
+            try:
+                obj = dpuservice(namespace, "tiny", chart_repo)
+                obj["spec"]["deployInCluster"] = True
+                await rest.create(DPU_SERVICE, obj, namespace)
+                await eventually(lambda: ready(rest, namespace, "tiny"), "the DPUService Ready", SLOW)
+                ds = await rest.get(DAEMON_SET, "in-cluster-tiny", namespace)
+                assert ds is not None
+                assert ds["spec"]["template"]["metadata"]["labels"][SERVICE_LABEL] == "svc-tiny"
+                await rest.delete(DPU_SERVICE, "tiny", namespace)
+                await eventually(lambda: _none(rest.get(DPU_SERVICE, "tiny", namespace)), "the DPUService gone",
+                                 SLOW)
+                assert await rest.get(DAEMON_SET, "in-cluster-tiny", namespace) is None
+            finally:
+                await controller.stop()
+                await rest.close()
+
+        run(scenario(), timeout=300)

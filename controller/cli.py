@@ -21,7 +21,9 @@ from dpf.controller.settings import (
     ProvisioningSettings,
     QueueSettings,
     ServerSettings,
+    ServicesSettings,
     TLSSettings,
+    parse_chart_mirror,
 )
 from dpf.shared.logs import add_logging_flags, setup_logging
 
@@ -85,6 +87,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                           "a changed one reconnects; /version asked)")
     run.add_argument("--dpucluster-health-timeout", type=float, default=DPUClusterSettings.health_timeout,
                      help="seconds a DPU cluster has to answer /version before its health check fails")
+    run.add_argument("--chart-mirror", action="append", default=[], metavar="FROM=TO",
+                     help="install DPUService charts whose repoURL starts with FROM from TO instead (repeatable; the "
+                          "longest FROM wins), e.g. https://helm.ngc.nvidia.com/nvidia=https://charts.lan/nvidia "
+                          "for sites that reach only a local mirror")
     run.add_argument("--bfb-dir", type=Path, default=BFBSettings.directory,
                      help="directory BFB files are downloaded into (the BFB volume; must exist)")
     add_logging_flags(run)
@@ -123,6 +129,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
                                           retry_base=args.dpu_retry_base, retry_max=args.dpu_retry_max),
         dpucluster=DPUClusterSettings(health_period=args.dpucluster_health_period,
                                       health_timeout=args.dpucluster_health_timeout),
+        services=ServicesSettings(chart_mirrors=tuple(parse_chart_mirror(m) for m in args.chart_mirror)),
         resync_period=args.resync_period,
         orphan_sweep_period=args.orphan_sweep_period,
     )

@@ -9,6 +9,7 @@ own stderr (trimmed); the kubeconfig's path and content are never part of a mess
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -54,6 +55,16 @@ class Chart:
     chart: str | None
     version: str
     path: str | None = None
+    mirror_of: str | None = None
+    """The repository the DPUService names, when `repo_url` is its mirror (`mirrored`)."""
+
+    def mirrored(self, mirrors: Sequence[tuple[str, str]]) -> Chart:
+        """This chart from the mirror of the longest (FROM, TO) prefix its repository starts with, if any."""
+        matches = [(source, target) for source, target in mirrors if self.repo_url.startswith(source)]
+        if not matches:
+            return self
+        source, target = max(matches, key=lambda m: len(m[0]))
+        return dataclasses.replace(self, repo_url=target + self.repo_url[len(source):], mirror_of=self.repo_url)
 
     @property
     def ref(self) -> str:
@@ -70,7 +81,8 @@ class Chart:
         return [] if self.repo_url.startswith("oci://") else ["--repo", self.repo_url]
 
     def describe(self) -> str:
-        return f"{self.chart or self.path or '?'} {self.version} from {self.repo_url}"
+        mirror = f" (mirror of {self.mirror_of})" if self.mirror_of else ""
+        return f"{self.chart or self.path or '?'} {self.version} from {self.repo_url}{mirror}"
 
 
 @contextmanager

@@ -167,6 +167,29 @@ class ProvisioningSettings:
 
 
 @dataclass(frozen=True)
+class ServicesSettings:
+    """DPUServices (reconcilers/dpuservice.py)."""
+
+    chart_mirrors: tuple[tuple[str, str], ...] = ()
+    """(repoURL prefix, mirror prefix) pairs: a DPUService whose chart repository starts with a prefix is installed
+    from the mirror instead (the longest prefix wins), so manifests naming a public repository apply unchanged at
+    sites that reach only a local mirror. See `parse_chart_mirror`."""
+
+
+def parse_chart_mirror(text: str) -> tuple[str, str]:
+    """`FROM=TO` → (FROM, TO): both http(s):// or oci:// URL prefixes; raises ValueError naming the fix."""
+    source, sep, mirror = text.partition("=")
+    schemes = ("https://", "http://", "oci://")
+    if not sep or not source.startswith(schemes) or not mirror.startswith(schemes):
+        raise ValueError(f"--chart-mirror {text!r}: want FROM=TO with both an http(s):// or oci:// URL prefix, "
+                         "e.g. https://helm.ngc.nvidia.com/nvidia=https://charts.example.internal/nvidia")
+    if source.startswith("oci://") != mirror.startswith("oci://"):
+        raise ValueError(f"--chart-mirror {text!r}: an OCI registry can only be mirrored by an OCI registry, and an "
+                         "http(s) chart repository by one (Helm fetches them differently)")
+    return source, mirror
+
+
+@dataclass(frozen=True)
 class DPUClusterSettings:
     """DPUCluster health (reconcilers/dpucluster.py)."""
 
@@ -189,6 +212,7 @@ class ControllerSettings:
     bfb: BFBSettings = field(default_factory=BFBSettings)
     provisioning: ProvisioningSettings = field(default_factory=ProvisioningSettings)
     dpucluster: DPUClusterSettings = field(default_factory=DPUClusterSettings)
+    services: ServicesSettings = field(default_factory=ServicesSettings)
     resync_period: float = 600.0
     """Every object is reconciled again at least this often, seconds (level-triggered safety net)."""
     orphan_sweep_period: float = 60.0

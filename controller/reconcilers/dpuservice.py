@@ -35,7 +35,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,10 +95,11 @@ def helm_values(obj: Obj) -> dict[str, Any]:
     return merge((spec.get("helmChart") or {}).get("values") or {}, {"serviceDaemonSet": block})
 
 
-def chart_of(obj: Obj) -> helm.Chart:
+def chart_of(obj: Obj, mirrors: Sequence[tuple[str, str]] = ()) -> helm.Chart:
+    """The chart to install: the DPUService's source, from its mirror when one is configured. Pure."""
     source = obj["spec"]["helmChart"]["source"]
     return helm.Chart(repo_url=source["repoURL"], chart=source.get("chart"), version=source["version"],
-                      path=source.get("path"))
+                      path=source.get("path")).mirrored(mirrors)
 
 
 def release_name(obj: Obj, target: str) -> str:
@@ -220,7 +221,7 @@ class DPUServiceReconciler(Reconciler):
             return None  # upstream's skip-reconcile: nothing deployed changes until unpaused
         obj = await objects.add_finalizer(self.ctx.clusters.host.rest, DPU_SERVICE, obj, FINALIZER)
         targets = self._targets(obj)
-        chart, values = chart_of(obj), helm_values(obj)
+        chart, values = chart_of(obj, self.ctx.settings.services.chart_mirrors), helm_values(obj)
         digest = desired_digest(chart, values)
         prereq_problems: list[str] = []
         apply_problems: list[str] = []

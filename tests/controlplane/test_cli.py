@@ -44,6 +44,13 @@ def test_agent_without_certificates_is_refused_with_the_fix() -> None:
     assert "--ca, --cert, --key required (or --insecure for a lab)" in result.stderr
 
 
+def test_a_bad_chart_mirror_is_refused_naming_the_flag_and_the_form() -> None:
+    result = subprocess.run([*DPF, "controller", "run", "--insecure", "--chart-mirror", "helm.ngc.nvidia.com"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert "--chart-mirror 'helm.ngc.nvidia.com': want FROM=TO" in result.stderr
+
+
 def test_issue_node_cert_then_agent_once(kube: ControlPlane, namespace: str, tmp_path: Path) -> None:
     async def scenario() -> None:
         rest = await host_rest(kube.kubeconfig)

@@ -10,6 +10,7 @@ Readiness: the DPU cluster has no Nodes, so the DaemonSet wants 0 pods; upstream
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import http.server
 import shutil
@@ -23,17 +24,19 @@ from typing import Any
 
 import pytest
 
-from dpf.controller.helm import find_helm
+from dpf.controller.helm import Chart, find_helm
 from dpf.controller.kube.rest import Kind, Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL, helm_values, release_name
 from dpf.controller.reconcilers.kinds import NAMESPACE
+from dpf.controller.settings import ServicesSettings, parse_chart_mirror
 from dpf.lab.bed.kube import ControlPlane
 from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
 
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
 CHART = Path(__file__).parent / "charts" / "tiny"  # version 0.1.0
 BROKEN = Path(__file__).parent / "charts" / "tiny-broken"  # version 0.2.0: a Deployment the apiserver refuses
+PUBLIC_REPO = "https://helm.ngc.nvidia.com/nvidia/doca"  # upstream examples' repository: not reachable here
 SLOW = 120.0  # a helm upgrade --wait plus the DaemonSet controller's first status on a shared 2-core machine
 
 
@@ -233,18 +236,21 @@ def test_values_put_the_service_daemonset_block_over_user_values_and_release_nam
     assert release_name(obj, "ns/one") == "named"
 
 
-def test_deploy_in_cluster_installs_into_the_host_cluster(tmp_path: Path, chart_repo: str) -> None:
+def test_deploy_in_cluster_installs_into_the_host_cluster_from_a_chart_mirror(tmp_path: Path, chart_repo: str) -> None:
     """`deployInCluster`: the release goes to the controller's own cluster (here one with the DaemonSet controller,
-    so Helm's --wait sees real status), named in-cluster-<dpuservice>, and is uninstalled on delete."""
+    so Helm's --wait sees real status), named in-cluster-<dpuservice>, and is uninstalled on delete. The DPUService
+    names upstream's public repository, unreachable here: `--chart-mirror` installs it from the local one."""
     controllers = ("garbagecollector", "namespace", "daemonset")
     with ControlPlane(tmp_path / "host", name="svchost", controllers=controllers) as host:
         async def scenario() -> None:
             rest = await host_rest(host.kubeconfig)
             namespace = "svc-in-cluster"
             await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-            controller = await started(Controller(controller_settings(host.kubeconfig, namespace)))
+            settings = dataclasses.replace(controller_settings(host.kubeconfig, namespace), services=ServicesSettings(
+                chart_mirrors=(parse_chart_mirror(f"{PUBLIC_REPO}={chart_repo}"),)))
+            controller = await started(Controller(settings))
             try:
-                obj = dpuservice(namespace, "tiny", chart_repo)
+                obj = dpuservice(namespace, "tiny", PUBLIC_REPO)
                 obj["spec"]["deployInCluster"] = True
                 await rest.create(DPU_SERVICE, obj, namespace)
                 await eventually(lambda: ready(rest, namespace, "tiny"), "the DPUService Ready", SLOW)
@@ -260,3 +266,21 @@ def test_deploy_in_cluster_installs_into_the_host_cluster(tmp_path: Path, chart_
                 await rest.close()
 
         run(scenario(), timeout=300)
+
+
+def test_a_chart_mirror_replaces_the_longest_matching_prefix_and_bad_mirrors_are_refused() -> None:
+    mirrors = (parse_chart_mirror("https://helm.ngc.nvidia.com=https://lan/all"),
+               parse_chart_mirror("https://helm.ngc.nvidia.com/nvidia/doca=https://lan/doca"),
+               parse_chart_mirror("oci://nvcr.io/nvidia=oci://registry.lan/nvidia"))
+    chart = Chart("https://helm.ngc.nvidia.com/nvidia/doca", "doca-hbn", "1.0.1").mirrored(mirrors)
+    assert chart.repo_url == "https://lan/doca"
+    assert chart.describe() == "doca-hbn 1.0.1 from https://lan/doca (mirror of https://helm.ngc.nvidia.com/nvidia/doca)"
+    assert Chart("https://helm.ngc.nvidia.com/other", "x", "1").mirrored(mirrors).repo_url == "https://lan/all/other"
+    oci = Chart("oci://nvcr.io/nvidia/charts", "blueman", "2").mirrored(mirrors)
+    assert oci.ref == "oci://registry.lan/nvidia/charts/blueman"
+    unmatched = Chart("https://example.org/charts", "x", "1")
+    assert unmatched.mirrored(mirrors) is unmatched
+    for bad, names in (("https://a", "FROM=TO"), ("ftp://a=https://b", "FROM=TO"),
+                       ("oci://a=https://b", "OCI registry")):
+        with pytest.raises(ValueError, match=names):
+            parse_chart_mirror(bad)

@@ -8,6 +8,7 @@ Also small readers over the official Kubernetes client (conditions, existence) f
 from __future__ import annotations
 
 import base64
+import json
 import string
 from pathlib import Path
 from typing import Any, cast
@@ -34,7 +35,10 @@ def hbn_only(namespace: str, group: str) -> list[Obj]:
 
 
 def to_yaml(objects: list[Obj]) -> str:
-    return yaml.safe_dump_all(objects, sort_keys=False)
+    """A YAML stream for kubectl, each document written as JSON: every string stays quoted. (PyYAML leaves a
+    string such as 093396 unquoted, being no valid YAML 1.1 octal, and kubectl's YAML reads it as the integer
+    93396: a label value made of digits was refused as "expected string".)"""
+    return "".join(f"---\n{json.dumps(o)}\n" for o in objects)
 
 
 def dpu_cluster(namespace: str, name: str, admin_conf: bytes) -> list[Obj]:

@@ -190,7 +190,7 @@ class DPUServiceReconciler(Reconciler):
         secret = await self.ctx.clusters.host.rest.get(SECRET, secret_name, namespace)
         if secret is None:
             raise clients.KubeconfigError(f"Secret {namespace}/{secret_name} of DPUCluster {target.name} is gone")
-        return yaml.safe_dump(clients.parse_admin_conf(secret))
+        return json.dumps(clients.parse_admin_conf(secret))  # JSON is YAML, and every string stays a string
 
     @contextlib.contextmanager
     def _kubeconfig_file(self, text: str | None) -> Iterator[Path | None]:

@@ -172,7 +172,6 @@ class Helm:
         document = json.loads(out)
         return document if isinstance(document, dict) else None
 
-
     async def manifest(self, release: str, namespace: str, kubeconfig: Path | None) -> str:
         """The rendered manifest of the release's current revision (YAML documents)."""
         return await self._run(["get", "manifest", release, "--namespace", namespace], kubeconfig,

@@ -9,7 +9,7 @@ pod again, with a new sandbox and possibly a new address: `current()` reads it a
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import ipaddress
 import json
 import string
@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 from dpf.lab import chains
 from dpf.lab.bed.images import BUSYBOX_IMAGE
 from dpf.lab.bed.kube import ControlPlane
-from dpf.lab.bed.netns import NetnsBed, Pod
+from dpf.lab.bed.netns import Pod
 from dpf.lab.bed.process import wait_until
 from dpf.lab.dpus import CNI_PLUGIN, EmulatedDpu
 
@@ -62,6 +62,7 @@ def manifests(namespace: str, group: str) -> list[chains.Obj]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
+@functools.cache
 def pool_subnet() -> ipaddress.IPv4Network:
     pool = next(o for o in manifests("x", "x") if o["kind"] == "DPUServiceIPAM")
     return ipaddress.IPv4Network(pool["spec"]["ipv4Subnet"]["subnet"])
@@ -87,12 +88,10 @@ def pod(namespace: str, name: str, node: str, network: str) -> chains.Obj:
 
 
 class ServicePods:
-    def __init__(self, dpu_cluster: ControlPlane, bed: NetnsBed, bin_dir: Path, workdir: Path, namespace: str,
-                 group: str, stack: contextlib.ExitStack, say: Callable[[str], None],
+    def __init__(self, dpu_cluster: ControlPlane, namespace: str, group: str, say: Callable[[str], None],
                  apply: Callable[[list[chains.Obj]], None], apply_dpu: Callable[[list[chains.Obj]], None],
                  wait_ready: Callable[[str, str], None]) -> None:
-        self.cluster, self.bed, self.bin_dir, self.workdir = dpu_cluster, bed, bin_dir, workdir
-        self.namespace, self.group, self.stack, self.say = namespace, group, stack, say
+        self.cluster, self.namespace, self.group, self.say = dpu_cluster, namespace, group, say
         self.apply, self.apply_dpu, self.wait_ready = apply, apply_dpu, wait_ready
         self.fabric: dict[str, Pod] = {}
         self.pods: dict[str, ServicePod] = {}

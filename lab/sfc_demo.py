@@ -59,8 +59,8 @@ class SfcDemo:
         self.bed = NetnsBed(owner="lab")
         self.dpus: list[EmulatedDpu] = []
         self.hbn: dict[str, dict[str, Pod]] = {}
-        self.service_pods = ServicePods(dpu_cluster, self.bed, workdir / "cni-bin", workdir, NAMESPACE, GROUP, stack,
-                                        say, self._apply, self._apply_dpu, self._wait_ready)
+        self.service_pods = ServicePods(dpu_cluster, NAMESPACE, GROUP, say, self._apply, self._apply_dpu,
+                                        self._wait_ready)
 
     # -- what the lab runs ----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,7 +107,7 @@ class SfcDemo:
         for name in reap_stale("lab"):
             self.say(f"removed network namespace {name} left by a lab that was killed")
         self.stack.callback(self.bed.cleanup)
-        bin_dir = cni_bin_dir(self.service_pods.bin_dir)
+        bin_dir = cni_bin_dir(self.workdir / "cni-bin")
         self._apply_dpu([{"apiVersion": "v1", "kind": "ServiceAccount",
                           "metadata": {"name": "default", "namespace": NAMESPACE}}])
         for i, view in enumerate(self.provisioned, start=1):

@@ -174,10 +174,6 @@ class DPUServiceReconciler(Reconciler):
             return [Target(IN_CLUSTER, self.ctx.clusters.host)]
         return [Target(c.name, c) for c in sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name)]
 
-    @contextlib.contextmanager
-    def _host_kubeconfig(self) -> Iterator[Path | None]:
-        yield self.ctx.settings.kube.kubeconfig  # None: Helm uses the pod's in-cluster service account
-
     async def _kubeconfig_text(self, target: Target) -> str | None:
         """The target's kubeconfig (YAML) from its DPUCluster's Secret; None for the host cluster's own."""
         if target.name == IN_CLUSTER:
@@ -195,8 +191,7 @@ class DPUServiceReconciler(Reconciler):
     @contextlib.contextmanager
     def _kubeconfig_file(self, text: str | None) -> Iterator[Path | None]:
         if text is None:
-            with self._host_kubeconfig() as path:
-                yield path
+            yield self.ctx.settings.kube.kubeconfig  # None: Helm uses the pod's in-cluster service account
         else:
             with helm.private_file(text, ".kubeconfig") as path:
                 yield path
@@ -276,8 +271,7 @@ class DPUServiceReconciler(Reconciler):
             if same:
                 return f"helm upgrade of release {release} in progress", rollout.error
             rollout.task.cancel()  # superseded by a newer spec: the next upgrade replaces it
-            with contextlib.suppress(BaseException):
-                await rollout.task
+            await asyncio.wait({rollout.task})  # never raises: a cancellation of this reconcile still does
         with self._kubeconfig_file(text) as kubeconfig:
             status = await self.helm.status(release, key.namespace, kubeconfig)
             info = (status or {}).get("info") or {}
@@ -330,8 +324,7 @@ class DPUServiceReconciler(Reconciler):
         for where in [w for w in self._rollouts if w[:2] == (key.namespace, key.name)]:
             task = self._rollouts.pop(where).task
             task.cancel()  # an upgrade racing the uninstall could bring the release back
-            with contextlib.suppress(BaseException):
-                await task
+            await asyncio.wait({task})
         problems: list[str] = []
         # Uninstalled even when paused: a finalizer removed over live releases would orphan them.
         for target in self._targets(obj):

@@ -302,9 +302,14 @@ def _remove_unmounted_pod_netns() -> list[str]:
                 mounted |= _pod_netns_mounts((proc / "mountinfo").read_text())
         except OSError:
             continue  # gone meanwhile
+    return _remove_netns_files(set(NETNS_DIR.glob("cni-*")) - mounted)
+
+
+def _remove_netns_files(paths: set[Path]) -> list[str]:
+    """Unlink the netns files among `paths` that are no mount point here (their namespace is gone)."""
     removed = []
-    for path in NETNS_DIR.glob("cni-*"):
-        if path not in mounted and not os.path.ismount(path):
+    for path in paths:
+        if not os.path.ismount(path):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(str(path))
@@ -363,9 +368,9 @@ class Kubelet:
             self._make_cgroups()
             _hold_sysctls()
             self._holds_sysctls = True
-            holder = self._start_holder()
-            self._start_containerd(holder)
-            self._start_kubelet(holder)
+            self._start_holder()
+            self._start_containerd()
+            self._start_kubelet()
         except BaseException:
             self.stop()
             raise
@@ -379,10 +384,7 @@ class Kubelet:
         for child in self.children[:1]:
             child.stop()
         self.children.clear()
-        for path in pod_netns:  # the mount went with the namespace; the file it hid stays in the host's /run/netns
-            if not os.path.ismount(path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+        _remove_netns_files(pod_netns)  # the mounts went with the namespace; the files stay in the host's /run/netns
         self._remove_cgroups()
         if self._holds_sysctls:
             self._holds_sysctls = False
@@ -547,20 +549,17 @@ state = "{d / 'containerd/state'}"
         wait_until(ready, 10, f"{self.node_name}'s mount namespace", while_alive=[holder])
         return holder
 
-    def _enter(self, holder: Child) -> list[str]:
-        return [tool("nsenter"), f"--target={holder.pid}", "--mount", "--net"]
-
     def enter_argv(self) -> list[str]:
         """The prefix that runs a command in this node's network and mount namespaces, where the DPU's other
         software belongs (on a DPU the agent and the kubelet share the OS's mount namespace: a pod's netns
         `/run/netns/cni-*` is a mount made in it, only an empty file outside)."""
         if not self.children:
             raise RuntimeError(f"{self.node_name}: not started")
-        return self._enter(self.children[0])
+        return [tool("nsenter"), f"--target={self.children[0].pid}", "--mount", "--net"]
 
-    def _start_containerd(self, holder: Child) -> None:
+    def _start_containerd(self) -> None:
         containerd = Child(f"containerd ({self.node_name})", [
-            *self._enter(holder), tool("containerd"), "--config", str(self.dir / "containerd" / "config.toml"),
+            *self.enter_argv(), tool("containerd"), "--config", str(self.dir / "containerd" / "config.toml"),
         ], self.dir / "containerd.log")
         self.children.append(containerd)
         wait_until(self.containerd_socket.exists, 20, f"{self.node_name}'s containerd socket",
@@ -568,10 +567,10 @@ state = "{d / 'containerd/state'}"
         image = self.image_tar or build_busybox_image(self.dir / "image")
         import_image(self.containerd_socket, image)
 
-    def _start_kubelet(self, holder: Child) -> None:
+    def _start_kubelet(self) -> None:
         d = self.dir
         self.children.append(Child(f"kubelet ({self.node_name})", [
-            *self._enter(holder), tool("kubelet"),
+            *self.enter_argv(), tool("kubelet"),
             f"--config={d / 'kubelet/config.yaml'}",
             f"--bootstrap-kubeconfig={d / 'bootstrap-kubelet.conf'}", f"--kubeconfig={d / 'kubelet.conf'}",
             f"--cert-dir={d / 'kubelet/pki'}", f"--root-dir={d / 'kubelet/root'}",

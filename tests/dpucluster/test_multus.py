@@ -30,11 +30,12 @@ def _nad(ipam_dir: Path) -> str:
                        "metadata": {"name": "side", "namespace": "default"}, "spec": {"config": json.dumps(config)}})
 
 
-def _pod(node: str) -> str:
+def pod_naming(name: str, node: str, networks: str) -> str:
+    """A sleeping busybox pod on `node` whose networks annotation is `networks`."""
     return json.dumps({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "two-nets", "namespace": "default",
-                     "annotations": {"k8s.v1.cni.cncf.io/networks": "side"}},
+        "metadata": {"name": name, "namespace": "default",
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": networks}},
         "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "terminationGracePeriodSeconds": 0,
                  "containers": [{"name": "main", "image": "dpf.local/busybox:1", "imagePullPolicy": "Never",
                                  "command": ["sleep", "3600"]}]}})
@@ -62,7 +63,7 @@ def test_multus_adds_the_network_a_pod_names_beside_the_pod_network(
     try:
         kubelet.start()
         dpu_cluster.wait_node_ready("dpu-m", READY_TIMEOUT)
-        dpu_cluster.kubectl("apply", "-f", "-", input=_pod("dpu-m"))
+        dpu_cluster.kubectl("apply", "-f", "-", input=pod_naming("two-nets", "dpu-m", "side"))
 
         def status() -> list[dict] | None:
             pod = json.loads(dpu_cluster.kubectl("get", "pod", "two-nets", "-o", "json").stdout)

@@ -15,21 +15,14 @@ from dpf.lab.bed.kubelet import Kubelet
 from dpf.lab.bed.netns import NetnsBed
 from dpf.lab.bed.ovs import OvsSwitch
 from dpf.lab.bed.process import Child, wait_until
+from dpf.lab.dpus import cni_bin_dir
 from tests.cni.cnirun import owned_ports
 from tests.cni.conftest import BRIDGE, PLUGIN, POOL
 from tests.controlplane.harness import run
 from tests.dpucluster.test_join import READY_TIMEOUT, _join
-from tests.dpucluster.test_multus import NAD_CRD
+from tests.dpucluster.test_multus import NAD_CRD, pod_naming
 
 POD = "svc"
-
-
-def _script_plugin(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    plugin = directory / PLUGIN
-    plugin.write_text(f"#!{sys.executable}\nimport sys\nfrom dpf.cni.shim import main\nsys.exit(main())\n")
-    plugin.chmod(0o755)
-    return plugin
 
 
 def _nad(socket: Path) -> str:
@@ -37,17 +30,6 @@ def _nad(socket: Path) -> str:
               "ipam": {"type": "dpf-ipam", "poolName": POOL["pool"]}}
     return json.dumps({"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
                        "metadata": {"name": "sfc", "namespace": "default"}, "spec": {"config": json.dumps(config)}})
-
-
-def _pod(node: str) -> str:
-    return json.dumps({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": POD, "namespace": "default",
-                     "annotations": {"k8s.v1.cni.cncf.io/networks": json.dumps([{"name": "sfc",
-                                                                                 "interface": "net1"}])}},
-        "spec": {"nodeSelector": {"kubernetes.io/hostname": node}, "terminationGracePeriodSeconds": 0,
-                 "containers": [{"name": "main", "image": "dpf.local/busybox:1", "imagePullPolicy": "Never",
-                                 "command": ["sleep", "3600"]}]}})
 
 
 def test_a_pod_naming_the_sfc_network_gets_a_port_on_br_sfc_through_multus(
@@ -69,7 +51,7 @@ def test_a_pod_naming_the_sfc_network_gets_a_port_on_br_sfc_through_multus(
         pools.write_text(json.dumps([POOL]))
         dpu_cluster.install_crds(NAD_CRD.parent)  # waits until Established: a NAD applied before fails
         dpu_cluster.kubectl("apply", "-f", "-", input=_nad(socket))
-        plugin = _script_plugin(tmp_path / "plugins")
+        plugin = cni_bin_dir(tmp_path / "plugins") / PLUGIN  # the shim run by this Python
         kubelet = Kubelet(ns, "dpu-s", run(_join(dpu_cluster)), tmp_path / "node", image_tar=busybox_image,
                           multus_kubeconfig=multus_kubeconfig, cni_plugins={PLUGIN: plugin, "dpf-ipam": plugin})
         kubelet.start()
@@ -79,7 +61,8 @@ def test_a_pod_naming_the_sfc_network_gets_a_port_on_br_sfc_through_multus(
             "--pools", str(pools)], tmp_path / "agent" / "agent.log")
         wait_until(socket.exists, 30, "the agent's CNI socket", while_alive=[agent])
         dpu_cluster.wait_node_ready("dpu-s", READY_TIMEOUT)
-        dpu_cluster.kubectl("apply", "-f", "-", input=_pod("dpu-s"))
+        networks = json.dumps([{"name": "sfc", "interface": "net1"}])
+        dpu_cluster.kubectl("apply", "-f", "-", input=pod_naming(POD, "dpu-s", networks))
 
         def net1() -> dict | None:
             pod = json.loads(dpu_cluster.kubectl("get", "pod", POD, "-o", "json").stdout)

@@ -50,3 +50,14 @@ class Metrics:
         self.dpu_provisioning_retries = Counter("dpf_controller_dpu_provisioning_retries_total",
                                                 "Failed attempts of a DPU provisioning phase (timeouts included)",
                                                 ["phase", "reason"], registry=r)
+        # target: host | dpucluster; why: new | renewal | changed (type, duration, account or cluster)
+        self.credential_tokens = Counter("dpf_controller_credential_tokens_issued_total",
+                                         "Service account tokens issued for DPUServiceCredentialRequests",
+                                         ["target", "why"], registry=r)
+        self.credential_failures = Counter("dpf_controller_credential_failures_total",
+                                           "DPUServiceCredentialRequest passes that failed, by the condition they set",
+                                           ["condition"], registry=r)
+        self.credential_expiry = Gauge("dpf_controller_credential_token_expiry_timestamp_seconds",
+                                       "Unix time of the soonest expiry among the tokens this controller keeps "
+                                       "(alert when it nears: renewal starts in the last fifth of a lifetime)",
+                                       registry=r)

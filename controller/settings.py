@@ -34,8 +34,10 @@ class KubeSettings:
 class QueueSettings:
     """The rate-limited work queue."""
 
-    workers: int = 4
-    """Concurrent reconciles (always serial per key)."""
+    workers: int = 16
+    """Concurrent reconciles (always serial per key). Most reconciles wait on apiserver round trips, and every
+    reconciler shares these workers: with 4, a DPU alone provisioned 3-4x slower at N=100 (bench/RESULTS.md,
+    provision run 2)."""
     backoff_base: float = 0.05
     """First retry delay of a failing key, seconds; doubles per consecutive failure."""
     backoff_max: float = 60.0

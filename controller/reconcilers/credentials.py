@@ -46,6 +46,7 @@ from dpf.controller.api import conditions as cond
 from dpf.controller.api.svc import DPUServiceCredentialRequest
 from dpf.controller.clusters import Cluster
 from dpf.controller.errors import TemporaryError
+from dpf.controller.kube import events
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
@@ -181,6 +182,7 @@ class CredentialRequestReconciler(Reconciler):
 
     def setup(self) -> None:
         self.clock: Callable[[], datetime] = objects.now  # tests move it to reach a renewal point
+        self._expiries: dict[tuple[str, str], float] = {}  # request -> its token's expiry (unix time)
         host = self.ctx.clusters.host
         self.requests: Informer = host.informer(CREDENTIAL_REQUEST)
         self.requests.add_index(TARGET_INDEX, lambda o: [t] if (t := _target_name(o)) else [])
@@ -192,6 +194,11 @@ class CredentialRequestReconciler(Reconciler):
 
     def _enqueue(self, namespace: str, name: str) -> None:
         self.ctx.queue.add(ObjectKey(self.name, namespace, name))
+
+    async def close(self) -> None:
+        """A term ends: a follower keeps no tokens, so it shows no expiry (the next leader's first pass does)."""
+        self._expiries.clear()
+        self._show_expiry()
 
     def _enqueue_for(self, cluster: str) -> None:
         for obj in self.requests.by_index(TARGET_INDEX, cluster):
@@ -206,6 +213,9 @@ class CredentialRequestReconciler(Reconciler):
     # ---- reconcile ---------------------------------------------------------------------------------------
     async def reconcile(self, key: ObjectKey) -> float | None:
         obj = self.requests.get(key.namespace, key.name)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            self._expiries.pop((key.namespace, key.name), None)
+            self._show_expiry()
         if obj is None:
             return None
         rest = self.ctx.clusters.host.rest
@@ -237,8 +247,13 @@ class CredentialRequestReconciler(Reconciler):
             extra.update(secret=f"{secret_ns}/{secret_name}", issuedAt=_stamp(token.issued_at),
                          expirationTimestamp=_stamp(token.expires_at))
             delay = max(MIN_REQUEUE, (token.refresh_at() - self.clock()).total_seconds())
+            self._expiries[(key.namespace, key.name)] = token.expires_at.timestamp()
         except StepFailed as failed:
             marks.append((failed.condition, "False", failed.reason, str(failed)))
+            self.ctx.metrics.credential_failures.labels(failed.condition).inc()
+            if failed.reason == cond.ERROR:  # Pending (a cluster not connected yet) is waiting, not a failure
+                await self.ctx.events.emit(rest, obj, self.kind, events.WARNING, f"{failed.condition}Failed",
+                                           str(failed))
             if failed.condition == SA_RECONCILED:
                 marks.append((SECRET_RECONCILED, "False", cond.PENDING, "waiting for the ServiceAccount"))
             delay = RETRY
@@ -246,8 +261,13 @@ class CredentialRequestReconciler(Reconciler):
         body = objects.status_body(obj, conditions, **extra)
         if extra.get("targetCluster") is None:
             body.pop("targetCluster", None)
+        self._show_expiry()
         await objects.write_status(rest, CREDENTIAL_REQUEST, obj, body, self.ctx.settings.kube.field_manager)
         return delay
+
+    def _show_expiry(self) -> None:
+        """The soonest expiry among kept tokens (0 when none): one gauge, not a series per request."""
+        self.ctx.metrics.credential_expiry.set(min(self._expiries.values(), default=0.0))
 
     # ---- the target cluster --------------------------------------------------------------------------------
     def _target(self, obj: Obj) -> Target:
@@ -354,8 +374,14 @@ class CredentialRequestReconciler(Reconciler):
         token = self._reusable(obj, current, fingerprint, kind)
         if token is None:
             token = await self._issue(target, account, account_ns, duration)
-            log.info("DPUServiceCredentialRequest %s: token issued for %s/%s in %s, expires %s",
-                     objects.name_of(obj), account_ns, account, target.label, _stamp(token.expires_at))
+            why = _why_issued(current, fingerprint)
+            log.info("DPUServiceCredentialRequest %s: token issued (%s) for %s/%s in %s, expires %s",
+                     objects.name_of(obj), why, account_ns, account, target.label, _stamp(token.expires_at))
+            self.ctx.metrics.credential_tokens.labels("dpucluster" if target.name else HOST, why).inc()
+            await self.ctx.events.emit(
+                host, obj, self.kind, events.NORMAL, "TokenIssued" if why == "new" else "TokenRenewed",
+                f"token for ServiceAccount {account_ns}/{account} in {target.label} written to {where} "
+                f"({why}); it expires at {_stamp(token.expires_at)}")
         data = secret_data(kind, target, account, account_ns, token.token)
         meta = spec.get("metadata") or {}
         body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -445,6 +471,15 @@ class CredentialRequestReconciler(Reconciler):
             await self._delete_secret(obj, secret)  # only one carrying this request's labels
         await objects.remove_finalizer(self.ctx.clusters.host.rest, CREDENTIAL_REQUEST, obj, FINALIZER)
         return None
+
+
+def _why_issued(current: Obj | None, fingerprint: str) -> str:
+    """new: no Secret yet; changed: the request (type, duration, account, cluster) differs from the one the
+    Secret's token was issued for; renewal: the same request, its token due (last fifth, or a day old)."""
+    if current is None:
+        return "new"
+    held = (current["metadata"].get("annotations") or {}).get(FINGERPRINT_ANNOTATION)
+    return "renewal" if held == fingerprint else "changed"
 
 
 def _target_name(obj: Obj) -> str | None:

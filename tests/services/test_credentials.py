@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from dpf.controller.kube import clients
-from dpf.controller.kube.rest import SECRET, Kind, Obj, Rest
+from dpf.controller.kube.rest import EVENT, SECRET, Kind, Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.credentials import (
@@ -133,6 +133,21 @@ def test_host_token_file_is_usable_renewed_in_its_last_fifth_moved_and_deleted_i
                 return now if decoded(now)["TOKEN_FILE"] != decoded(secret)["TOKEN_FILE"] else None  # type: ignore[arg-type]
             fresh = await eventually(renewed, "the token renewed")
             clock.clock = objects.now
+            # What an operator watching the request sees: an Event per issue, counters, the soonest expiry.
+            notes = await eventually(lambda: _events(rest, namespace, "ovn", 2), "TokenIssued and TokenRenewed")
+            assert notes[0][0] == "TokenIssued"
+            assert f"ServiceAccount {namespace}/ovn-sa" in notes[0][1]
+            assert notes[1][0] == "TokenRenewed"
+            assert "(renewal)" in notes[1][1]
+            assert "TOKEN" not in " ".join(n for _r, n in notes)
+            assert decoded(fresh)["TOKEN_FILE"] not in str(notes)
+            sample = controller.metrics.registry.get_sample_value
+            assert sample("dpf_controller_credential_tokens_issued_total", {"target": "host", "why": "new"}) == 1
+            # >= 1: until the clock is put back, every fresh token is also 12.5 minutes old to the reconciler.
+            assert sample("dpf_controller_credential_tokens_issued_total", {"target": "host", "why": "renewal"}) >= 1
+            expiry = sample("dpf_controller_credential_token_expiry_timestamp_seconds")
+            assert expiry is not None
+            assert abs(expiry - _claims(decoded(fresh)["TOKEN_FILE"])["exp"]) < 1
             assert await whoami(fresh) == f"system:serviceaccount:{namespace}:ovn-sa"
             claims = _claims(decoded(fresh)["TOKEN_FILE"])
             await ready(rest, namespace, "ovn", issuedAt=_stamp(claims["iat"]),
@@ -181,6 +196,14 @@ def _claims(token: str) -> dict[str, Any]:
 
 def _stamp(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _events(rest: Rest, namespace: str, name: str, count: int) -> list[tuple[str, str]] | None:
+    """(reason, note) of the Events about one request, oldest first, once there are `count`."""
+    listing = await rest.list(EVENT, namespace)
+    found = sorted((e["eventTime"], e["reason"], e["note"]) for e in listing["items"]
+                   if e["regarding"]["kind"] == CREDENTIAL_REQUEST.kind and e["regarding"]["name"] == name)
+    return [(reason, note) for _t, reason, note in found] if len(found) >= count else None
 
 
 async def _absent(rest: Rest, kind: Kind, name: str, namespace: str) -> bool:
@@ -288,6 +311,11 @@ def test_bad_input_is_refused_or_reported_naming_the_field(kube: ControlPlane, n
                     return next((m for m in failing if m), None)
                 message = await eventually(reported, f"{name} reported")
                 assert says in message, (name, message)
+            # A refusal is also a Warning Event naming the field; waiting for a DPU cluster is not.
+            warned = await eventually(lambda: _events(rest, namespace, "foreign", 1), "a Warning for foreign")
+            assert warned[0][0] == "ServiceAccountReconciledFailed"
+            assert "not taken over" in warned[0][1]
+            assert await _events(rest, namespace, "nocluster", 1) is None
             foreign = await rest.get(SERVICE_ACCOUNT, "someone-else", namespace)
             assert NAME_LABEL not in (foreign["metadata"].get("labels") or {})  # type: ignore[index]
             for name in cases:

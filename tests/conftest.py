@@ -28,7 +28,7 @@ from dpf.lab.bed.process import descendants, live_children
 
 # Processes the bed starts; the leak check looks for any left running by this test process.
 BED_PROCESSES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "containerd",
-                 "ovsdb-server", "ovs-vswitchd")
+                 "ovsdb-server", "ovs-vswitchd", "registry")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -28,6 +28,7 @@ STDERR_LIMIT = 1500  # characters of Helm's stderr kept in an error (conditions 
 PASSED_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "HTTP_PROXY", "NO_PROXY", "https_proxy", "http_proxy",
               "no_proxy")
 DEFAULT_CONCURRENCY = 4  # helm processes at once: each is ~70 MB and a core's worth of YAML work
+PENDING = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
 class HelmError(RuntimeError):
@@ -139,7 +140,13 @@ class Helm:
     async def upgrade_install(self, release: str, chart: Chart, namespace: str, values: Mapping[str, Any],
                               kubeconfig: Path | None, helm_timeout: float = 300.0, description: str = "") -> None:
         """Install or upgrade `release`; on failure Helm rolls it back (a first install is uninstalled), so
-        nothing is left half-applied."""
+        nothing is left half-applied.
+
+        The caller runs at most one Helm operation per release at a time (the DPUService reconciler cancels and
+        awaits an older upgrade before it starts a newer one), so a release found pending here was left by a Helm
+        run that was killed (a cancelled upgrade, a controller that stopped or lost its lease): it is cleared first.
+        """
+        await self.clear_interrupted(release, namespace, kubeconfig, helm_timeout)
         # JSON is YAML: no YAML emitter quirks for values that look like numbers or booleans.
         with private_file(json.dumps(values), ".values.json") as values_file:
             args = ["upgrade", release, chart.ref, "--install", "--namespace", namespace, "--create-namespace",
@@ -149,6 +156,27 @@ class Helm:
             await self._run(args, kubeconfig, f"helm upgrade --install {release} (chart {chart.describe()})",
                             helm_timeout)
         log.info("helm: release %s/%s at chart %s", namespace, release, chart.describe())
+
+    async def clear_interrupted(self, release: str, namespace: str, kubeconfig: Path | None,
+                                helm_timeout: float = 300.0) -> str:
+        """Undo what a killed Helm run left: Helm marks a release pending-* when an operation starts and only the
+        same process moves it on, so after a kill every later upgrade fails with "another operation
+        (install/upgrade/rollback) is in progress" until someone intervenes. A first install left pending is
+        uninstalled (nothing of it was ever deployed); an upgrade or rollback left pending is rolled back to the
+        revision before it. Returns what was done ('' when the release was not pending)."""
+        info = ((await self.status(release, namespace, kubeconfig)) or {}).get("info") or {}
+        state = info.get("status")
+        if state not in PENDING:
+            return ""
+        if state == "pending-install":
+            args = ["uninstall", release, "--namespace", namespace, "--wait", "--timeout", f"{int(helm_timeout)}s"]
+            done = "uninstalled"
+        else:
+            args = ["rollback", release, "--namespace", namespace, "--wait", "--timeout", f"{int(helm_timeout)}s"]
+            done = "rolled back to its previous revision"
+        await self._run(args, kubeconfig, f"clearing release {release} left {state}", helm_timeout)
+        log.warning("helm: release %s/%s was left %s by an interrupted Helm run: %s", namespace, release, state, done)
+        return f"release {release} was left {state} by an interrupted Helm run: {done}"
 
     async def uninstall(self, release: str, namespace: str, kubeconfig: Path | None,
                         helm_timeout: float = 300.0) -> bool:

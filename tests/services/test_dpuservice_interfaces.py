@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from dpf.controller.kube.rest import Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, helm_values
@@ -97,7 +99,8 @@ def test_interfaces_annotate_the_pods_claim_the_interfaces_and_refuse_what_is_no
                     {"name": "nad-a", "interface": "net1"},
                     {"name": "user-nad", "namespace": "other", "interface": "net2", "cni-args": {"poolNames": ["p1"]}}]
                 ds = await one.get(DAEMON_SET, "one-tiny", namespace)
-                assert ds is not None and ds["spec"]["template"]["metadata"]["annotations"]["note"] == "hbn"
+                assert ds is not None
+                assert ds["spec"]["template"]["metadata"]["annotations"]["note"] == "hbn"
                 assert await consumer(rest, namespace, "net-a") == "tiny"
                 assert await consumer(rest, namespace, "net-b") == "tiny"
 
@@ -176,12 +179,8 @@ def test_networks_merge_user_entries_by_interface_and_sort_by_name_then_interfac
                       {"name": "b", "interface": "net2"}, {"name": "z"}]  # kept: only non-empty values win
     assert json.loads(merge_networks(ours, None))[0] == {"name": "a", "interface": "net0"}
     for bad in ("{", '{"name": "a"}', '["a"]'):
-        try:
+        with pytest.raises(ValueError, match=r"k8s\.v1\.cni\.cncf\.io/networks"):
             merge_networks(ours, bad)
-        except ValueError as exc:
-            assert NETWORKS in str(exc)
-        else:
-            raise AssertionError(f"{bad!r} accepted")
 
 
 def test_plan_claims_only_when_every_interface_is_usable() -> None:
@@ -190,7 +189,8 @@ def test_plan_claims_only_when_every_interface_is_usable() -> None:
     mine["metadata"]["annotations"] = {CONSUMED_BY: "svc"}
     free = dsi("ns", "b", "ns2/nad-b", "net2")
     step = plan(obj, {"a": mine, "b": free})
-    assert step.problems == [] and step.claim == ["b"]
+    assert step.problems == []
+    assert step.claim == ["b"]
     assert json.loads(step.networks or "") == [{"name": "nad-a", "interface": "net1"},
                                                {"name": "nad-b", "namespace": "ns2", "interface": "net2"}]
     assert json.loads(helm_values(obj, step.networks)["serviceDaemonSet"]["annotations"][NETWORKS])[0]["name"] == \
@@ -199,5 +199,6 @@ def test_plan_claims_only_when_every_interface_is_usable() -> None:
     taken["metadata"]["annotations"] = {CONSUMED_BY: "other"}
     step = plan(obj, {"a": taken, "b": free})
     assert step.problems == ["DPUServiceInterface a is in use by another DPUService other"]
-    assert step.claim == [] and step.networks is None
+    assert step.claim == []
+    assert step.networks is None
     assert plan(obj, {"a": mine}).problems == ["DPUServiceInterface b not found"]

@@ -7,24 +7,37 @@ with the kubeconfig the DPUCluster's Secret (`admin.conf`) holds, written to a p
 - Release: `spec.helmChart.source.releaseName`, else upstream's Application name `<dpucluster>-<dpuservice>`
   (`in-cluster-<dpuservice>` in the host cluster), bounded to Helm's 53 characters; namespace: the DPUService's
   (made when missing, as upstream's prereqs step does).
+- Step 1, interfaces (`DPUServiceInterfaceReconciled`, `dpuservice_interfaces.py`): every listed
+  DPUServiceInterface must be a `service` one of this serviceID, unclaimed or claimed by this DPUService; then
+  all are claimed (annotation `dpu.nvidia.com/consumed-by`) and their Multus selections go into the pods'
+  `k8s.v1.cni.cncf.io/networks`. Any problem: the condition names each interface and why, and nothing is
+  claimed, installed or upgraded. Interfaces no longer listed are released. A DPUServiceInterface event
+  enqueues the DPUServices listing it (an index) and its consumer.
+- Step 2, prereqs (`ApplicationPrereqsReconciled`): every target's kubeconfig read; the namespace's image pull
+  secrets mirrored into every DPU cluster (`dpuservice_prereqs.py`); a cluster whose copy fails is named with the
+  Secret and gets no install or upgrade. The target namespace is made by Helm (`--create-namespace`), or first
+  by the mirroring.
 - Values: `spec.helmChart.values` deep-merged with a `serviceDaemonSet` block (nodeSelector, updateStrategy, labels
-  incl. `svc.dpu.nvidia.com/service` = serviceID, else the DPUService name; annotations); the block wins on
-  conflict (upstream's mergemaps).
+  incl. `svc.dpu.nvidia.com/service` = serviceID, else the DPUService name; annotations, with the networks of
+  Step 1); the block wins on conflict (upstream's mergemaps).
 - Upgrades run as background tasks (bounded by the Helm wrapper's semaphore), not inside reconcile: `--wait` may
   take minutes and the reconcile workers are shared by every reconciler. A spec change cancels a running upgrade
   of the older spec; a finished one enqueues the DPUService; a failed one is retried every 10 s, its error shown.
 - Idempotence: each upgrade records a digest of (chart, version, values) as the release description; a release
   whose deployed description matches is not upgraded again, so a resync costs one `helm status` per cluster.
-- Conditions (upstream's types): `ApplicationPrereqsReconciled` (every target's kubeconfig read),
+- Conditions (upstream's types): `DPUServiceInterfaceReconciled`, `ApplicationPrereqsReconciled` (above),
   `ApplicationsReconciled` (every release at the desired digest; False `Error` naming the cluster, the chart and
   Helm's stderr, and Helm has rolled the failed upgrade back), `ApplicationsReady` (every release deployed and
   each DaemonSet in its manifest has numberReady == desiredNumberScheduled; upstream's "Synced+Healthy", so a
   DaemonSet with 0 desired pods (no matching node) is ready; else False `Pending`), `Ready` (summary).
-- `paused`: no Helm call at all (upstream's skip-reconcile); conditions stay as they were.
-- Delete (paused or not): `helm uninstall` in every target, then the finalizer `dpu.nvidia.com/dpuservice` goes.
+- `paused`: no claim, no mirroring, no Helm call at all (upstream's skip-reconcile pauses only the Applications,
+  its Steps 1 and 2 still run); conditions stay as they were.
+- Delete (paused or not): `helm uninstall` in every target; its interfaces released; when it was the namespace's
+  last live DPUService, the mirrored pull secrets removed from every DPU cluster; then the finalizer
+  `dpu.nvidia.com/dpuservice` goes.
 
-Not done (upstream has them): `interfaces` (DPUServiceInterface/Multus), image-pull-secret mirroring, git
-`path` sources, repairing objects edited in a DPU cluster between spec changes (Argo's selfHeal).
+Not done (upstream has them): git `path` sources, repairing objects edited in a DPU cluster between spec changes
+(Argo's selfHeal). Upstream's Argo cluster Secrets and AppProjects (Step 2) have no Helm counterpart.
 """
 
 from __future__ import annotations

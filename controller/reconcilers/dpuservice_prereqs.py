@@ -123,9 +123,6 @@ class PullSecretWatches:
         task = asyncio.create_task(informer.run(), name=f"pull-secrets/{namespace}")
         self._watches[namespace] = (informer, task)
 
-    def watched(self) -> Iterable[str]:
-        return sorted(self._watches)
-
     async def stop(self, namespaces: Iterable[str]) -> None:
         tasks = [self._watches.pop(n)[1] for n in list(namespaces) if n in self._watches]
         for task in tasks:

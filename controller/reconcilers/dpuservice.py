@@ -353,12 +353,12 @@ class DPUServiceReconciler(Reconciler):
 
     async def _pull_secrets(self, namespace: str) -> list[str]:
         """Step 2's image pull secrets: mirrored into every DPU cluster (whatever the DPUService's targets, as
-        upstream). Returns problems, each starting with "cluster <name>: "."""
+        upstream). Returns problems; one starting with "cluster <name>: " holds back that cluster's install."""
         host = self.ctx.clusters.host.rest
         try:
             sources = await prereqs.sources(host, namespace)
         except KubeError as exc:
-            return [f"cluster {IN_CLUSTER}: listing image pull secrets in namespace {namespace}: {exc}"]
+            return [f"host cluster: listing image pull secrets in namespace {namespace}: {exc}"]  # blocks no target
         if sources is None:
             if namespace not in self._no_pull_secrets:
                 self._no_pull_secrets.add(namespace)

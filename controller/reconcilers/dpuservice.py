@@ -7,24 +7,37 @@ with the kubeconfig the DPUCluster's Secret (`admin.conf`) holds, written to a p
 - Release: `spec.helmChart.source.releaseName`, else upstream's Application name `<dpucluster>-<dpuservice>`
   (`in-cluster-<dpuservice>` in the host cluster), bounded to Helm's 53 characters; namespace: the DPUService's
   (made when missing, as upstream's prereqs step does).
+- Step 1, interfaces (`DPUServiceInterfaceReconciled`, `dpuservice_interfaces.py`): every listed
+  DPUServiceInterface must be a `service` one of this serviceID, unclaimed or claimed by this DPUService; then
+  all are claimed (annotation `dpu.nvidia.com/consumed-by`) and their Multus selections go into the pods'
+  `k8s.v1.cni.cncf.io/networks`. Any problem: the condition names each interface and why, and nothing is
+  claimed, installed or upgraded. Interfaces no longer listed are released. A DPUServiceInterface event
+  enqueues the DPUServices listing it (an index) and its consumer.
+- Step 2, prereqs (`ApplicationPrereqsReconciled`): every target's kubeconfig read; the namespace's image pull
+  secrets mirrored into every DPU cluster (`dpuservice_prereqs.py`); a cluster whose copy fails is named with the
+  Secret and gets no install or upgrade. The target namespace is made by Helm (`--create-namespace`), or first
+  by the mirroring.
 - Values: `spec.helmChart.values` deep-merged with a `serviceDaemonSet` block (nodeSelector, updateStrategy, labels
-  incl. `svc.dpu.nvidia.com/service` = serviceID, else the DPUService name; annotations); the block wins on
-  conflict (upstream's mergemaps).
+  incl. `svc.dpu.nvidia.com/service` = serviceID, else the DPUService name; annotations, with the networks of
+  Step 1); the block wins on conflict (upstream's mergemaps).
 - Upgrades run as background tasks (bounded by the Helm wrapper's semaphore), not inside reconcile: `--wait` may
   take minutes and the reconcile workers are shared by every reconciler. A spec change cancels a running upgrade
   of the older spec; a finished one enqueues the DPUService; a failed one is retried every 10 s, its error shown.
 - Idempotence: each upgrade records a digest of (chart, version, values) as the release description; a release
   whose deployed description matches is not upgraded again, so a resync costs one `helm status` per cluster.
-- Conditions (upstream's types): `ApplicationPrereqsReconciled` (every target's kubeconfig read),
+- Conditions (upstream's types): `DPUServiceInterfaceReconciled`, `ApplicationPrereqsReconciled` (above),
   `ApplicationsReconciled` (every release at the desired digest; False `Error` naming the cluster, the chart and
   Helm's stderr, and Helm has rolled the failed upgrade back), `ApplicationsReady` (every release deployed and
   each DaemonSet in its manifest has numberReady == desiredNumberScheduled; upstream's "Synced+Healthy", so a
   DaemonSet with 0 desired pods (no matching node) is ready; else False `Pending`), `Ready` (summary).
-- `paused`: no Helm call at all (upstream's skip-reconcile); conditions stay as they were.
-- Delete (paused or not): `helm uninstall` in every target, then the finalizer `dpu.nvidia.com/dpuservice` goes.
+- `paused`: no claim, no mirroring, no Helm call at all (upstream's skip-reconcile pauses only the Applications,
+  its Steps 1 and 2 still run); conditions stay as they were.
+- Delete (paused or not): `helm uninstall` in every target; its interfaces released; when it was the namespace's
+  last live DPUService, the mirrored pull secrets removed from every DPU cluster; then the finalizer
+  `dpu.nvidia.com/dpuservice` goes.
 
-Not done (upstream has them): `interfaces` (DPUServiceInterface/Multus), image-pull-secret mirroring, git
-`path` sources, repairing objects edited in a DPU cluster between spec changes (Argo's selfHeal).
+Not done (upstream has them): git `path` sources, repairing objects edited in a DPU cluster between spec changes
+(Argo's selfHeal). Upstream's Argo cluster Secrets and AppProjects (Step 2) have no Helm counterpart.
 """
 
 from __future__ import annotations
@@ -46,13 +59,16 @@ from dpf.controller import helm
 from dpf.controller.api import conditions as cond
 from dpf.controller.api.svc import DPUService
 from dpf.controller.clusters import Cluster
+from dpf.controller.errors import TemporaryError
 from dpf.controller.kube import clients
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj
+from dpf.controller.reconcilers import dpuservice_interfaces as interfaces
+from dpf.controller.reconcilers import dpuservice_prereqs as prereqs
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
-from dpf.controller.reconcilers.kinds import DPU_CLUSTER, SVC, V1ALPHA1
+from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE, SVC, V1ALPHA1
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +77,9 @@ DAEMON_SET = Kind("apps", "v1", "daemonsets", "DaemonSet")
 FINALIZER = DPUService.FINALIZERS[0]
 SERVICE_LABEL = "svc.dpu.nvidia.com/service"
 PREREQS, RECONCILED, APPS_READY = "ApplicationPrereqsReconciled", "ApplicationsReconciled", "ApplicationsReady"
-TYPES = (cond.READY, PREREQS, RECONCILED, APPS_READY)
+INTERFACES = interfaces.INTERFACES_RECONCILED
+TYPES = (cond.READY, INTERFACES, PREREQS, RECONCILED, APPS_READY)
+BY_INTERFACE = "interfaces"  # DPUServices by "<namespace>/<DPUServiceInterface name>" they list
 IN_CLUSTER = "in-cluster"
 DESCRIPTION_PREFIX = "dpf-dpuservice "
 RELEASE_LIMIT = 53  # Helm's release-name limit
@@ -70,6 +88,7 @@ RETRY = 10.0
 NOT_READY_RETRY = 3.0
 HELM_TIMEOUT = 300.0  # Helm's --timeout for an upgrade's --wait (then it rolls back)
 CANCEL_TIMEOUT = 10.0
+CLAIM_RETRY = 1.0  # a DPUServiceInterface changed under a claim: read the cache again shortly
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -83,15 +102,19 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def helm_values(obj: Obj) -> dict[str, Any]:
-    """The chart values of a DPUService: user values under upstream's `serviceDaemonSet` block. Pure."""
+def helm_values(obj: Obj, networks: str | None = None) -> dict[str, Any]:
+    """The chart values of a DPUService: user values under upstream's `serviceDaemonSet` block, whose annotations
+    carry `networks` (the Multus annotation from its interfaces) when given. Pure."""
     spec = obj.get("spec") or {}
     daemon = spec.get("serviceDaemonSet") or {}
     labels = {**(daemon.get("labels") or {}), SERVICE_LABEL: spec.get("serviceID") or obj["metadata"]["name"]}
     block: dict[str, Any] = {"labels": labels}
-    for field in ("nodeSelector", "updateStrategy", "annotations"):
+    for field in ("nodeSelector", "updateStrategy"):
         if daemon.get(field):
             block[field] = daemon[field]
+    annotations = {**(daemon.get("annotations") or {}), **({interfaces.NETWORKS: networks} if networks else {})}
+    if annotations:
+        block["annotations"] = annotations
     return merge((spec.get("helmChart") or {}).get("values") or {}, {"serviceDaemonSet": block})
 
 
@@ -153,8 +176,32 @@ class DPUServiceReconciler(Reconciler):
         self._rollouts: dict[tuple[str, str, str], Rollout] = {}  # by (namespace, name, target)
         self.services: Informer = self.ctx.clusters.host.informer(DPU_SERVICE)
         self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))
+        self.services.add_index(BY_INTERFACE, lambda o: [f"{o['metadata']['namespace']}/{name}"
+                                                        for name in (o.get("spec") or {}).get("interfaces") or ()])
         self.dpuclusters: Informer = self.ctx.clusters.host.informer(DPU_CLUSTER)
+        self.interfaces: Informer = self.ctx.clusters.host.informer(DPU_SERVICE_INTERFACE)
+        self.interfaces.add_handler(self._on_interface)
+        self.pull_watches = prereqs.PullSecretWatches(self.ctx.clusters.host.rest, self.ctx.settings.kube,
+                                                      self._enqueue_namespace)
+        self._no_pull_secrets: set[str] = set()  # namespaces whose Secrets we may not list (logged once)
         self.ctx.clusters.on_dpu_added(lambda _cluster: self._enqueue_all())
+
+    def _on_interface(self, _type: str, old: Obj | None, new: Obj | None) -> None:
+        """A DPUServiceInterface changed: the DPUServices listing it, and the one it names as consumer."""
+        for dsi in (old, new):
+            if dsi is None:
+                continue
+            namespace, name = key_of(dsi)
+            for service in self.services.by_index(BY_INTERFACE, f"{namespace}/{name}"):
+                self._enqueue(*key_of(service))
+            owner = interfaces.consumer(dsi)
+            if owner:
+                self._enqueue(namespace, owner)
+
+    def _enqueue_namespace(self, namespace: str) -> None:
+        for obj in self.services.list():
+            if obj["metadata"]["namespace"] == namespace:
+                self._enqueue(*key_of(obj))
 
     def _enqueue(self, namespace: str, name: str) -> None:
         self.ctx.queue.add(ObjectKey(self.name, namespace, name))
@@ -167,7 +214,7 @@ class DPUServiceReconciler(Reconciler):
         return [ObjectKey(self.name, *key_of(o)) for o in self.services.list()]
 
     def synced(self) -> bool:
-        return self.services.synced.is_set() and self.dpuclusters.synced.is_set()
+        return all(i.synced.is_set() for i in (self.services, self.dpuclusters, self.interfaces))
 
     def _targets(self, obj: Obj) -> list[Target]:
         if (obj.get("spec") or {}).get("deployInCluster"):
@@ -205,6 +252,8 @@ class DPUServiceReconciler(Reconciler):
         if tasks:
             await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT)
         self._rollouts.clear()
+        await self.pull_watches.close()
+        self._no_pull_secrets.clear()
 
     async def reconcile(self, key: ObjectKey) -> float | None:
         obj = self.services.get(key.namespace, key.name)
@@ -215,13 +264,20 @@ class DPUServiceReconciler(Reconciler):
         if (obj.get("spec") or {}).get("paused"):
             return None  # upstream's skip-reconcile: nothing deployed changes until unpaused
         obj = await objects.add_finalizer(self.ctx.clusters.host.rest, DPU_SERVICE, obj, FINALIZER)
+        step1 = await self._interfaces(obj)
+        if step1.problems:  # upstream stops here: nothing is installed or upgraded with a partial set
+            await self._write_conditions(obj, [(INTERFACES, "False", cond.ERROR, "; ".join(step1.problems))])
+            return RETRY
         targets = self._targets(obj)
-        chart, values = chart_of(obj, self.ctx.settings.services.chart_mirrors), helm_values(obj)
+        chart = chart_of(obj, self.ctx.settings.services.chart_mirrors)
+        values = helm_values(obj, step1.networks)
         digest = desired_digest(chart, values)
-        prereq_problems: list[str] = []
+        prereq_problems = await self._pull_secrets(key.namespace)
         apply_problems: list[str] = []
         not_ready: list[str] = []
         for target in targets:
+            if any(p.startswith(f"cluster {target.name}: ") for p in prereq_problems):
+                continue  # its pods could not pull their images: not installed until the Secret is there
             try:
                 text = await self._kubeconfig_text(target)
             except (clients.KubeconfigError, KubeError) as exc:
@@ -238,6 +294,7 @@ class DPUServiceReconciler(Reconciler):
             elif waiting:
                 not_ready.append(f"cluster {target.name}: {waiting}")
         marks = [
+            (INTERFACES, "True", cond.SUCCESS, ""),
             (PREREQS, "False", cond.ERROR, "; ".join(prereq_problems)) if prereq_problems
             else (PREREQS, "True", cond.SUCCESS, ""),
             (RECONCILED, "False", cond.ERROR, "; ".join(apply_problems)) if apply_problems
@@ -250,12 +307,73 @@ class DPUServiceReconciler(Reconciler):
                           "; ".join(not_ready) or "Application is not yet deployed."))
         else:
             marks.append((APPS_READY, "True", cond.SUCCESS, ""))
-        conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
-        await objects.write_status(self.ctx.clusters.host.rest, DPU_SERVICE, obj,
-                                   objects.status_body(obj, conditions), self.ctx.settings.kube.field_manager)
+        await self._write_conditions(obj, marks)
         if prereq_problems or apply_problems:
             return RETRY
         return NOT_READY_RETRY if not_ready else RESYNC
+
+    async def _write_conditions(self, obj: Obj, marks: list[tuple[str, str, str, str]]) -> None:
+        conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
+        await objects.write_status(self.ctx.clusters.host.rest, DPU_SERVICE, obj,
+                                   objects.status_body(obj, conditions), self.ctx.settings.kube.field_manager)
+
+    async def _interfaces(self, obj: Obj) -> interfaces.Plan:
+        """Step 1: check the listed DPUServiceInterfaces; claim them only when all are usable, and release the
+        ones this DPUService no longer lists (whatever else is wrong)."""
+        namespace, name = key_of(obj)
+        listed = (obj.get("spec") or {}).get("interfaces") or ()
+        found = {n: self.interfaces.get(namespace, n) for n in listed}
+        step = interfaces.plan(obj, found)
+        in_namespace = [d for d in self.interfaces.list() if d["metadata"]["namespace"] == namespace]
+        for dsi in interfaces.releasable(name, listed, in_namespace):
+            await self._set_consumer(dsi, None)
+        if not step.problems:
+            for claimed in (found[n] for n in step.claim):
+                if claimed is not None:  # always: plan() reports a missing one as a problem
+                    await self._set_consumer(claimed, name)
+        return step
+
+    async def _set_consumer(self, dsi: Obj, service: str | None) -> None:
+        """Set (or with None drop) a DPUServiceInterface's consumed-by annotation, guarded by its resourceVersion:
+        of two DPUServices claiming one interface at once, the second gets a conflict, then sees the first's claim."""
+        meta = dsi["metadata"]
+        patch = {"metadata": {"annotations": {interfaces.CONSUMED_BY: service},
+                              "resourceVersion": meta["resourceVersion"]}}
+        try:
+            await self.ctx.clusters.host.rest.merge_patch(DPU_SERVICE_INTERFACE, meta["name"], patch,
+                                                          meta["namespace"])
+        except KubeError as exc:
+            if exc.not_found and service is None:
+                return
+            if exc.conflict or exc.not_found:
+                raise TemporaryError(f"DPUServiceInterface {meta['namespace']}/{meta['name']} changed meanwhile; "
+                                     f"retrying", CLAIM_RETRY) from None
+            raise
+        log.info("DPUServiceInterface %s/%s: consumed-by %s", meta["namespace"], meta["name"], service or "(none)")
+
+    async def _pull_secrets(self, namespace: str) -> list[str]:
+        """Step 2's image pull secrets: mirrored into every DPU cluster (whatever the DPUService's targets, as
+        upstream). Returns problems; one starting with "cluster <name>: " holds back that cluster's install."""
+        host = self.ctx.clusters.host.rest
+        try:
+            sources = await prereqs.sources(host, namespace)
+        except KubeError as exc:
+            return [f"host cluster: listing image pull secrets in namespace {namespace}: {exc}"]  # blocks no target
+        if sources is None:
+            if namespace not in self._no_pull_secrets:
+                self._no_pull_secrets.add(namespace)
+                log.warning("namespace %s: may not list Secrets, so image pull secrets are not mirrored into DPU "
+                            "clusters there (bind dpf-controller-pull-secret-reader)", namespace)
+            return []
+        self.pull_watches.ensure(namespace)
+        problems: list[str] = []
+        for cluster in sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name):
+            try:
+                found = await prereqs.mirror(cluster.rest, namespace, sources, self.ctx.settings.kube.field_manager)
+            except KubeError as exc:
+                found = [f"image pull secrets in namespace {namespace}: {exc}"]
+            problems.extend(f"cluster {cluster.name}: {p}" for p in found)
+        return problems
 
     async def _target(self, key: ObjectKey, target: Target, release: str, chart: helm.Chart,
                       values: Mapping[str, Any], digest: str, text: str | None) -> tuple[str, str]:
@@ -335,12 +453,30 @@ class DPUServiceReconciler(Reconciler):
                     await self.helm.uninstall(release, namespace, kubeconfig, HELM_TIMEOUT)
             except (helm.HelmError, clients.KubeconfigError, KubeError) as exc:
                 problems.append(f"cluster {target.name}: {exc}")
+        if not problems:
+            problems = await self._delete_prereqs(obj)
         if problems:
-            conditions = objects.build_conditions(obj, TYPES, [(RECONCILED, "False", cond.AWAITING_DELETION,
-                                                                "; ".join(problems))], objects.now())
-            await objects.write_status(self.ctx.clusters.host.rest, DPU_SERVICE, obj,
-                                       objects.status_body(obj, conditions), self.ctx.settings.kube.field_manager)
+            await self._write_conditions(obj, [(RECONCILED, "False", cond.AWAITING_DELETION, "; ".join(problems))])
             return RETRY
         await objects.remove_finalizer(self.ctx.clusters.host.rest, DPU_SERVICE, obj, FINALIZER)
         log.info("DPUService %s/%s: releases uninstalled", namespace, obj["metadata"]["name"])
         return None
+
+    async def _delete_prereqs(self, obj: Obj) -> list[str]:
+        """After the uninstall: release this DPUService's interfaces; when it was the namespace's last live
+        DPUService, remove the mirrored pull secrets from every DPU cluster (upstream's order)."""
+        namespace, name = key_of(obj)
+        in_namespace = [d for d in self.interfaces.list() if d["metadata"]["namespace"] == namespace]
+        for dsi in interfaces.releasable(name, (), in_namespace):
+            await self._set_consumer(dsi, None)
+        if namespace in prereqs.live_namespaces(self.services.list()):
+            return []
+        problems: list[str] = []
+        for cluster in sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name):
+            try:
+                await prereqs.remove_all(cluster.rest, namespace)
+            except KubeError as exc:
+                problems.append(f"cluster {cluster.name}: image pull secrets in namespace {namespace}: {exc}")
+        if not problems:
+            await self.pull_watches.stop([namespace])
+        return problems

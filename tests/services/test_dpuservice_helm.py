@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
-import http.server
 import shutil
-import ssl
-import subprocess
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dpf.controller.helm import Chart, find_helm
+from dpf.controller.helm import Chart
 from dpf.controller.kube.rest import Kind, Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL, helm_values, release_name
@@ -32,50 +26,10 @@ from dpf.controller.reconcilers.kinds import NAMESPACE
 from dpf.controller.settings import ServicesSettings, parse_chart_mirror
 from dpf.lab.bed.kube import ControlPlane
 from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
+from tests.services.conftest import SLOW, condition, ready
 
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
-CHART = Path(__file__).parent / "charts" / "tiny"  # version 0.1.0
-BROKEN = Path(__file__).parent / "charts" / "tiny-broken"  # version 0.2.0: a Deployment the apiserver refuses
 PUBLIC_REPO = "https://helm.ngc.nvidia.com/nvidia/doca"  # upstream examples' repository: not reachable here
-SLOW = 120.0  # a helm upgrade --wait plus the DaemonSet controller's first status on a shared 2-core machine
-
-
-class _Quiet(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def chart_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """`helm package` + `helm repo index` served over loopback HTTPS; yields the repository URL."""
-    repo, cert, key = tmp_path / "repo", tmp_path / "repo.crt", tmp_path / "repo.key"
-    repo.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:TRUE"],
-                   check=True, capture_output=True)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(repo)))
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    url = f"https://127.0.0.1:{server.server_address[1]}"
-    helm = find_helm()
-    for chart in (CHART, BROKEN):
-        subprocess.run([helm, "package", str(chart), "--destination", str(repo)], check=True, capture_output=True)
-    subprocess.run([helm, "repo", "index", str(repo), "--url", url], check=True, capture_output=True)
-    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-    thread = threading.Thread(target=server.serve_forever, name="chart-repo", daemon=True)
-    thread.start()
-    try:
-        yield url
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-
-
-def condition(obj: Obj | None, type_: str) -> dict[str, Any]:
-    return next((c for c in ((obj or {}).get("status") or {}).get("conditions") or () if c["type"] == type_), {})
 
 
 def dpuservice(namespace: str, name: str, repo_url: str, version: str = "0.1.0", image: str = "tiny:1") -> Obj:
@@ -91,13 +45,6 @@ def dpuservice(namespace: str, name: str, repo_url: str, version: str = "0.1.0",
                          "updateStrategy": {"type": "RollingUpdate"},
                          "nodeSelector": {"nodeSelectorTerms": [{"matchExpressions": [
                              {"key": "dpu.nvidia.com/role", "operator": "In", "values": ["service"]}]}]}}}}
-
-
-async def ready(rest: Rest, namespace: str, name: str) -> Obj | None:
-    obj = await rest.get(DPU_SERVICE, name, namespace)
-    generation = (obj or {}).get("metadata", {}).get("generation")
-    fresh = ((obj or {}).get("status") or {}).get("observedGeneration") == generation
-    return obj if fresh and condition(obj, "Ready").get("status") == "True" else None
 
 
 async def image_of(rest: Rest, namespace: str, name: str) -> str | None:

@@ -1,0 +1,139 @@
+"""Image pull secrets for DPUServices (part of upstream's Step 2, `ApplicationPrereqsReconciled`).
+
+Secrets labelled `dpu.nvidia.com/image-pull-secret` in a DPUService's namespace (host cluster) are copied into
+the same namespace of every DPU cluster (name, type, data, labels) and pruned there once their source is gone;
+when the last live DPUService of a namespace goes, the copies go too. Copies carry `MIRROR_LABEL`, so only
+Secrets we made are ever pruned (upstream prunes by the image-pull-secret label alone).
+
+The sources are listed per DPUService namespace, by label, and watched the same way (`PullSecretWatches`):
+the controller is never granted a cluster-wide list or watch of Secrets (docs/deploy.md). Where it may not
+list Secrets in a namespace, `sources` answers None: mirroring is off there (bind the pull-secret reader role).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from dpf.controller.kube.informer import Informer
+from dpf.controller.kube.rest import SECRET, KubeError, Obj, Rest
+from dpf.controller.reconcilers.kinds import NAMESPACE
+from dpf.controller.settings import KubeSettings
+
+log = logging.getLogger(__name__)
+
+PULL_SECRET_LABEL = "dpu.nvidia.com/image-pull-secret"
+MIRROR_LABEL = "svc.dpu.nvidia.com/mirrored-image-pull-secret"  # value "true": a copy made by the controller
+FIELDS = ("type", "data", "immutable")
+
+
+def mirror_of(source: Obj) -> Obj:
+    """The DPU-cluster copy of a host pull Secret (a server-side apply body). Pure."""
+    meta = source["metadata"]
+    body: Obj = {"apiVersion": "v1", "kind": "Secret",
+                 "metadata": {"name": meta["name"], "namespace": meta["namespace"],
+                              "labels": {**(meta.get("labels") or {}), MIRROR_LABEL: "true"}}}
+    body.update({k: source[k] for k in FIELDS if source.get(k) is not None})
+    return body
+
+
+def differs(current: Obj | None, desired: Obj) -> bool:
+    """True when applying `desired` would change the copy `current`. Pure."""
+    if current is None:
+        return True
+    labels = current["metadata"].get("labels") or {}
+    if any(labels.get(k) != v for k, v in desired["metadata"]["labels"].items()):
+        return True
+    return any((current.get(k) or None) != (desired.get(k) or None) for k in FIELDS)  # {} and False: unset
+
+
+def plan(sources: Sequence[Obj], copies: Sequence[Obj]) -> tuple[list[Obj], list[str]]:
+    """(bodies to apply, names of copies to delete) for one namespace of one DPU cluster. Pure."""
+    have = {c["metadata"]["name"]: c for c in copies}
+    apply = [m for m in (mirror_of(s) for s in sources) if differs(have.get(m["metadata"]["name"]), m)]
+    wanted = {s["metadata"]["name"] for s in sources}
+    return apply, sorted(n for n in have if n not in wanted)
+
+
+async def sources(host: Rest, namespace: str) -> list[Obj] | None:
+    """The namespace's pull Secrets in the host cluster; None when the controller may not list them."""
+    try:
+        return (await host.list(SECRET, namespace, PULL_SECRET_LABEL))["items"]
+    except KubeError as exc:
+        if exc.status == 403:
+            return None
+        raise
+
+
+async def copies(rest: Rest, namespace: str) -> list[Obj]:
+    return (await rest.list(SECRET, namespace, f"{MIRROR_LABEL}=true"))["items"]
+
+
+async def mirror(rest: Rest, namespace: str, pull_secrets: Sequence[Obj], field_manager: str) -> list[str]:
+    """Bring the copies in one DPU cluster's namespace in line; returns problems, each naming the Secret."""
+    have = {c["metadata"]["name"]: c for c in await copies(rest, namespace)}
+    apply, stale = plan(pull_secrets, list(have.values()))
+    problems: list[str] = []
+    if apply:
+        try:
+            await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+        except KubeError as exc:
+            if not exc.conflict:
+                return [f"namespace {namespace}: {exc}"]
+    for body in apply:
+        name = body["metadata"]["name"]
+        try:
+            if (have.get(name) or {}).get("immutable"):
+                await rest.delete(SECRET, name, namespace)  # an immutable copy cannot change: replaced
+            await rest.apply(SECRET, body, field_manager)
+        except KubeError as exc:
+            problems.append(f"image pull secret {namespace}/{name}: {exc}")
+    for name in stale:
+        try:
+            await rest.delete(SECRET, name, namespace)
+        except KubeError as exc:
+            problems.append(f"image pull secret {namespace}/{name} (pruning): {exc}")
+    return problems
+
+
+async def remove_all(rest: Rest, namespace: str) -> None:
+    for copy in await copies(rest, namespace):
+        await rest.delete(SECRET, copy["metadata"]["name"], namespace)
+
+
+class PullSecretWatches:
+    """A label-selected Secret watch per namespace that holds DPUServices; `on_change(namespace)` on any event.
+
+    Started from reconcile (so only while leading) and stopped by `close` or when a namespace's last DPUService
+    goes. A namespace whose Secrets the controller may not list gets no watch (see `sources`)."""
+
+    def __init__(self, rest: Rest, settings: KubeSettings, on_change: Callable[[str], None]) -> None:
+        self.rest = rest
+        self.settings = settings
+        self.on_change = on_change
+        self._watches: dict[str, tuple[Informer, asyncio.Task[None]]] = {}
+
+    def ensure(self, namespace: str) -> None:
+        if namespace in self._watches:
+            return
+        informer = Informer(self.rest, SECRET, self.settings, namespace=namespace, label_selector=PULL_SECRET_LABEL)
+        informer.add_handler(lambda _t, _old, _new: self.on_change(namespace))
+        task = asyncio.create_task(informer.run(), name=f"pull-secrets/{namespace}")
+        self._watches[namespace] = (informer, task)
+
+    async def stop(self, namespaces: Iterable[str]) -> None:
+        tasks = [self._watches.pop(n)[1] for n in list(namespaces) if n in self._watches]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def close(self) -> None:
+        await self.stop(list(self._watches))
+
+
+def live_namespaces(services: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Namespaces with at least one DPUService not being deleted. Pure."""
+    return {s["metadata"]["namespace"] for s in services if not s["metadata"].get("deletionTimestamp")}

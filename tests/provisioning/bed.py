@@ -135,6 +135,7 @@ class ProvisioningBed:
         self.sockets = [self.socket] + [workdir / f"controller-{i}.sock" for i in range(1, replicas)]
         self.replicas: list[Controller] = []
         """With replicas > 1: every replica started (and not stopped), in start order."""
+        self._socket_index: dict[int, int] = {}  # id(replica) -> the index of the socket it serves on
         self.rest: Rest
         self.emulator: Emulator
         self.controller: Controller | None = None
@@ -208,7 +209,14 @@ class ProvisioningBed:
         replica = Controller(settings, reconcilers=reconcilers)
         await replica.start()
         self.replicas.append(replica)
+        self._socket_index[id(replica)] = index
         return replica
+
+    def free_socket(self) -> int:
+        """The index of a socket no running replica serves on: where a new replica may start (two servers on one
+        unix socket path would take it from each other, and the first to stop unlinks it)."""
+        taken = {self._socket_index[id(r)] for r in self.replicas}
+        return next(i for i in range(len(self.sockets)) if i not in taken)
 
     def leader(self) -> Controller | None:
         return next((r for r in self.replicas if r.is_leader and r.cache.ready.is_set()), None)
@@ -216,6 +224,7 @@ class ProvisioningBed:
     async def crash(self, replica: Controller) -> None:
         """Stop `replica` as a crash would: its Lease is left held until it expires."""
         self.replicas.remove(replica)
+        self._socket_index.pop(id(replica), None)
         await replica.stop(release=False)
 
     async def stop_controller(self) -> None:

@@ -50,7 +50,9 @@ def test_a_leader_crash_mid_flash_and_after_the_install_never_flashes_twice(
             assert status["streams"] == 1, status  # the flash went on through the failover: one stream
             assert status["version"] == "doca-2.9"
 
-            await bed.start_replica(0)  # a new replica beside the leader ...
+            # A new replica beside the leader, on the socket the first crash freed (whichever replica won the first
+            # election) ...
+            await bed.start_replica(bed.free_socket())
             await bed.crash(second)  # ... which crashes after the install
             await eventually(lambda: bed.leader() is not None, "the new replica leading", timeout=30)
 

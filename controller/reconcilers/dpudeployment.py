@@ -261,6 +261,11 @@ class DPUDeploymentReconciler(Reconciler):
             await self._write(dd, [*marks, plan.awaiting_deletion_mark(plan.SETS, sets_left)])
             return DELETE_RETRY
         await self._mark_dependencies(namespace)  # this one is deleting: it no longer holds anything
-        await objects.remove_finalizer(self.ctx.clusters.host.rest, DPU_DEPLOYMENT, dd, plan.FINALIZER)
+        try:
+            await objects.remove_finalizer(self.ctx.clusters.host.rest, DPU_DEPLOYMENT, dd, plan.FINALIZER)
+        except KubeError as exc:
+            if exc.not_found:  # our cache lagged behind our own finalizer removal: it is gone already
+                return None
+            raise
         log.info("DPUDeployment %s/%s: children deleted, dependencies released", namespace, name)
         return None

@@ -397,6 +397,8 @@ NEEDED = [
     ("patch", "dpuservicecredentialrequests.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
     ("watch", "dpuservicenads.svc.dpu.nvidia.com", "--all-namespaces"),
     ("patch", "dpuservicenads.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
+    ("create", "dpuservices.svc.dpu.nvidia.com", "-n", "default"), ("delete", "dpusets.provisioning.dpu.nvidia.com",
+                                                                      "-n", "default"),  # DPUDeployment children
 ]
 DPU_NEVER = [
     ("get", "secrets", "--all-namespaces"), ("list", "secrets", "-n", NAMESPACE),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from typing import Any
 
 from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
@@ -127,12 +128,14 @@ def test_upstream_example_children_ready_mirror_changes_and_ordered_deletion(kub
         controller = await started(Controller(controller_settings(kube.kubeconfig, namespace),
                                               reconcilers=[DPUDeploymentReconciler]))
         try:
+            begin = time.monotonic()
             await create_all(rest, manifests(namespace), namespace)
             owner = f"{namespace}_ovn-hbn"
             want = {"DPUService": [f"ovn-hbn-{s}" for s in SERVICES],
                     "DPUServiceInterface": ["ovn-hbn-hbn-p0-if", "ovn-hbn-hbn-p1-if", "ovn-hbn-hbn-pf2dpu2-if"],
                     "DPUServiceChain": ["ovn-hbn"], "DPUSet": ["ovn-hbn-dpuset1"]}
             await eventually(lambda: _equals(children(rest, namespace), want), "upstream's children", SLOW)
+            timings["create"] = time.monotonic() - begin
             dd = await rest.get(DPU_DEPLOYMENT, "ovn-hbn", namespace)
             assert dd is not None
             assert plan.FINALIZER in dd["metadata"]["finalizers"]
@@ -232,8 +235,10 @@ def test_upstream_example_children_ready_mirror_changes_and_ordered_deletion(kub
             assert condition(dd, "DPUServicesReconciled")["reason"] == "AwaitingDeletion"
             assert set((await marks(rest, namespace)).values()) == {"ovn-hbn", None}  # still held
             await rest.merge_patch(DPU_SERVICE, "ovn-hbn-hbn", {"metadata": {"finalizers": []}}, namespace)
+            begin = time.monotonic()
             await eventually(lambda: _none(rest.get(DPU_DEPLOYMENT, "ovn-hbn", namespace)), "the DPUDeployment gone",
                              SLOW)
+            timings["delete after the hold"] = time.monotonic() - begin
             assert await children(rest, namespace) == {k.kind: [] for k in CHILDREN}
             assert set((await marks(rest, namespace)).values()) == {None}, await marks(rest, namespace)
         finally:
@@ -241,7 +246,9 @@ def test_upstream_example_children_ready_mirror_changes_and_ordered_deletion(kub
             await release(rest, namespace)
             await rest.close()
 
+    timings: dict[str, float] = {}
     run(scenario(), timeout=600)
+    print(f"dpudeployment timings: {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}")
 
 
 def test_full_controller_fitting_and_prerequisite_failures_create_nothing(kube: ControlPlane, namespace: str) -> None:

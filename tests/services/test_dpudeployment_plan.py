@@ -7,6 +7,8 @@ import copy
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dpf.controller.kube.rest import Obj
 from dpf.controller.reconcilers import dpudeployment_plan as plan
@@ -218,3 +220,35 @@ def test_child_differs_ignores_server_defaults_but_not_a_dropped_or_edited_field
     else:
         current["spec"]["dpuTemplate"]["spec"]["dpuFlavor"] = "edited-by-hand"
     assert plan.child_differs(current, desired)
+
+
+@settings(max_examples=200, deadline=None)
+@given(keys=st.lists(st.text(min_size=1, max_size=80), min_size=1, max_size=5, unique=True),
+       ifnames=st.lists(st.text(min_size=1, max_size=20), max_size=4, unique=True),
+       need=st.sampled_from(["1", "500m", "1.5", "6Gi", "512Mi", "1e3", "0.001", "2k", "0"]))
+def test_any_names_and_quantities_plan_without_crashing(keys: list[str], ifnames: list[str], need: str) -> None:
+    dd = {"metadata": {"name": "d", "namespace": NS, "uid": "u"},
+          "spec": {"dpus": {"bfb": "b", "flavor": "f", "dpuSets": [{"nameSuffix": "s"}]},
+                   "services": {k: {"serviceTemplate": "t", "serviceConfiguration": "c"} for k in keys},
+                   "serviceChains": [{"ports": [{"service": {"name": keys[0], "interface": "x"}}]}]}}
+    templates = {k: {"spec": {"deploymentServiceName": k, "helmChart": {"source": {"repoURL": "oci://r",
+                                                                                   "version": "1"}},
+                              "resourceRequirements": {"cpu": need}}} for k in keys}
+    configurations = {k: {"spec": {"deploymentServiceName": k,
+                                   "interfaces": [{"name": i, "network": "n"} for i in ifnames] or None}}
+                      for k in keys}
+    children = plan.plan_children(dd, templates, configurations)
+    assert len(children["DPUService"]) == len(keys)
+    assert len(children["DPUServiceInterface"]) <= len(keys) * len(ifnames)
+    for by_name in children.values():
+        for child in by_name.values():
+            assert child["metadata"]["labels"] == {plan.OWNER_LABEL: f"{NS}_d"}
+    assert plan.prerequisite_problems(dd, plan.Dependencies({"metadata": {}}, {"metadata": {}}, templates,
+                                                            configurations)) == []
+    # A flavor with room for exactly the sum fits; one millicore less names cpu.
+    total = plan.quantity(need) * len(keys)
+    exact = {"metadata": {"name": "f"}, "spec": {"dpuResources": {"cpu": str(total)}}}
+    assert plan.fitting_problem(templates, exact) == ""
+    if total > 0:
+        short = {"metadata": {"name": "f"}, "spec": {"dpuResources": {"cpu": str(total - plan.quantity("1m"))}}}
+        assert "cpu: the services need" in plan.fitting_problem(templates, short)

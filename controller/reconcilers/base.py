@@ -94,6 +94,7 @@ def default_reconcilers() -> list[type[Reconciler]]:
     from dpf.controller.reconcilers.csr import CSRReconciler
     from dpf.controller.reconcilers.dpu import DPUReconciler
     from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
+    from dpf.controller.reconcilers.dpudeployment import DPUDeploymentReconciler
     from dpf.controller.reconcilers.dpuservice import DPUServiceReconciler
     from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
     from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
@@ -112,4 +113,4 @@ def default_reconcilers() -> list[type[Reconciler]]:
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
             DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
             DPUSetReconciler, HostNodeReconciler, DPUReconciler, CSRReconciler, OrphanSweeper,
-            CredentialRequestReconciler, DPUServiceNADReconciler, DPUServiceReconciler]
+            CredentialRequestReconciler, DPUServiceNADReconciler, DPUServiceReconciler, DPUDeploymentReconciler]

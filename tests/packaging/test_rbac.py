@@ -379,7 +379,7 @@ NEVER = [
     ("update", "leases/another-lease", "-n", NAMESPACE), ("delete", "leases/dpf-controller", "-n", NAMESPACE),
     ("create", "events", "-n", "default"),  # core v1 Events: it writes events.k8s.io only
     ("get", "dpusets.provisioning.dpu.nvidia.com", "-n", "default"),  # reads come from watch caches
-    ("delete", "dpusets.provisioning.dpu.nvidia.com", "--all-namespaces"),
+    ("deletecollection", "dpusets.provisioning.dpu.nvidia.com", "--all-namespaces"),  # one by one, uid-guarded
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
     ("*", "*", "--all-namespaces"),
 ]
@@ -397,6 +397,8 @@ NEEDED = [
     ("patch", "dpuservicecredentialrequests.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
     ("watch", "dpuservicenads.svc.dpu.nvidia.com", "--all-namespaces"),
     ("patch", "dpuservicenads.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
+    ("create", "dpuservices.svc.dpu.nvidia.com", "-n", "default"), ("delete", "dpusets.provisioning.dpu.nvidia.com",
+                                                                      "-n", "default"),  # DPUDeployment children
 ]
 DPU_NEVER = [
     ("get", "secrets", "--all-namespaces"), ("list", "secrets", "-n", NAMESPACE),

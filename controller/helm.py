@@ -16,7 +16,8 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,9 +100,12 @@ def private_file(content: str | bytes, suffix: str) -> Iterator[Path]:
 
 
 class Helm:
-    def __init__(self, binary: str | None = None, concurrency: int = DEFAULT_CONCURRENCY) -> None:
+    def __init__(self, binary: str | None = None, concurrency: int = DEFAULT_CONCURRENCY,
+                 on_run: Callable[[str, float, bool], None] | None = None) -> None:
         self._binary = binary
         self._slots = asyncio.Semaphore(concurrency)
+        self._on_run = on_run
+        """Called after every Helm process with (command, seconds it ran, succeeded): the caller's metrics."""
 
     @property
     def binary(self) -> str:
@@ -122,6 +126,7 @@ class Helm:
             env.update({k: v for k, v in os.environ.items() if k in PASSED_ENV})
             config = ["--kubeconfig", str(kubeconfig)] if kubeconfig is not None else []
             async with self._slots:
+                started = time.monotonic()
                 proc = await asyncio.create_subprocess_exec(
                     self.binary, *args, *config, env=env,
                     stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -133,20 +138,22 @@ class Helm:
                         proc.kill()
                         await proc.wait()
                     raise
+                if self._on_run is not None:
+                    self._on_run(args[0], time.monotonic() - started, proc.returncode == 0)
         if proc.returncode != 0:
             raise HelmError(f"{what}: {_trim(err.decode(errors='replace'), str(kubeconfig or ''))}")
         return out.decode(errors="replace")
 
     async def upgrade_install(self, release: str, chart: Chart, namespace: str, values: Mapping[str, Any],
-                              kubeconfig: Path | None, helm_timeout: float = 300.0, description: str = "") -> None:
+                              kubeconfig: Path | None, helm_timeout: float = 300.0, description: str = "") -> str:
         """Install or upgrade `release`; on failure Helm rolls it back (a first install is uninstalled), so
-        nothing is left half-applied.
+        nothing is left half-applied. Returns what `clear_interrupted` did first ('' most often).
 
         The caller runs at most one Helm operation per release at a time (the DPUService reconciler cancels and
         awaits an older upgrade before it starts a newer one), so a release found pending here was left by a Helm
         run that was killed (a cancelled upgrade, a controller that stopped or lost its lease): it is cleared first.
         """
-        await self.clear_interrupted(release, namespace, kubeconfig, helm_timeout)
+        cleared = await self.clear_interrupted(release, namespace, kubeconfig, helm_timeout)
         # JSON is YAML: no YAML emitter quirks for values that look like numbers or booleans.
         with private_file(json.dumps(values), ".values.json") as values_file:
             args = ["upgrade", release, chart.ref, "--install", "--namespace", namespace, "--create-namespace",
@@ -156,6 +163,7 @@ class Helm:
             await self._run(args, kubeconfig, f"helm upgrade --install {release} (chart {chart.describe()})",
                             helm_timeout)
         log.info("helm: release %s/%s at chart %s", namespace, release, chart.describe())
+        return cleared
 
     async def clear_interrupted(self, release: str, namespace: str, kubeconfig: Path | None,
                                 helm_timeout: float = 300.0) -> str:

@@ -54,6 +54,11 @@ class Metrics:
         self.credential_tokens = Counter("dpf_controller_credential_tokens_issued_total",
                                          "Service account tokens issued for DPUServiceCredentialRequests",
                                          ["target", "why"], registry=r)
+        self.helm_runs = Histogram("dpf_controller_helm_run_seconds", "Helm processes run for DPUServices",
+                                   ["command", "result"], buckets=_PHASE_BUCKETS, registry=r)
+        self.dpuservice_releases = Counter("dpf_controller_dpuservice_deploys_total",
+                                           "helm upgrade --install of a DPUService into one cluster",
+                                           ["result"], registry=r)  # result: success | failure
         self.credential_failures = Counter("dpf_controller_credential_failures_total",
                                            "DPUServiceCredentialRequest passes that failed, by the condition they set",
                                            ["condition"], registry=r)

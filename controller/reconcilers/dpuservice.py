@@ -60,7 +60,7 @@ from dpf.controller.api import conditions as cond
 from dpf.controller.api.svc import DPUService
 from dpf.controller.clusters import Cluster
 from dpf.controller.errors import TemporaryError
-from dpf.controller.kube import clients
+from dpf.controller.kube import clients, events
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj
 from dpf.controller.reconcilers import dpuservice_interfaces as interfaces
@@ -172,7 +172,8 @@ class DPUServiceReconciler(Reconciler):
     kind = "DPUService"
 
     def setup(self) -> None:
-        self.helm = helm.Helm()
+        self.helm = helm.Helm(on_run=lambda command, seconds, ok: self.ctx.metrics.helm_runs.labels(
+            command, "success" if ok else "failure").observe(seconds))
         self._rollouts: dict[tuple[str, str, str], Rollout] = {}  # by (namespace, name, target)
         self.services: Informer = self.ctx.clusters.host.informer(DPU_SERVICE)
         self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))
@@ -408,19 +409,32 @@ class DPUServiceReconciler(Reconciler):
         rollout = self._rollouts.get((key.namespace, key.name, target.name))
         try:
             with self._kubeconfig_file(text) as kubeconfig:
-                await self.helm.upgrade_install(release, chart, key.namespace, values, kubeconfig, HELM_TIMEOUT,
-                                                description=DESCRIPTION_PREFIX + digest)
+                cleared = await self.helm.upgrade_install(release, chart, key.namespace, values, kubeconfig,
+                                                          HELM_TIMEOUT, description=DESCRIPTION_PREFIX + digest)
             log.info("DPUService %s/%s: release %s in cluster %s at %s", key.namespace, key.name, release,
                      target.name, chart.describe())
             error = ""
+            if cleared:
+                await self._event(key, events.WARNING, "InterruptedReleaseCleared", f"cluster {target.name}: {cleared}")
+            await self._event(key, events.NORMAL, "Deployed",
+                              f"release {release} in cluster {target.name}: {chart.describe()}")
         except helm.HelmError as exc:
             error = str(exc)
         except Exception as exc:  # a bug must not leave the rollout "in progress" forever: shown and retried
             log.exception("DPUService %s/%s: helm upgrade crashed", key.namespace, key.name)
             error = f"helm upgrade of release {release} crashed: {exc!r}"
+        self.ctx.metrics.dpuservice_releases.labels("failure" if error else "success").inc()
+        if error:
+            await self._event(key, events.WARNING, "DeployFailed", f"cluster {target.name}: {error}")
         if rollout is not None:
             rollout.error, rollout.finished = error, time.monotonic()
         self.ctx.queue.add(key)  # not reached when cancelled: whoever cancelled owns the next step
+
+    async def _event(self, key: ObjectKey, type_: str, reason: str, note: str) -> None:
+        """An Event on the DPUService (deduplicated by the recorder: a retried failure is not repeated)."""
+        obj = self.services.get(key.namespace, key.name)
+        if obj is not None:
+            await self.ctx.events.emit(self.ctx.clusters.host.rest, obj, self.kind, type_, reason, note)
 
     async def _readiness(self, target: Target, release: str, namespace: str, kubeconfig: Path | None) -> str:
         """'' when every DaemonSet of the release is rolled out, else what is still waited for."""

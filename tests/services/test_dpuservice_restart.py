@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from dpf.controller.helm import find_helm
-from dpf.controller.kube.rest import Kind, Obj, Rest
+from dpf.controller.kube.rest import EVENT, Kind, Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE
 from dpf.lab.bed.kube import ControlPlane
@@ -52,6 +52,13 @@ def release_state(kubeconfig: Path, namespace: str, release: str) -> str:
                            str(kubeconfig)], capture_output=True, text=True,
                           env={**os.environ, "HOME": str(kubeconfig.parent)})
     return str(json.loads(done.stdout)["info"]["status"]) if done.returncode == 0 else ""
+
+
+async def reasons(rest: Rest, namespace: str, wanted: set[str]) -> dict[str, str] | None:
+    """reason -> note of the DPUService's Events, once every wanted reason is there."""
+    listing = await rest.list(EVENT, namespace)
+    found = {e["reason"]: e["note"] for e in listing["items"] if e["regarding"]["kind"] == "DPUService"}
+    return found if wanted <= set(found) else None
 
 
 async def ready(rest: Rest, namespace: str) -> Obj | None:
@@ -95,6 +102,16 @@ def test_a_release_left_pending_by_a_stopped_controller_is_cleared_by_the_next_o
                 # The held Deployment of the interrupted install is gone with it.
                 deployments = await one.list(DEPLOYMENT, namespace)
                 assert [d["metadata"]["name"] for d in deployments["items"]] == []
+                # What an operator sees: a Warning naming the release and what was done, then the deploy.
+                notes = await eventually(lambda: reasons(rest, namespace, {"InterruptedReleaseCleared", "Deployed"}),
+                                         "the Events")
+                assert "release one-tiny was left pending-install" in notes["InterruptedReleaseCleared"]
+                assert "uninstalled" in notes["InterruptedReleaseCleared"]
+                assert f"cluster {namespace}/one" in notes["Deployed"]
+                sample = second.metrics.registry.get_sample_value
+                assert sample("dpf_controller_helm_run_seconds_count", {"command": "uninstall",
+                                                                         "result": "success"}) == 1
+                assert sample("dpf_controller_dpuservice_deploys_total", {"result": "success"}) == 1
             finally:
                 if second is not None:
                     await second.stop()

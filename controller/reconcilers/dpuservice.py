@@ -85,7 +85,10 @@ DESCRIPTION_PREFIX = "dpf-dpuservice "
 RELEASE_LIMIT = 53  # Helm's release-name limit
 RESYNC = 60.0
 RETRY = 10.0
-NOT_READY_RETRY = 3.0
+NOT_READY_RETRY = 3.0  # polled: a release in the host cluster (its DaemonSets are not watched)
+WATCHED_RETRY = 30.0  # a safety net only: DaemonSet events in DPU clusters enqueue the DPUService
+RELEASE_INDEX = "dpuservice.release"  # DPU-cluster DaemonSets by "<namespace>/<Helm release>"
+RELEASE_NAME, RELEASE_NAMESPACE = "meta.helm.sh/release-name", "meta.helm.sh/release-namespace"  # set by Helm
 HELM_TIMEOUT = 300.0  # Helm's --timeout for an upgrade's --wait (then it rolls back)
 CANCEL_TIMEOUT = 10.0
 CLAIM_RETRY = 1.0  # a DPUServiceInterface changed under a claim: read the cache again shortly
@@ -162,6 +165,24 @@ class Rollout:
 
 
 @dataclass
+class Deployed:
+    """A release this term found deployed at a DPUService's digest: its DaemonSets (from its manifest, read once
+    per digest) and when `helm status` last confirmed it (again after RESYNC, so a release removed behind our
+    back is seen)."""
+
+    digest: str
+    daemonsets: list[tuple[str | None, str]]
+    checked: float
+
+
+def release_of(ds: Obj) -> list[str]:
+    """The "<namespace>/<release>" of the Helm release a DaemonSet belongs to (Helm annotates what it makes)."""
+    annotations = ds["metadata"].get("annotations") or {}
+    name, namespace = annotations.get(RELEASE_NAME), annotations.get(RELEASE_NAMESPACE)
+    return [f"{namespace}/{name}"] if name and namespace else []
+
+
+@dataclass
 class Target:
     name: str  # "in-cluster" or the DPU cluster's "namespace/name"
     cluster: Cluster
@@ -175,6 +196,12 @@ class DPUServiceReconciler(Reconciler):
         self.helm = helm.Helm(on_run=lambda command, seconds, ok: self.ctx.metrics.helm_runs.labels(
             command, "success" if ok else "failure").observe(seconds))
         self._rollouts: dict[tuple[str, str, str], Rollout] = {}  # by (namespace, name, target)
+        self._deployed: dict[tuple[str, str, str], Deployed] = {}  # by (namespace, name, target)
+        self._release_owner: dict[tuple[str, str, str], ObjectKey] = {}  # (cluster, namespace, release) -> owner
+        # DaemonSet events, not polling, tell when a release's pods are rolled out in a DPU cluster: at scale,
+        # polling kept the Helm slots busy with `helm status` / `get manifest` and delayed the upgrades.
+        self.ctx.clusters.need_dpu_kind(DAEMON_SET)
+        self.ctx.clusters.on_dpu_added(self._watch_daemonsets)
         self.services: Informer = self.ctx.clusters.host.informer(DPU_SERVICE)
         self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))
         self.services.add_index(BY_INTERFACE, lambda o: [f"{o['metadata']['namespace']}/{name}"
@@ -186,6 +213,18 @@ class DPUServiceReconciler(Reconciler):
                                                       self._enqueue_namespace)
         self._no_pull_secrets: set[str] = set()  # namespaces whose Secrets we may not list (logged once)
         self.ctx.clusters.on_dpu_added(lambda _cluster: self._enqueue_all())
+
+    def _watch_daemonsets(self, cluster: Cluster) -> None:
+        daemonsets = cluster.informer(DAEMON_SET)
+        daemonsets.add_index(RELEASE_INDEX, release_of)
+
+        def changed(_type: str, old: Obj | None, new: Obj | None) -> None:
+            for release in release_of(new or old or {"metadata": {}}):
+                namespace, name = release.split("/", 1)
+                owner = self._release_owner.get((cluster.name, namespace, name))
+                if owner is not None:
+                    self.ctx.queue.add(owner)
+        daemonsets.add_handler(changed)
 
     def _on_interface(self, _type: str, old: Obj | None, new: Obj | None) -> None:
         """A DPUServiceInterface changed: the DPUServices listing it, and the one it names as consumer."""
@@ -253,6 +292,8 @@ class DPUServiceReconciler(Reconciler):
         if tasks:
             await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT)
         self._rollouts.clear()
+        self._deployed.clear()
+        self._release_owner.clear()
         await self.pull_watches.close()
         self._no_pull_secrets.clear()
 
@@ -311,7 +352,9 @@ class DPUServiceReconciler(Reconciler):
         await self._write_conditions(obj, marks)
         if prereq_problems or apply_problems:
             return RETRY
-        return NOT_READY_RETRY if not_ready else RESYNC
+        if not_ready:
+            return NOT_READY_RETRY if any(t.name == IN_CLUSTER for t in targets) else WATCHED_RETRY
+        return RESYNC
 
     async def _write_conditions(self, obj: Obj, marks: list[tuple[str, str, str, str]]) -> None:
         conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
@@ -391,11 +434,11 @@ class DPUServiceReconciler(Reconciler):
                 return f"helm upgrade of release {release} in progress", rollout.error
             rollout.task.cancel()  # superseded by a newer spec: the next upgrade replaces it
             await asyncio.wait({rollout.task})  # never raises: a cancellation of this reconcile still does
-        with self._kubeconfig_file(text) as kubeconfig:
-            status = await self.helm.status(release, key.namespace, kubeconfig)
-            info = (status or {}).get("info") or {}
-            if info.get("status") == "deployed" and info.get("description") == DESCRIPTION_PREFIX + digest:
-                return await self._readiness(target, release, key.namespace, kubeconfig), ""
+        if target.name != IN_CLUSTER:
+            self._release_owner[(target.name, key.namespace, release)] = key
+        known = await self._deployed_at(where, release, digest, text)
+        if known is not None:
+            return await self._readiness(target, release, key.namespace, known.daemonsets), ""
         error = rollout.error if rollout is not None and same else ""
         if error and rollout is not None and time.monotonic() - rollout.finished < RETRY:
             return "", error  # failed at this spec: tried again after RETRY, the failure shown meanwhile
@@ -436,10 +479,35 @@ class DPUServiceReconciler(Reconciler):
         if obj is not None:
             await self.ctx.events.emit(self.ctx.clusters.host.rest, obj, self.kind, type_, reason, note)
 
-    async def _readiness(self, target: Target, release: str, namespace: str, kubeconfig: Path | None) -> str:
-        """'' when every DaemonSet of the release is rolled out, else what is still waited for."""
-        for ds_namespace, ds_name in daemonsets_in(await self.helm.manifest(release, namespace, kubeconfig)):
-            ds = await target.cluster.rest.get(DAEMON_SET, ds_name, ds_namespace or namespace)
+    async def _deployed_at(self, where: tuple[str, str, str], release: str, digest: str,
+                           text: str | None) -> Deployed | None:
+        """The release if it is deployed at `digest`, else None. Asks Helm at most once per RESYNC per release
+        (and for the manifest once per digest): readiness passes driven by DaemonSet events cost no Helm process."""
+        known = self._deployed.get(where)
+        if known is not None and known.digest == digest and time.monotonic() - known.checked < RESYNC:
+            return known
+        with self._kubeconfig_file(text) as kubeconfig:
+            status = await self.helm.status(release, where[0], kubeconfig)
+            info = (status or {}).get("info") or {}
+            if info.get("status") != "deployed" or info.get("description") != DESCRIPTION_PREFIX + digest:
+                self._deployed.pop(where, None)
+                return None
+            if known is None or known.digest != digest:
+                known = Deployed(digest, daemonsets_in(await self.helm.manifest(release, where[0], kubeconfig)), 0.0)
+        known.checked = time.monotonic()
+        self._deployed[where] = known
+        return known
+
+    async def _readiness(self, target: Target, release: str, namespace: str,
+                         daemonsets: Sequence[tuple[str | None, str]]) -> str:
+        """'' when every DaemonSet of the release is rolled out, else what is still waited for. In a DPU cluster
+        they are read from its DaemonSet cache (whose events enqueue us); in the host cluster from the API."""
+        cache = target.cluster.informer(DAEMON_SET) if target.name != IN_CLUSTER else None
+        if cache is not None and not cache.synced.is_set():
+            return f"the DaemonSets of cluster {target.name} are not cached yet"
+        for ds_namespace, ds_name in daemonsets:
+            ds = cache.get(ds_namespace or namespace, ds_name) if cache is not None else \
+                await target.cluster.rest.get(DAEMON_SET, ds_name, ds_namespace or namespace)
             if ds is None:
                 return f"DaemonSet {ds_namespace or namespace}/{ds_name} of release {release} is missing"
             status = ds.get("status") or {}
@@ -453,6 +521,10 @@ class DPUServiceReconciler(Reconciler):
         if FINALIZER not in (obj["metadata"].get("finalizers") or ()):
             return None
         namespace = obj["metadata"]["namespace"]
+        for owned in [r for r, owner in self._release_owner.items() if owner == key]:
+            del self._release_owner[owned]
+        for where in [w for w in self._deployed if w[:2] == (key.namespace, key.name)]:
+            del self._deployed[where]
         for where in [w for w in self._rollouts if w[:2] == (key.namespace, key.name)]:
             task = self._rollouts.pop(where).task
             task.cancel()  # an upgrade racing the uninstall could bring the release back

@@ -30,6 +30,7 @@ from collections.abc import Hashable, Iterable
 
 from dpf.controller import argocd
 from dpf.controller.api import conditions as cond
+from dpf.controller.clusters import Cluster
 from dpf.controller.kube import clients
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, KubeError, Obj, Rest
@@ -68,11 +69,16 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))
         self.dpuclusters: Informer = self.ctx.clusters.host.informer(DPU_CLUSTER)
         self.dpuclusters.add_handler(lambda _t, _old, _new: self._enqueue_all())
-        self.ctx.clusters.on_dpu_added(lambda _cluster: self._enqueue_all())
+        self.ctx.clusters.on_dpu_added(self._dpu_added)
         # Our own informer, not the host Cluster's: it watches only our Applications in our namespace, and it is
         # started once the CRD is found (a missing CRD must not hold the controller's readiness).
         self.apps: Informer | None = None
         self._apps_task: asyncio.Task[None] | None = None
+        self._namespaces: set[tuple[str, str]] = set()  # (DPU cluster, namespace) made this leader term
+
+    def _dpu_added(self, cluster: Cluster) -> None:
+        self._namespaces = {made for made in self._namespaces if made[0] != cluster.name}  # maybe a new apiserver
+        self._enqueue_all()
 
     def _enqueue(self, namespace: str, name: str) -> None:
         self.ctx.queue.add(ObjectKey(self.name, namespace, name))
@@ -96,6 +102,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
     async def close(self) -> None:
         """Stop the Applications informer; the next leader term finds the CRD again and starts a fresh one."""
         task, self._apps_task, self.apps = self._apps_task, None, None
+        self._namespaces.clear()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -195,8 +202,10 @@ class ArgoCDDPUServiceReconciler(Reconciler):
             wanted.add(argocd.cluster_secret_name(meta["namespace"], meta["name"]))
             try:
                 await self._cluster_secret(dpucluster)
-                if not deploy_in_cluster:
-                    await _ensure_namespace(self.ctx.clusters.dpu[where].rest, obj["metadata"]["namespace"])
+                made = (where, obj["metadata"]["namespace"])
+                if not deploy_in_cluster and made not in self._namespaces:
+                    await _ensure_namespace(self.ctx.clusters.dpu[where].rest, made[1])
+                    self._namespaces.add(made)  # once per term: a namespace deleted by hand is not remade
             except (clients.KubeconfigError, KubeError, KeyError) as exc:
                 problems.append(f"cluster {where}: {exc}")
         try:
@@ -323,8 +332,7 @@ def _app_differs(current: Obj | None, desired: Obj) -> bool:
 
 
 async def _ensure_namespace(rest: Rest, namespace: str) -> None:
-    if await rest.get(NAMESPACE, namespace) is not None:
-        return
+    """Create-only (the DPU-cluster role grants create on namespaces, not get); AlreadyExists is success."""
     try:
         await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
     except KubeError as exc:

@@ -13,6 +13,8 @@ import asyncio
 import base64
 import dataclasses
 import json
+import logging
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -278,3 +280,90 @@ def test_the_backend_is_chosen_by_a_setting_and_argo_needs_inline_credentials(tm
     built = argocd.cluster_secret("dpf", "dpf", "one", secret)
     assert json.loads(base64.b64decode(built["data"]["config"])) == {"bearerToken": "t",
                                                                      "tlsClientConfig": {"insecure": True}}
+
+
+DEPLOY_MD = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
+FORBIDDEN = re.compile(r"\b403\b|Forbidden")
+
+
+def documented_argocd_rights() -> tuple[list[Obj], dict[str, str]]:
+    """The Role and RoleBinding docs/deploy.md tells a site to add for the argocd backend, and the expressions it
+    tells them to append to secret-policy.yaml's variables."""
+    text = DEPLOY_MD.read_text()
+    section = text[text.index("only with `--dpuservice-backend argocd`"):]
+    role_yaml = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    cel = section.split("```text\n", 1)[1].split("```", 1)[0]
+    appended = {}
+    for line in cel.splitlines():
+        variable, _, rest = line.partition(":")
+        appended[variable.strip()] = rest.split("... ", 1)[1]
+    return [d for d in yaml.safe_load_all(role_yaml) if d], appended
+
+
+def test_dpuservice_argocd_runs_on_the_documented_rbac(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The shipped manifests plus what docs/deploy.md adds for the argocd backend are enough: the controller, on
+    its ServiceAccount's token (the bed is host and DPU cluster at once), writes every Argo object, prunes a gone
+    DPUCluster's Secret and Application and finishes a delete, without one 403."""
+    from tests.packaging.rbac import CONTROLLER_SA, DPU_CLUSTER_MANIFESTS, MANIFESTS, documents, token_kubeconfig
+
+    caplog.set_level(logging.DEBUG, logger="dpf")  # a 403 on a retried reconcile is only logged at debug
+    operator = "dpf-operator-system"
+    with ControlPlane(tmp_path / "host", name="argorbac", controllers=("garbagecollector",)) as kube:
+        kube.kubectl("apply", "--server-side", "-k", str(MANIFESTS))
+        kube.kubectl("apply", "--server-side", "-k", str(DPU_CLUSTER_MANIFESTS))
+        kube.install_crds(CRDS)
+        rights, appended = documented_argocd_rights()
+        policy = documents(MANIFESTS / "secret-policy.yaml")
+        variables = {v["name"]: v for v in policy[0]["spec"]["variables"]}
+        for name, expression in appended.items():
+            variables[name]["expression"] += " " + expression
+        kube.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-",
+                     input="\n---\n".join(json.dumps(d) for d in [*rights, *policy]))
+        controller_conf = tmp_path / "controller.kubeconfig"
+        controller_conf.write_text(yaml.safe_dump(token_kubeconfig(kube, CONTROLLER_SA)))
+        dpu_conf = json.dumps(token_kubeconfig(kube, "dpf-controller-dpu-cluster")).encode()
+
+        async def scenario() -> None:
+            admin = await host_rest(kube.kubeconfig)
+            settings = dataclasses.replace(controller_settings(controller_conf, operator),
+                                           services=ServicesSettings(backend="argocd"))
+            controller = await started(Controller(settings))
+            try:
+                for name in ("one", "two"):
+                    await register_dpu_cluster(admin, operator, dpu_conf, name)
+                await eventually(lambda: len(controller.clusters.dpu) == 2, "both DPU clusters connected", SLOW)
+                await admin.create(DPU_SERVICE, dpuservice(operator, "hbn", OCI_REPO), operator)
+                for name in ("one-hbn", "two-hbn"):
+                    await eventually(lambda n=name: rest_get(admin, argocd.APPLICATION, n, operator), name, SLOW)
+                    await argo_status(admin, operator, name, "Synced", "Healthy")
+                await eventually(lambda: conditioned(admin, operator, "hbn", "Ready", "True"), "Ready", SLOW)
+                for name in ("one", "two"):
+                    secret = await admin.get(SECRET, f"{operator}-{name}", operator)
+                    assert secret is not None
+                    config = json.loads(base64.b64decode(secret["data"]["config"]))
+                    assert config["bearerToken"], "the DPU-cluster identity's token"
+                    assert config["tlsClientConfig"]["caData"]
+                for name in argocd.PROJECT_DPU, argocd.PROJECT_HOST:
+                    assert await admin.get(argocd.APP_PROJECT, name, operator) is not None
+
+                await admin.delete(DPU_CLUSTER, "two", operator)
+                await eventually(lambda: gone(admin, SECRET, f"{operator}-two", operator), "Secret of two gone", SLOW)
+                await eventually(lambda: _deleting(admin, operator, "two-hbn"), "two-hbn being deleted", SLOW)
+                await argo_finishes_deletion(admin, operator, "two-hbn")
+                await admin.delete(DPU_SERVICE, "hbn", operator)
+                await eventually(lambda: _deleting(admin, operator, "one-hbn"), "one-hbn being deleted", SLOW)
+                await argo_finishes_deletion(admin, operator, "one-hbn")
+                await eventually(lambda: gone(admin, DPU_SERVICE, "hbn", operator), "the DPUService gone", SLOW)
+            finally:
+                await controller.stop()
+                await admin.close()
+
+        run(scenario(), timeout=280)
+    refused = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+               if FORBIDDEN.search(r.getMessage() + (r.exc_text or ""))]
+    assert not refused, refused
+    assert any("became leader" in r.getMessage() for r in caplog.records), "the log capture works"
+
+
+async def rest_get(rest: Rest, kind: Any, name: str, namespace: str) -> Obj | None:
+    return await rest.get(kind, name, namespace)

@@ -68,7 +68,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         self.services: Informer = self.ctx.clusters.host.informer(DPU_SERVICE)
         self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))
         self.dpuclusters: Informer = self.ctx.clusters.host.informer(DPU_CLUSTER)
-        self.dpuclusters.add_handler(lambda _t, _old, _new: self._enqueue_all())
+        self.dpuclusters.add_handler(self._on_dpucluster)
         self.ctx.clusters.on_dpu_added(self._dpu_added)
         # Our own informer, not the host Cluster's: it watches only our Applications in our namespace, and it is
         # started once the CRD is found (a missing CRD must not hold the controller's readiness).
@@ -79,6 +79,13 @@ class ArgoCDDPUServiceReconciler(Reconciler):
     def _dpu_added(self, cluster: Cluster) -> None:
         self._namespaces = {made for made in self._namespaces if made[0] != cluster.name}  # maybe a new apiserver
         self._enqueue_all()
+
+    def _on_dpucluster(self, kind: str, old: Obj | None, new: Obj | None) -> None:
+        """A DPUCluster added, gone, being deleted or pointed at another kubeconfig changes every DPUService's
+        targets; its status (health checks every 30 s) does not."""
+        if kind != "MODIFIED" or old is None or new is None or old.get("spec") != new.get("spec") or \
+                bool(old["metadata"].get("deletionTimestamp")) != bool(new["metadata"].get("deletionTimestamp")):
+            self._enqueue_all()
 
     def _enqueue(self, namespace: str, name: str) -> None:
         self.ctx.queue.add(ObjectKey(self.name, namespace, name))

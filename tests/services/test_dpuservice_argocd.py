@@ -9,6 +9,7 @@ Application status (sync/health) and removes ArgoCD's finalizer when a deletion 
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import dataclasses
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from dpf.controller import argocd
+from dpf.controller import cli as controller_cli
 from dpf.controller.kube import clients
 from dpf.controller.kube.rest import SECRET, Obj, Rest
 from dpf.controller.manager import Controller
@@ -263,6 +265,13 @@ def test_the_backend_is_chosen_by_a_setting_and_argo_needs_inline_credentials(tm
     argo = ControllerSettings(services=ServicesSettings(backend="argocd"))
     assert ArgoCDDPUServiceReconciler in default_reconcilers(argo)
     assert DPUServiceReconciler not in default_reconcilers(argo)
+    parser = argparse.ArgumentParser()
+    controller_cli.register(parser.add_subparsers(dest="command", required=True))
+    assert controller_cli.settings_from(parser.parse_args(["controller", "run"])).services.backend == "helm"
+    args = parser.parse_args(["controller", "run", "--dpuservice-backend", "argocd"])
+    assert controller_cli.settings_from(args).services.backend == "argocd"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["controller", "run", "--dpuservice-backend", "flux"])
 
     # A kubeconfig naming certificate files (as a controller may read, but ArgoCD's pods cannot): refused.
     ca = tmp_path / "ca.crt"

@@ -91,6 +91,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="install DPUService charts whose repoURL starts with FROM from TO instead (repeatable; the "
                           "longest FROM wins), e.g. https://helm.ngc.nvidia.com/nvidia=https://charts.lan/nvidia "
                           "for sites that reach only a local mirror")
+    run.add_argument("--dpuservice-backend", choices=("helm", "argocd"), default=ServicesSettings.backend,
+                     help="how DPUServices are deployed: helm (default) runs Helm against each DPU cluster itself; "
+                          "argocd writes ArgoCD Applications, AppProjects and cluster Secrets in --namespace for "
+                          "the site's ArgoCD to sync (needs ArgoCD installed; see docs/dpuservice.md)")
     run.add_argument("--bfb-dir", type=Path, default=BFBSettings.directory,
                      help="directory BFB files are downloaded into (the BFB volume; must exist)")
     add_logging_flags(run)
@@ -129,7 +133,8 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
                                           retry_base=args.dpu_retry_base, retry_max=args.dpu_retry_max),
         dpucluster=DPUClusterSettings(health_period=args.dpucluster_health_period,
                                       health_timeout=args.dpucluster_health_timeout),
-        services=ServicesSettings(chart_mirrors=tuple(parse_chart_mirror(m) for m in args.chart_mirror)),
+        services=ServicesSettings(chart_mirrors=tuple(parse_chart_mirror(m) for m in args.chart_mirror),
+                                  backend=args.dpuservice_backend),
         resync_period=args.resync_period,
         orphan_sweep_period=args.orphan_sweep_period,
     )

@@ -59,7 +59,7 @@ class Controller:
         self.failure = ""
         self.grpc_port = 0
         self.http_port = 0
-        self._reconciler_classes = reconcilers if reconcilers is not None else default_reconcilers()
+        self._reconciler_classes = reconcilers if reconcilers is not None else default_reconcilers(settings)
         self._host = host
         self._tasks = TaskGroup("controller", self._task_failed)
         self._lead_tasks = TaskGroup("leader", self._task_failed)

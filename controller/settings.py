@@ -170,8 +170,12 @@ class ProvisioningSettings:
 
 @dataclass(frozen=True)
 class ServicesSettings:
-    """DPUServices (reconcilers/dpuservice.py)."""
+    """DPUServices (reconcilers/dpuservice.py, reconcilers/dpuservice_argocd.py)."""
 
+    backend: str = "helm"
+    """How DPUServices are deployed: "helm" runs Helm against each target cluster itself (no ArgoCD needed);
+    "argocd" writes upstream's ArgoCD Applications, AppProjects and cluster Secrets in the controller's namespace
+    for the site's ArgoCD to sync (see docs/dpuservice.md)."""
     chart_mirrors: tuple[tuple[str, str], ...] = ()
     """(repoURL prefix, mirror prefix) pairs: a DPUService whose chart repository starts with a prefix is installed
     from the mirror instead (the longest prefix wins), so manifests naming a public repository apply unchanged at

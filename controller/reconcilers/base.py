@@ -87,8 +87,9 @@ def dpu_clusters_synced(clusters: ClusterSet) -> bool:
     return True
 
 
-def default_reconcilers() -> list[type[Reconciler]]:
-    """The registry: every reconciler the controller runs, in setup order."""
+def default_reconcilers(settings: ControllerSettings | None = None) -> list[type[Reconciler]]:
+    """The registry: every reconciler the controller runs, in setup order. DPUServices go through one of two
+    backends (`settings.services.backend`): Helm (the default) or ArgoCD."""
     from dpf.controller.reconcilers.bfb import BFBReconciler
     from dpf.controller.reconcilers.credentials import CredentialRequestReconciler
     from dpf.controller.reconcilers.csr import CSRReconciler
@@ -96,6 +97,7 @@ def default_reconcilers() -> list[type[Reconciler]]:
     from dpf.controller.reconcilers.dpucluster import DPUClusterReconciler
     from dpf.controller.reconcilers.dpudeployment import DPUDeploymentReconciler
     from dpf.controller.reconcilers.dpuservice import DPUServiceReconciler
+    from dpf.controller.reconcilers.dpuservice_argocd import ArgoCDDPUServiceReconciler
     from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
     from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
     from dpf.controller.reconcilers.dpuserviceipam import DPUServiceIPAMReconciler
@@ -113,4 +115,6 @@ def default_reconcilers() -> list[type[Reconciler]]:
             DPUServiceInterfaceReconciler, ServiceChainReconciler, ServiceChainSetReconciler,
             DPUServiceChainReconciler, DPUServiceIPAMReconciler, InUseProtectionReconciler, BFBReconciler,
             DPUSetReconciler, HostNodeReconciler, DPUReconciler, CSRReconciler, OrphanSweeper,
-            CredentialRequestReconciler, DPUServiceNADReconciler, DPUServiceReconciler, DPUDeploymentReconciler]
+            CredentialRequestReconciler, DPUServiceNADReconciler,
+            ArgoCDDPUServiceReconciler if settings and settings.services.backend == "argocd" else DPUServiceReconciler,
+            DPUDeploymentReconciler]

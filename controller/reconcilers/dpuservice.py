@@ -59,10 +59,10 @@ from dpf.controller import helm
 from dpf.controller.api import conditions as cond
 from dpf.controller.api.svc import DPUService
 from dpf.controller.clusters import Cluster
-from dpf.controller.errors import TemporaryError
 from dpf.controller.kube import clients, events
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj
+from dpf.controller.reconcilers import dpuservice_claims as claims
 from dpf.controller.reconcilers import dpuservice_interfaces as interfaces
 from dpf.controller.reconcilers import dpuservice_prereqs as prereqs
 from dpf.controller.reconcilers import objects
@@ -79,7 +79,6 @@ SERVICE_LABEL = "svc.dpu.nvidia.com/service"
 PREREQS, RECONCILED, APPS_READY = "ApplicationPrereqsReconciled", "ApplicationsReconciled", "ApplicationsReady"
 INTERFACES = interfaces.INTERFACES_RECONCILED
 TYPES = (cond.READY, INTERFACES, PREREQS, RECONCILED, APPS_READY)
-BY_INTERFACE = "interfaces"  # DPUServices by "<namespace>/<DPUServiceInterface name>" they list
 IN_CLUSTER = "in-cluster"
 DESCRIPTION_PREFIX = "dpf-dpuservice "
 RELEASE_LIMIT = 53  # Helm's release-name limit
@@ -91,7 +90,6 @@ RELEASE_INDEX = "dpuservice.release"  # DPU-cluster DaemonSets by "<namespace>/<
 RELEASE_NAME, RELEASE_NAMESPACE = "meta.helm.sh/release-name", "meta.helm.sh/release-namespace"  # set by Helm
 HELM_TIMEOUT = 300.0  # Helm's --timeout for an upgrade's --wait (then it rolls back)
 CANCEL_TIMEOUT = 10.0
-CLAIM_RETRY = 1.0  # a DPUServiceInterface changed under a claim: read the cache again shortly
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,11 +202,10 @@ class DPUServiceReconciler(Reconciler):
         self.ctx.clusters.on_dpu_added(self._watch_daemonsets)
         self.services: Informer = self.ctx.clusters.host.informer(DPU_SERVICE)
         self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))
-        self.services.add_index(BY_INTERFACE, lambda o: [f"{o['metadata']['namespace']}/{name}"
-                                                        for name in (o.get("spec") or {}).get("interfaces") or ()])
         self.dpuclusters: Informer = self.ctx.clusters.host.informer(DPU_CLUSTER)
         self.interfaces: Informer = self.ctx.clusters.host.informer(DPU_SERVICE_INTERFACE)
-        self.interfaces.add_handler(self._on_interface)
+        self.claims = claims.InterfaceClaims(self.ctx.clusters.host.rest, self.services, self.interfaces,
+                                             self._enqueue)
         self.pull_watches = prereqs.PullSecretWatches(self.ctx.clusters.host.rest, self.ctx.settings.kube,
                                                       self._enqueue_namespace)
         self._no_pull_secrets: set[str] = set()  # namespaces whose Secrets we may not list (logged once)
@@ -225,18 +222,6 @@ class DPUServiceReconciler(Reconciler):
                 if owner is not None:
                     self.ctx.queue.add(owner)
         daemonsets.add_handler(changed)
-
-    def _on_interface(self, _type: str, old: Obj | None, new: Obj | None) -> None:
-        """A DPUServiceInterface changed: the DPUServices listing it, and the one it names as consumer."""
-        for dsi in (old, new):
-            if dsi is None:
-                continue
-            namespace, name = key_of(dsi)
-            for service in self.services.by_index(BY_INTERFACE, f"{namespace}/{name}"):
-                self._enqueue(*key_of(service))
-            owner = interfaces.consumer(dsi)
-            if owner:
-                self._enqueue(namespace, owner)
 
     def _enqueue_namespace(self, namespace: str) -> None:
         for obj in self.services.list():
@@ -306,7 +291,7 @@ class DPUServiceReconciler(Reconciler):
         if (obj.get("spec") or {}).get("paused"):
             return None  # upstream's skip-reconcile: nothing deployed changes until unpaused
         obj = await objects.add_finalizer(self.ctx.clusters.host.rest, DPU_SERVICE, obj, FINALIZER)
-        step1 = await self._interfaces(obj)
+        step1 = await self.claims.step(obj)
         if step1.problems:  # upstream stops here: nothing is installed or upgraded with a partial set
             await self._write_conditions(obj, [(INTERFACES, "False", cond.ERROR, "; ".join(step1.problems))])
             return RETRY
@@ -360,40 +345,6 @@ class DPUServiceReconciler(Reconciler):
         conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
         await objects.write_status(self.ctx.clusters.host.rest, DPU_SERVICE, obj,
                                    objects.status_body(obj, conditions), self.ctx.settings.kube.field_manager)
-
-    async def _interfaces(self, obj: Obj) -> interfaces.Plan:
-        """Step 1: check the listed DPUServiceInterfaces; claim them only when all are usable, and release the
-        ones this DPUService no longer lists (whatever else is wrong)."""
-        namespace, name = key_of(obj)
-        listed = (obj.get("spec") or {}).get("interfaces") or ()
-        found = {n: self.interfaces.get(namespace, n) for n in listed}
-        step = interfaces.plan(obj, found)
-        in_namespace = [d for d in self.interfaces.list() if d["metadata"]["namespace"] == namespace]
-        for dsi in interfaces.releasable(name, listed, in_namespace):
-            await self._set_consumer(dsi, None)
-        if not step.problems:
-            for claimed in (found[n] for n in step.claim):
-                if claimed is not None:  # always: plan() reports a missing one as a problem
-                    await self._set_consumer(claimed, name)
-        return step
-
-    async def _set_consumer(self, dsi: Obj, service: str | None) -> None:
-        """Set (or with None drop) a DPUServiceInterface's consumed-by annotation, guarded by its resourceVersion:
-        of two DPUServices claiming one interface at once, the second gets a conflict, then sees the first's claim."""
-        meta = dsi["metadata"]
-        patch = {"metadata": {"annotations": {interfaces.CONSUMED_BY: service},
-                              "resourceVersion": meta["resourceVersion"]}}
-        try:
-            await self.ctx.clusters.host.rest.merge_patch(DPU_SERVICE_INTERFACE, meta["name"], patch,
-                                                          meta["namespace"])
-        except KubeError as exc:
-            if exc.not_found and service is None:
-                return
-            if exc.conflict or exc.not_found:
-                raise TemporaryError(f"DPUServiceInterface {meta['namespace']}/{meta['name']} changed meanwhile; "
-                                     f"retrying", CLAIM_RETRY) from None
-            raise
-        log.info("DPUServiceInterface %s/%s: consumed-by %s", meta["namespace"], meta["name"], service or "(none)")
 
     async def _pull_secrets(self, namespace: str) -> list[str]:
         """Step 2's image pull secrets: mirrored into every DPU cluster (whatever the DPUService's targets, as
@@ -551,10 +502,8 @@ class DPUServiceReconciler(Reconciler):
     async def _delete_prereqs(self, obj: Obj) -> list[str]:
         """After the uninstall: release this DPUService's interfaces; when it was the namespace's last live
         DPUService, remove the mirrored pull secrets from every DPU cluster (upstream's order)."""
-        namespace, name = key_of(obj)
-        in_namespace = [d for d in self.interfaces.list() if d["metadata"]["namespace"] == namespace]
-        for dsi in interfaces.releasable(name, (), in_namespace):
-            await self._set_consumer(dsi, None)
+        namespace = key_of(obj)[0]
+        await self.claims.release_all(obj)
         if namespace in prereqs.live_namespaces(self.services.list()):
             return []
         problems: list[str] = []

@@ -34,12 +34,14 @@ from dpf.controller.clusters import Cluster
 from dpf.controller.kube import clients
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, KubeError, Obj, Rest
+from dpf.controller.reconcilers import dpuservice_claims as claims
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.dpuservice import (
     APPS_READY,
     DPU_SERVICE,
     FINALIZER,
+    INTERFACES,
     PREREQS,
     RECONCILED,
     TYPES,
@@ -47,7 +49,7 @@ from dpf.controller.reconcilers.dpuservice import (
     helm_values,
 )
 from dpf.controller.reconcilers.keys import ObjectKey
-from dpf.controller.reconcilers.kinds import DPU_CLUSTER, NAMESPACE
+from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE, NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,8 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         self.dpuclusters: Informer = self.ctx.clusters.host.informer(DPU_CLUSTER)
         self.dpuclusters.add_handler(self._on_dpucluster)
         self.ctx.clusters.on_dpu_added(self._dpu_added)
+        self.interfaces: Informer = self.ctx.clusters.host.informer(DPU_SERVICE_INTERFACE)
+        self.claims = claims.InterfaceClaims(self.rest, self.services, self.interfaces, self._enqueue)
         # Our own informer, not the host Cluster's: it watches only our Applications in our namespace, and it is
         # started once the CRD is found (a missing CRD must not hold the controller's readiness).
         self.apps: Informer | None = None
@@ -104,7 +108,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         return [ObjectKey(self.name, *key_of(o)) for o in self.services.list()]
 
     def synced(self) -> bool:
-        return self.services.synced.is_set() and self.dpuclusters.synced.is_set()
+        return all(i.synced.is_set() for i in (self.services, self.dpuclusters, self.interfaces))
 
     async def close(self) -> None:
         """Stop the Applications informer; the next leader term finds the CRD again and starts a fresh one."""
@@ -164,12 +168,17 @@ class ArgoCDDPUServiceReconciler(Reconciler):
             return SYNC_WAIT
         obj = await objects.add_finalizer(self.rest, DPU_SERVICE, obj, FINALIZER)
         spec = obj.get("spec") or {}
+        step1 = await self.claims.step(obj)  # as the Helm backend: no Application with a partial set of interfaces
+        if step1.problems:
+            await self._write(obj, [(INTERFACES, "False", cond.ERROR, "; ".join(step1.problems))])
+            return RETRY
         clusters = self._dpuclusters()
         prereq_problems = await self._prereqs(obj, clusters)
         targets = [argocd.IN_CLUSTER] if spec.get("deployInCluster") else [c["metadata"]["name"] for c in clusters]
-        apply_problems = await self._applications(obj, targets, bool(spec.get("paused")))
+        apply_problems = await self._applications(obj, targets, bool(spec.get("paused")), step1.networks)
         not_ready = self._not_ready(obj, targets)
         marks = [
+            (INTERFACES, "True", cond.SUCCESS, ""),
             (PREREQS, "False", cond.ERROR, "; ".join(prereq_problems)) if prereq_problems
             else (PREREQS, "True", cond.SUCCESS, ""),
             (RECONCILED, "False", cond.ERROR, "; ".join(apply_problems)) if apply_problems
@@ -255,10 +264,10 @@ class ArgoCDDPUServiceReconciler(Reconciler):
             await self.rest.apply(kind, desired, self.ctx.settings.kube.field_manager)
 
     # ---- Applications -----------------------------------------------------------------------------------
-    async def _applications(self, obj: Obj, targets: list[str], paused: bool) -> list[str]:
+    async def _applications(self, obj: Obj, targets: list[str], paused: bool, networks: str | None) -> list[str]:
         assert self.apps is not None
         meta = obj["metadata"]
-        chart, values = chart_of(obj, self.ctx.settings.services.chart_mirrors), helm_values(obj)
+        chart, values = chart_of(obj, self.ctx.settings.services.chart_mirrors), helm_values(obj, networks)
         problems: list[str] = []
         wanted = set()
         for target in targets:
@@ -324,6 +333,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
                                          f"waiting for ArgoCD to delete Applications {names} (finalizer "
                                          f"{argocd.APP_FINALIZER})")])
                 return DELETE_POLL
+        await self.claims.release_all(obj)
         await objects.remove_finalizer(self.rest, DPU_SERVICE, obj, FINALIZER)
         log.info("DPUService %s/%s: Applications deleted", meta["namespace"], meta["name"])
         return None

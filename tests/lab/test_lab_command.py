@@ -311,6 +311,9 @@ def test_lab_stops_cleanly_on_ctrl_c(lab: RunningLab) -> None:
     assert status == 0, lab.out.text
     assert "stopped cleanly" in lab.out.text
     stopping = lab.out.text.index("[lab] stopping:")
+    # The DPUService goes first, while the controller runs to uninstall its Helm release from the DPU cluster.
+    assert "[lab] DPUService lab-svc deleted: its Helm release uninstalled from the DPU cluster" in \
+        lab.out.text[stopping:]
     assert "restarting in" not in lab.out.text[stopping:], "a process stopped by the lab was restarted"
     leftovers = subprocess.run(["pgrep", "-f", str(lab.workdir)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "lab daemons outlived the lab"

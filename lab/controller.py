@@ -9,6 +9,7 @@ check work over it exactly as over TCP (the agents expect the server name `local
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ class ControllerProcess:
     workdir: Path
     bfb_dir: Path | None = None
     """The controller's BFB directory (`--bfb-dir`); None keeps the controller's default."""
+    chart_mirrors: tuple[tuple[str, str], ...] = ()
+    """`--chart-mirror FROM=TO` pairs: DPUService chart repositories installed from a mirror instead."""
+    ca_file: Path | None = None
+    """The CA bundle the controller and its Helm trust (SSL_CERT_FILE, replacing the system's), e.g. a loopback
+    chart mirror's CA."""
     child: Child | None = None
 
     @property
@@ -44,8 +50,10 @@ class ControllerProcess:
         argv = [*DPF, "controller", "run", "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace,
                 "--watch-namespace", self.namespace, "--listen", self.endpoint, "--health-listen", "127.0.0.1:0",
                 "--no-leader-elect", "--resync-period", str(resync_period), "--log-level", log_level,
-                *(["--bfb-dir", str(self.bfb_dir)] if self.bfb_dir else [])]
-        self.child = Child("dpf-controller", argv, self.workdir / "controller.log")
+                *(["--bfb-dir", str(self.bfb_dir)] if self.bfb_dir else []),
+                *(arg for public, mirror in self.chart_mirrors for arg in ("--chart-mirror", f"{public}={mirror}"))]
+        env = {**os.environ, "SSL_CERT_FILE": str(self.ca_file)} if self.ca_file else None
+        self.child = Child("dpf-controller", argv, self.workdir / "controller.log", env=env)
         wait_until(self.socket.exists, 30, "the controller's NodeState socket", while_alive=[self.child])
         return self
 

@@ -1,11 +1,12 @@
 """The local lab: the real components of a DPF deployment, started on one machine.
 
-The host cluster's control plane with the dpf CRDs, a DPU cluster that is a control plane of its own, the dpf
-controller, and emulated servers with their host agents; then provisioning as DPF does it (`provision.py`):
-upstream's hbn_only BFB, DPUFlavor and DPUSet, every DPU's phases printed with its flash progress until all are
-Ready. Then the service-chaining scenario (`sfc_demo.py`) on the DPUs it provisioned: upstream's hbn_only
-interfaces and chain, traffic through it, and service pods attached through Multus with addresses from a
-DPUServiceIPAM pool; then a rolling update of the DPUSet to a new BFB, maxUnavailable respected and shown.
+The host cluster's control plane with the dpf CRDs, a DPU cluster that is a control plane of its own, a chart
+repository on loopback HTTPS (the controller's mirror of upstream's public one), the dpf controller, and emulated
+servers with their host agents; then provisioning as DPF does it (`provision.py`): upstream's hbn_only BFB,
+DPUFlavor and DPUSet, every DPU's phases printed with its flash progress until all are Ready. Then the
+service-chaining scenario (`sfc_demo.py`) on the DPUs it provisioned: upstream's hbn_only interfaces and chain,
+traffic through it, and a DPUService whose pods get net1 through Multus with addresses from a DPUServiceIPAM pool
+(`service_pods.py`); then a rolling update of the DPUSet to a new BFB, maxUnavailable respected and shown.
 Each step prints what it does. Once up, the lab supervises its long-running processes as systemd would
 (`bed/supervise.py`): one that dies is restarted with back-off and a line saying so, so faults can be tried
 in it; only a process that keeps failing stops the lab. Ctrl-C or SIGTERM stops everything in reverse order
@@ -24,7 +25,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from dpf.lab import chains
+from dpf.lab import chains, service_pods
+from dpf.lab.bed.chart_repo import ChartRepo
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import ProcessFailed
 from dpf.lab.bed.supervise import RestartPolicy, Supervisor
@@ -58,6 +60,7 @@ class Lab:
         self.controller: ControllerProcess | None = None
         self.provisioning: Provisioning | None = None
         self.demo: SfcDemo | None = None
+        self.charts: ChartRepo | None = None
         self.supervisor = Supervisor(say, RestartPolicy())
         self._pid = os.getpid()
 
@@ -68,8 +71,8 @@ class Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        say("stopping: servers (DPU agents, kubelets, OVS), host agents, controller, control planes and the "
-            "network namespaces")
+        say("stopping: the DPUService (its Helm release uninstalled), servers (DPU agents, kubelets, OVS), host "
+            "agents, controller, chart repository, control planes and the network namespaces")
         started = time.monotonic()
         self._stack.close()
         say(f"stopped cleanly in {time.monotonic() - started:.1f}s")
@@ -113,6 +116,7 @@ class Lab:
                                                             self.dpus_per_host)
             self._apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
             cluster = provisioning.start_dpu_cluster()
+            self._start_chart_repo()
             self._start_controller(provisioning.bfb_dir)
             assert self.controller is not None
             provisioning.register_dpu_cluster(self._apply)
@@ -120,6 +124,7 @@ class Lab:
             provisioning.provision(self._apply)
             self.demo = SfcDemo(host, cluster, self.controller, list(provisioning.dpus.values()), self.workdir,
                                 self._stack, say, watched=lambda: [s.machine for s in provisioning.servers])
+            self._stack.callback(self.demo.service_pods.stop, host)  # while the controller runs to uninstall it
             self.demo.start()
             if self.update:
                 provisioning.rolling_update(self._apply)
@@ -138,11 +143,22 @@ class Lab:
         for line in result.stdout.splitlines():
             say(f"  kubectl: {line}")
 
+    def _start_chart_repo(self) -> None:
+        self.charts = ChartRepo(self.workdir / "chart-repo", service_pods.charts())
+        self._stack.callback(self.charts.stop)
+        self.charts.start()
+        say(f"chart repository at {self.charts.url} (loopback HTTPS, CA {self.charts.ca_file}): "
+            f"{', '.join(c.name for c in self.charts.charts)}; the controller installs {service_pods.PUBLIC_REPO} "
+            "charts from it")
+
     def _start_controller(self, bfb_dir: Path) -> None:
         assert self.host is not None
+        assert self.charts is not None
         say("starting the dpf controller (NodeState gRPC with mTLS on a unix socket, leader of one)")
         bfb_dir.mkdir(parents=True, exist_ok=True)
-        self.controller = ControllerProcess(self.host.kubeconfig, NAMESPACE, self.workdir / "controller", bfb_dir)
+        self.controller = ControllerProcess(self.host.kubeconfig, NAMESPACE, self.workdir / "controller", bfb_dir,
+                                            chart_mirrors=((service_pods.PUBLIC_REPO, self.charts.url),),
+                                            ca_file=self.charts.ca_file)
         self._stack.callback(self.controller.stop)
         self.controller.start()
         say(f"controller serving at {self.controller.endpoint}; log: {self.controller.workdir}/controller.log")

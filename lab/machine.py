@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
+from dpf.cni.wire import SOCKET_ENV
 from dpf.lab.bed.kubelet import Kubelet
 from dpf.lab.bed.kwok import KwokDpuOs
 from dpf.lab.bed.netns import ns_ipr
@@ -169,13 +170,15 @@ def main(argv: list[str] | None = None) -> int:
                 links.append(kubelet_dir)
 
                 def join(event: BootEvent, netns: str, kubelet_dir: Path = kubelet_dir, address: str = address,
-                         host_end: str = host_end) -> Kubelet:
+                         host_end: str = host_end, workdir: Path = workdir) -> Kubelet:
                     assert event.bfcfg is not None
                     assert event.bfcfg.join_command is not None
                     attach(netns, args.node_bridge, address, host_end)
                     node = event.hostname or event.dpu
                     kubelet = Kubelet(netns, node, event.bfcfg.join_command, kubelet_dir, image_tar=args.image_tar,
-                                      multus_kubeconfig=args.multus_kubeconfig, cni_plugins=cni_plugins).start()
+                                      multus_kubeconfig=args.multus_kubeconfig, cni_plugins=cni_plugins,
+                                      # the DPU agent's socket (start_dpu_agent) for NADs naming none, as on a DPU
+                                      cni_env={SOCKET_ENV: str(workdir / "run" / "cni.sock")}).start()
                     say(f"{event.dpu}: joined the DPU cluster as node {node} ({address})")
                     return kubelet
 

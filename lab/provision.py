@@ -393,12 +393,6 @@ class Provisioning:
                           if phase == "Ready" and cached.is_file() else "")
                 self.say(f"BFB {name}: {now:6.1f}s  {phase}{detail}")
         listing = cast(dict, self._custom.list_namespaced_custom_object(*PROVISIONING, NAMESPACE, "dpus"))
-        present = {obj["metadata"]["name"] for obj in listing["items"]}
-        for gone in self.dpus.values():
-            if gone.name not in present and (not gone.phases or gone.phases[-1][0] != GONE):
-                gone.phases.append((GONE, now))
-                gone.message = ""
-                self.say(f"DPU {gone.name}: {now:6.1f}s  {GONE}")
         statuses: dict[str, dict[str, Any]] = {}
         for obj in listing["items"]:
             name = obj["metadata"]["name"]
@@ -415,6 +409,13 @@ class Provisioning:
             if not view.phases and before:
                 self._phase(view, before, now, "")
             self._phase(view, phase, now, why)
+        # After the Events: a DPU the DPUSet deleted because another became Ready is shown after that Ready.
+        present = {obj["metadata"]["name"] for obj in listing["items"]}
+        for gone in self.dpus.values():
+            if gone.name not in present and (not gone.phases or gone.phases[-1][0] != GONE):
+                gone.phases.append((GONE, now))
+                gone.message = ""
+                self.say(f"DPU {gone.name}: {now:6.1f}s  {GONE}")
         for name, status in statuses.items():
             view = self.dpus[name]
             phase, message = status.get("phase") or "", _progress(status)

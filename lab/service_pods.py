@@ -1,10 +1,13 @@
-"""The lab's service pods: on every provisioned DPU, a real pod (in the DPU cluster, run by the DPU's kubelet) whose
-`k8s.v1.cni.cncf.io/networks` annotation names a NetworkAttachmentDefinition (DPU cluster) for our CNI plugin:
-the kubelet's CNI is Multus, which adds that network through our plugin and the DPU agent, as on a DPU. Its
-`net1` lands on br-sfc with an address the DPU agent leases from a DPUServiceIPAM pool
-(`manifests/service_pods.yaml`), and a chain joins it to uplink p2; each pod's address (from Multus'
-network-status annotation) and a ping through the chain are printed. When a DPU reboots its kubelet starts the
-pod again, with a new sandbox and possibly a new address: `current()` reads it again.
+"""The lab's service, deployed as upstream's users deploy one: a DPUService (`manifests/service.yaml`) naming
+upstream's hbn chart in its public repository, which the lab's controller installs with Helm from a loopback mirror
+(`bed/chart_repo.py`, `--chart-mirror`) serving the lab's stand-in chart (`charts/doca-hbn`: a DaemonSet of the
+lab's busybox). Its `interfaces` names a service-type DPUServiceInterface, so the controller adds that interface's
+Multus network to the pods' `k8s.v1.cni.cncf.io/networks` annotation; every DPU's kubelet then runs one pod, whose
+CNI (Multus) adds `net1` through our plugin and the DPU agent: on br-sfc, with an address the agent leases from a
+DPUServiceIPAM pool (`manifests/service_pods.yaml`). A chain joins uplink p2 to each pod's net1; each pod's address
+(from Multus' network-status annotation) and a ping through the chain are printed. When a DPU reboots, its pod
+starts again with a new sandbox and possibly a new address (or the DaemonSet makes a new one): `current()` finds it
+again by the service label and its node.
 """
 
 from __future__ import annotations
@@ -13,16 +16,16 @@ import functools
 import ipaddress
 import json
 import string
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
 from dpf.lab import chains
-from dpf.lab.bed.images import BUSYBOX_IMAGE
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import Pod
 from dpf.lab.bed.process import wait_until
@@ -31,13 +34,14 @@ from dpf.lab.dpus import CNI_PLUGIN, EmulatedDpu
 POOL = "lab-pool"
 SERVICE = "lab-svc"
 NETWORK = "mybrsfc-pool"
-POD = "lab-svc-{i}"
 FABRIC_CIDR = "10.200.0.254/24"  # the fabric side of p2: inside the pool's subnet, outside every node's block
-NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 CRDS = chains.MANIFESTS / "crds"
+CHARTS = Path(__file__).resolve().parent / "charts"
+PUBLIC_REPO = "https://helm.ngc.nvidia.com/nvidia/doca"  # upstream's hbn_only hbn-dpuservice.yaml; unreachable here
+"""The repository `manifests/service.yaml` names; the lab's controller mirrors it onto the lab's chart repository."""
 
-
-ATTACH_TIMEOUT = 120.0
+ATTACH_TIMEOUT = 180.0  # helm upgrade --install, the DaemonSet's pods scheduled, their sandboxes and net1 on 2 cores
+DELETE_TIMEOUT = 120.0
 NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 
 
@@ -56,10 +60,20 @@ class ServicePod:
         return str(ipaddress.ip_interface(self.cidr).ip)
 
 
+def charts() -> list[Path]:
+    """The charts the lab's chart repository serves."""
+    return sorted(path.parent for path in CHARTS.glob("*/Chart.yaml"))
+
+
 def manifests(namespace: str, group: str) -> list[chains.Obj]:
-    text = string.Template((chains.MANIFESTS / "service_pods.yaml").read_text()).substitute(
-        NAMESPACE=namespace, GROUP=group, POOL=POOL, SERVICE=SERVICE, NETWORK=NETWORK)
-    return [doc for doc in yaml.safe_load_all(text) if doc]
+    """The pool, p2 and the chain (`service_pods.yaml`), then the service interface and the DPUService
+    (`service.yaml`)."""
+    found = []
+    for name in ("service_pods.yaml", "service.yaml"):
+        text = string.Template((chains.MANIFESTS / name).read_text()).substitute(
+            NAMESPACE=namespace, GROUP=group, POOL=POOL, SERVICE=SERVICE, NETWORK=NETWORK)
+        found += [doc for doc in yaml.safe_load_all(text) if doc]
+    return found
 
 
 @functools.cache
@@ -68,23 +82,26 @@ def pool_subnet() -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(pool["spec"]["ipv4Subnet"]["subnet"])
 
 
-def nad(namespace: str, name: str, agent_socket: Path) -> chains.Obj:
-    """Our plugin as a NAD. One per emulated DPU only because each DPU agent's socket path differs; on real
-    DPUs the agent serves the default path and one NAD serves every node."""
+def nad(namespace: str) -> chains.Obj:
+    """Our plugin as a NAD, as on real DPUs: no agent socket named, so the plugin asks the DPU's own agent (each
+    emulated DPU's containerd hands its plugins the path in DPF_CNI_SOCKET; on a DPU it is the default path)."""
     config = {"cniVersion": "1.0.0", "name": NETWORK, "type": CNI_PLUGIN, "bridge": "br-sfc",
-              "agentSocket": str(agent_socket), "ipam": {"type": "dpf-ipam", "poolNames": [POOL]}}
+              "ipam": {"type": "dpf-ipam", "poolNames": [POOL]}}
     return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-            "metadata": {"name": name, "namespace": namespace}, "spec": {"config": json.dumps(config)}}
+            "metadata": {"name": NETWORK, "namespace": namespace}, "spec": {"config": json.dumps(config)}}
 
 
-def pod(namespace: str, name: str, node: str, network: str) -> chains.Obj:
-    selection = [{"name": network, "interface": "net1"}]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace, "labels": {chains.SERVICE_LABEL: SERVICE},
-                         "annotations": {NETWORKS_ANNOTATION: json.dumps(selection)}},
-            "spec": {"nodeName": node, "automountServiceAccountToken": False,
-                     # the lab's busybox (no registry here): the DPU's kubelet runs it, sleeping
-                     "containers": [{"name": "svc", "image": BUSYBOX_IMAGE, "imagePullPolicy": "Never"}]}}
+def net1(pod: Any) -> str | None:
+    """net1's address (CIDR) from a pod's Multus network-status while it is Running, else None."""
+    annotations = (pod.metadata.annotations if pod.metadata else None) or {}
+    if pod.status is None or pod.status.phase != "Running" or NETWORK_STATUS not in annotations:
+        return None
+    if pod.metadata.deletion_timestamp is not None:
+        return None
+    for network in json.loads(annotations[NETWORK_STATUS]):
+        if network.get("interface") == "net1" and network.get("ips"):
+            return f"{network['ips'][0]}/{pool_subnet().prefixlen}"
+    return None
 
 
 class ServicePods:
@@ -100,60 +117,73 @@ class ServicePods:
         crds = self.cluster.install_crds(CRDS)
         self.say(f"installed the NetworkAttachmentDefinition CRD ({', '.join(crds)}) in the DPU cluster for Multus")
         objects = manifests(self.namespace, self.group)
-        pool = [o for o in objects if o["kind"] == "DPUServiceIPAM"]
+
+        def kind(name: str) -> list[chains.Obj]:
+            return [o for o in objects if o["kind"] == name]
+
+        pool = kind("DPUServiceIPAM")
         self.say(f"applying DPUServiceIPAM {POOL}: ipv4Subnet {pool_subnet()}, "
                  f"{pool[0]['spec']['ipv4Subnet']['perNodeIPCount']} addresses per DPU")
         self.apply(pool)
         self.wait_ready("dpuserviceipams", POOL)
-        for i, dpu in enumerate(dpus, start=1):
+        for dpu in dpus:
             self.fabric[dpu.name] = dpu.uplink("p2", FABRIC_CIDR, f"{dpu.short}f2")
             self.say(f"DPU {dpu.name}: uplink p2 is a veth to fabric namespace {self.fabric[dpu.name].netns} "
                      f"({FABRIC_CIDR})")
-            self.pods[dpu.name] = self._attach(dpu, POD.format(i=i))
-        interfaces = [o for o in objects if o["kind"] == "DPUServiceInterface"]
+        self.apply_dpu([nad(self.namespace)])
+        interfaces = kind("DPUServiceInterface")
         self.apply(interfaces)
+        service = kind("DPUService")[0]
+        source = service["spec"]["helmChart"]["source"]
+        self.say(f"applying DPUService {SERVICE}: chart {source['chart']} {source['version']} from "
+                 f"{source['repoURL']} (the controller's mirror: the lab's chart repository), interfaces "
+                 f"{', '.join(service['spec']['interfaces'])} (Multus network {NETWORK}, net1)")
+        self.apply([service])
+        for dpu in dpus:
+            self.pods[dpu.name] = self._attached(dpu)
+        self.wait_ready("dpuservices", SERVICE)
         for obj in interfaces:
             self.wait_ready("dpuserviceinterfaces", obj["metadata"]["name"])
         self.say(f"applying DPUServiceChain {SERVICE}-to-fabric: p2 <-> service pod net1")
-        self.apply([o for o in objects if o["kind"] == "DPUServiceChain"])
+        self.apply(kind("DPUServiceChain"))
         self.wait_ready("dpuservicechains", f"{SERVICE}-to-fabric")
         self.show_traffic()
 
-    def _attach(self, dpu: EmulatedDpu, name: str) -> ServicePod:
-        network = f"{NETWORK}-{dpu.short}"
-        self.apply_dpu([nad(self.namespace, network, dpu.cni_socket), pod(self.namespace, name, dpu.name, network)])
+    def _attached(self, dpu: EmulatedDpu) -> ServicePod:
         try:
-            cidr = wait_until(lambda: self._net1(name), ATTACH_TIMEOUT, f"service pod {self.namespace}/{name} "
-                              "Running with net1 in Multus' network-status", interval=0.3)
+            found = wait_until(lambda: self._pod_on(dpu.name), ATTACH_TIMEOUT, f"DPUService {SERVICE}'s pod on "
+                               f"{dpu.name} Running with net1 in Multus' network-status", interval=0.3)
         except TimeoutError as exc:
-            raise ServicePodError(f"{exc}; the DPU's kubelet log and multus.log are in its kubelet directory, the "
-                                  f"CNI calls in its DPU agent's log") from None
-        if ipaddress.ip_interface(cidr).ip not in pool_subnet():
-            raise ServicePodError(f"{name} on {dpu.name} got {cidr}, outside pool {POOL} ({pool_subnet()})")
-        self.say(f"DPU {dpu.name}: service pod {self.namespace}/{name} Running; its kubelet's CNI (Multus) added NAD "
-                 f"{network} ({CNI_PLUGIN} + dpf-ipam): net1 ip {cidr} from DPUServiceIPAM {POOL}")
-        return ServicePod(name, dpu.name, cidr)
+            raise ServicePodError(f"{exc}; the DPUService's conditions, the controller's log (Helm), the DPU's "
+                                  f"kubelet log and multus.log in its kubelet directory, the CNI calls in its DPU "
+                                  f"agent's log") from None
+        if ipaddress.ip_interface(found.cidr).ip not in pool_subnet():
+            raise ServicePodError(f"{found.name} on {dpu.name} got {found.cidr}, outside pool {POOL} "
+                                  f"({pool_subnet()})")
+        self.say(f"DPU {dpu.name}: pod {self.namespace}/{found.name} of DPUService {SERVICE} Running; its kubelet's "
+                 f"CNI (Multus) added NAD {NETWORK} ({CNI_PLUGIN} + dpf-ipam): net1 ip {found.cidr} from "
+                 f"DPUServiceIPAM {POOL}")
+        return found
 
-    def _net1(self, name: str) -> str | None:
-        """net1's address (CIDR) from the pod's network-status while it is Running, else None."""
-        try:
-            obj = k8s.CoreV1Api(self.cluster.client).read_namespaced_pod(name, self.namespace)
-        except ApiException:
-            return None
-        annotations = (obj.metadata.annotations if obj.metadata else None) or {}
-        if obj.status is None or obj.status.phase != "Running" or NETWORK_STATUS not in annotations:
-            return None
-        for network in json.loads(annotations[NETWORK_STATUS]):
-            if network.get("interface") == "net1" and network.get("ips"):
-                return f"{network['ips'][0]}/{pool_subnet().prefixlen}"
+    def _pod_on(self, node: str) -> ServicePod | None:
+        """The DPUService's pod on `node` (by the service label the controller puts on its pods) once Running with
+        net1, else None."""
+        pods = k8s.CoreV1Api(self.cluster.client).list_namespaced_pod(
+            self.namespace, label_selector=f"{chains.SERVICE_LABEL}={SERVICE}", field_selector=f"spec.nodeName={node}")
+        for pod in pods.items:
+            cidr = net1(pod)
+            if cidr is not None and pod.metadata is not None and pod.metadata.name:
+                return ServicePod(pod.metadata.name, node, cidr)
         return None
 
     def current(self) -> dict[str, ServicePod]:
         """The pods as they are now (a DPU's reboot starts its pod again, with a new sandbox and address)."""
-        for dpu_name, known in list(self.pods.items()):
-            cidr = self._net1(known.name)
-            if cidr is not None:
-                self.pods[dpu_name] = ServicePod(known.name, dpu_name, cidr)
+        for node, known in list(self.pods.items()):
+            found = self._pod_on(node)
+            if found is not None and found != known:
+                self.pods[node] = found
+                self.say(f"DPU {node}: pod {self.namespace}/{found.name} of DPUService {SERVICE} Running (was "
+                         f"{known.name} at {known.cidr}): net1 ip {found.cidr}")
         return self.pods
 
     def show_traffic(self) -> None:
@@ -163,3 +193,18 @@ class ServicePods:
             if not fabric.ping(service.ip, count=3, wait=0.5):
                 raise ServicePodError(f"{what}: no reply through chain {SERVICE}-to-fabric")
             self.say(f"traffic passes: {what}: 3/3 replies")
+
+    def stop(self, host: ControlPlane) -> None:
+        """Delete the DPUService and wait until it is gone: the controller uninstalls its Helm release (the
+        DaemonSet and its pods go) before it drops the finalizer. Never raises: the rest of the teardown runs."""
+        try:
+            result = host.kubectl("delete", "dpuservice", SERVICE, "-n", self.namespace, "--ignore-not-found",
+                                  "--wait=true", f"--timeout={DELETE_TIMEOUT:.0f}s", check=False,
+                                  timeout=DELETE_TIMEOUT + 10)
+        except subprocess.TimeoutExpired:
+            self.say(f"DPUService {SERVICE} not deleted within {DELETE_TIMEOUT:.0f}s")
+            return
+        if result.returncode != 0:
+            self.say(f"DPUService {SERVICE} not deleted: {result.stderr.strip()}")
+        elif result.stdout.strip():
+            self.say(f"DPUService {SERVICE} deleted: its Helm release uninstalled from the DPU cluster")

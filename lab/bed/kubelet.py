@@ -327,11 +327,13 @@ class Kubelet:
 
     def __init__(self, netns: str, node_name: str, join_command: str, workdir: Path,
                  pod_subnet: str = "10.244.0.0/24", image_tar: Path | None = None,
-                 multus_kubeconfig: Path | None = None, cni_plugins: dict[str, Path] | None = None) -> None:
+                 multus_kubeconfig: Path | None = None, cni_plugins: dict[str, Path] | None = None,
+                 cni_env: dict[str, str] | None = None) -> None:
         """With `multus_kubeconfig`, Multus (thin plugin) is the node's CNI: the pod network stays its cluster
         network (eth0) and a pod's `k8s.v1.cni.cncf.io/networks` annotation adds the NetworkAttachmentDefinitions
         it names, read with that kubeconfig (Multus' own credentials; a DaemonSet's ServiceAccount upstream).
-        `cni_plugins` adds plugin binaries by type name (e.g. the SFC CNI) beside the standard ones."""
+        `cni_plugins` adds plugin binaries by type name (e.g. the SFC CNI) beside the standard ones; `cni_env` is
+        set in containerd's environment, which libcni hands on to every CNI plugin it runs."""
         self.netns = netns
         self.node_name = node_name
         self.join = JoinCommand.parse(join_command)
@@ -345,6 +347,7 @@ class Kubelet:
         self._holds_sysctls = False
         self.multus_kubeconfig = multus_kubeconfig
         self.cni_plugins = cni_plugins or {}
+        self.cni_env = cni_env or {}
 
     @property
     def cni_bin_dir(self) -> Path:
@@ -560,7 +563,7 @@ state = "{d / 'containerd/state'}"
     def _start_containerd(self) -> None:
         containerd = Child(f"containerd ({self.node_name})", [
             *self.enter_argv(), tool("containerd"), "--config", str(self.dir / "containerd" / "config.toml"),
-        ], self.dir / "containerd.log")
+        ], self.dir / "containerd.log", env={**os.environ, **self.cni_env} if self.cni_env else None)
         self.children.append(containerd)
         wait_until(self.containerd_socket.exists, 20, f"{self.node_name}'s containerd socket",
                    while_alive=[containerd])

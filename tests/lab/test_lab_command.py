@@ -205,35 +205,69 @@ def test_lab_starts_serves_kubectl_and_shows_the_chain_working(lab: RunningLab) 
                               "servicechain.svc.dpu.nvidia.com/lab-svc-to-fabric-worker1-0000-08-00",
                               "servicechain.svc.dpu.nvidia.com/lab-svc-to-fabric-worker2-0000-08-00"]
 
-    # Service pods: real pods, attached by their kubelet's CNI (Multus) with an address from the DPUServiceIPAM
-    # pool, chained to p2.
+    # The service, deployed as upstream's users do: a DPUService naming upstream's hbn chart in its public
+    # repository, installed by the controller with Helm from the lab's loopback mirror. Its DaemonSet runs a pod on
+    # every DPU, whose net1 (the DPUServiceInterface the DPUService lists, added to the pods' Multus annotation by
+    # the controller) Multus attached through our plugin: on br-sfc, with an address from the pool, chained to p2.
     assert "dpuserviceipams/lab-pool Ready after" in text
+    assert "dpuservices/lab-svc Ready after" in text
+    service = json.loads(lab.kubectl("get", "dpuservice", "lab-svc", "-n", NAMESPACE, "-o", "json"))
+    assert service["spec"]["helmChart"]["source"] == {"repoURL": "https://helm.ngc.nvidia.com/nvidia/doca",
+                                                      "chart": "doca-hbn", "version": "1.0.1"}
+    ready = next(c for c in service["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", service["status"]
+    listed = lab.kubectl("get", "pods", "-n", NAMESPACE, "-l", "svc.dpu.nvidia.com/service=lab-svc", "-o", "json",
+                         kubeconfig=lab.dpu_kubeconfig)
+    pods = [p for p in json.loads(listed)["items"] if not p["metadata"].get("deletionTimestamp")]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(DPUS), "one pod per DPU"
+    owners = {o["name"] for p in pods for o in p["metadata"]["ownerReferences"] if o["kind"] == "DaemonSet"}
+    assert len(owners) == 1, [p["metadata"]["ownerReferences"] for p in pods]
+    daemonset = json.loads(lab.kubectl("get", "daemonset", owners.pop(), "-n", NAMESPACE, "-o", "json",
+                                       kubeconfig=lab.dpu_kubeconfig))
+    assert daemonset["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     addresses = []
-    for i, dpu in enumerate(("worker1-0000-08-00", "worker2-0000-08-00"), start=1):
-        attached = re.search(rf"DPU {dpu}: service pod dpf-operator-system/lab-svc-{i} Running; its kubelet's CNI "
-                             r"\(Multus\) added NAD mybrsfc-pool-d\d \(.*\): net1 ip (\S+) "
-                             r"from DPUServiceIPAM lab-pool",
-                             text)
-        assert attached, text
-        address = ipaddress.ip_interface(attached.group(1))
-        assert address.network == ipaddress.ip_network("10.200.0.0/24")
-        assert address.ip != ipaddress.ip_address("10.200.0.1"), "the pool's gateway went to a pod"
-        addresses.append(address.ip)
-        assert (f"traffic passes: DPU {dpu}: ping 10.200.0.254 (fabric p2) -> {address.ip} (service pod net1): "
-                "3/3 replies") in text
+    for pod in pods:
+        dpu, name = pod["spec"]["nodeName"], pod["metadata"]["name"]
+        assert pod["status"]["phase"] == "Running", pod["status"]
+        assert json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]) == [
+            {"name": "mybrsfc-pool", "interface": "net1"}]
+        status = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
+        net1 = next(n for n in status if n.get("interface") == "net1")
+        address = ipaddress.ip_address(net1["ips"][0])
+        assert address in ipaddress.ip_network("10.200.0.0/24")
+        assert address != ipaddress.ip_address("10.200.0.1"), "the pool's gateway went to a pod"
+        addresses.append(address)
+        assert re.search(rf"DPU {dpu}: pod {NAMESPACE}/\S+ of DPUService lab-svc Running; its kubelet's CNI "
+                         r"\(Multus\) added NAD mybrsfc-pool \(.*\): net1 ip \S+ from DPUServiceIPAM lab-pool", text)
+        # The rolling update re-provisioned the DPU: its Node came back and the DaemonSet made the pod again (a new
+        # name, a new lease); the lab names the live one.
+        assert re.findall(rf"DPU {dpu}: pod {NAMESPACE}/(\S+) of DPUService lab-svc Running", text)[-1] == name
+        assert _bridge_of(lab, dpu, f"{NAMESPACE}/{name}/net1") == "br-sfc"
+        # The address last shown through the chain is the live one.
+        shown = re.findall(rf"traffic passes: DPU {dpu}: ping 10\.200\.0\.254 \(fabric p2\) -> (\S+) "
+                           r"\(service pod net1\): 3/3 replies", text)
+        assert shown, text
+        assert shown[-1] == str(address), (shown, status)
     assert len(set(addresses)) == 2, "each DPU leases from its own block of the pool"
-    status = json.loads(lab.kubectl(
-        "get", "pod", "lab-svc-1", "-n", "dpf-operator-system", "-o",
-        "jsonpath={.metadata.annotations.k8s\\.v1\\.cni\\.cncf\\.io/network-status}", kubeconfig=lab.dpu_kubeconfig))
-    # The rolling update restarted the pod with the DPU (a new sandbox, a new lease): the address last shown is live.
-    shown = re.findall(r"traffic passes: DPU worker1-0000-08-00: ping 10\.200\.0\.254 \(fabric p2\) -> (\S+) "
-                       r"\(service pod net1\)", text)
-    assert any(n.get("interface") == "net1" and n.get("ips") == [shown[-1]] for n in status), (status, shown)
 
     second = subprocess.run([*DPF, "lab", "--workdir", str(workdir), "--for", "0"], capture_output=True,
                             text=True, timeout=60)
     assert second.returncode == 1
     assert "another lab is running" in second.stdout
+
+
+def _bridge_of(lab: RunningLab, dpu: str, dpf_id: str) -> str:
+    """The OVS bridge (in the DPU's switch, as the lab lists it) of the port our CNI plugged for `dpf_id`."""
+    rundir = next(line.split()[0].split("=", 1)[1] for line in lab.out.lines[lab.out.lines.index(
+        f"  # {dpu}: flows, and a ping through its chain"):] if line.startswith("  OVS_RUNDIR="))
+
+    def vsctl(*args: str) -> str:
+        return subprocess.run([tool("ovs-vsctl"), *args], capture_output=True, text=True, check=True, timeout=30,
+                              env={**os.environ, "OVS_RUNDIR": rundir}).stdout.strip()
+
+    rows = json.loads(vsctl("--format=json", "--columns=name,external_ids", "list", "Interface"))["data"]
+    port = next(name for name, (_, ids) in rows if ["dpf-id", dpf_id] in ids)
+    return vsctl("port-to-br", port)
 
 
 def test_a_killed_dpu_agent_is_restarted_and_the_chain_still_works(lab: RunningLab) -> None:
@@ -277,6 +311,9 @@ def test_lab_stops_cleanly_on_ctrl_c(lab: RunningLab) -> None:
     assert status == 0, lab.out.text
     assert "stopped cleanly" in lab.out.text
     stopping = lab.out.text.index("[lab] stopping:")
+    # The DPUService goes first, while the controller runs to uninstall its Helm release from the DPU cluster.
+    assert "[lab] DPUService lab-svc deleted: its Helm release uninstalled from the DPU cluster" in \
+        lab.out.text[stopping:]
     assert "restarting in" not in lab.out.text[stopping:], "a process stopped by the lab was restarted"
     leftovers = subprocess.run(["pgrep", "-f", str(lab.workdir)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "lab daemons outlived the lab"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,6 @@ async def image_of(rest: Rest, namespace: str, name: str) -> str | None:
 
 def test_dpuservice_helm_release_in_the_dpu_cluster_upgraded_failed_paused_and_uninstalled(
         kube: ControlPlane, namespace: str, chart_repo: str, tmp_path: Path) -> None:
-    assert shutil.which("openssl")
     timings: dict[str, float] = {}
     controllers = ("garbagecollector", "namespace", "daemonset")  # the DaemonSet controller writes real status
     with ControlPlane(tmp_path / "dpu", name="dpusvc", controllers=controllers) as dpu:

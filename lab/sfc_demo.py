@@ -97,7 +97,8 @@ class SfcDemo:
                 service = self.service_pods.pods[dpu.name]
                 lines.append(f"  ip netns exec {self.service_pods.fabric[dpu.name].netns} ping {service.ip}"
                              f"  # service pod net1, via p2")
-        lines.append(f"  {tool('kubectl')} get dpuserviceipams -n {NAMESPACE}")
+        lines.append(f"  {tool('kubectl')} get dpuservices,dpuserviceipams -n {NAMESPACE}"
+                     "    # the service pods' DPUService (a Helm release per DPU cluster)")
         lines.append(f"  KUBECONFIG={self.dpu_cluster.kubeconfig} {tool('kubectl')} get pods,"
                      f"network-attachment-definitions -n {NAMESPACE} -o wide")
         return "\n".join(lines)

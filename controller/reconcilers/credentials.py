@@ -52,7 +52,7 @@ from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
-from dpf.controller.reconcilers.kinds import DPU_CLUSTER, NAMESPACE, SVC, V1ALPHA1
+from dpf.controller.reconcilers.kinds import DPU_CLUSTER, SVC, V1ALPHA1
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class CredentialRequestReconciler(Reconciler):
                 if not (exc.not_found and target.name):
                     raise
                 # A DPU cluster gets the namespace made, as the mirror does for its sets (never the host).
-                await _ensure_namespace(target.rest, account_ns)
+                await objects.ensure_namespace(target.rest, account_ns)
                 await target.rest.apply(SERVICE_ACCOUNT, body, self.ctx.settings.kube.field_manager)
         except KubeError as exc:
             raise StepFailed(SA_RECONCILED, cond.ERROR, _field_error("spec.serviceAccount", where, exc)) from None
@@ -503,13 +503,6 @@ def _secret_differs(current: Obj, desired: Obj) -> bool:
             return True
     return False
 
-
-async def _ensure_namespace(rest: Rest, namespace: str) -> None:
-    try:
-        await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    except KubeError as exc:
-        if not exc.conflict:
-            raise
 
 
 def _field_error(field: str, where: str, exc: KubeError) -> str:

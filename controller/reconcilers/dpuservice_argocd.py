@@ -49,7 +49,7 @@ from dpf.controller.reconcilers.dpuservice import (
     helm_values,
 )
 from dpf.controller.reconcilers.keys import ObjectKey
-from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE, NAMESPACE
+from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
                 await self._cluster_secret(dpucluster)
                 made = (where, obj["metadata"]["namespace"])
                 if not deploy_in_cluster and made not in self._namespaces:
-                    await _ensure_namespace(self.ctx.clusters.dpu[where].rest, made[1])
+                    await objects.ensure_namespace(self.ctx.clusters.dpu[where].rest, made[1])
                     self._namespaces.add(made)  # once per term: a namespace deleted by hand is not remade
             except (clients.KubeconfigError, KubeError, KeyError) as exc:
                 problems.append(f"cluster {where}: {exc}")
@@ -346,13 +346,4 @@ def _app_differs(current: Obj | None, desired: Obj) -> bool:
         return True
     held = (current["metadata"].get("annotations") or {}).get(argocd.SKIP_RECONCILE)
     return held != (desired["metadata"].get("annotations") or {}).get(argocd.SKIP_RECONCILE)
-
-
-async def _ensure_namespace(rest: Rest, namespace: str) -> None:
-    """Create-only (the DPU-cluster role grants create on namespaces, not get); AlreadyExists is success."""
-    try:
-        await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    except KubeError as exc:
-        if not exc.conflict:
-            raise
 

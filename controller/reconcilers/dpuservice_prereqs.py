@@ -19,7 +19,7 @@ from typing import Any
 
 from dpf.controller.kube.informer import Informer
 from dpf.controller.kube.rest import SECRET, KubeError, Obj, Rest
-from dpf.controller.reconcilers.kinds import NAMESPACE
+from dpf.controller.reconcilers import objects
 from dpf.controller.settings import KubeSettings
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,9 @@ async def mirror(rest: Rest, namespace: str, pull_secrets: Sequence[Obj], field_
     problems: list[str] = []
     if apply:
         try:
-            await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            await objects.ensure_namespace(rest, namespace)
         except KubeError as exc:
-            if not exc.conflict:
-                return [f"namespace {namespace}: {exc}"]
+            return [f"namespace {namespace}: {exc}"]
     for body in apply:
         name = body["metadata"]["name"]
         try:

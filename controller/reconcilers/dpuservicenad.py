@@ -34,7 +34,7 @@ from dpf.controller.kube.rest import Kind, KubeError, Obj
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
-from dpf.controller.reconcilers.kinds import NAMESPACE, SVC, V1ALPHA1
+from dpf.controller.reconcilers.kinds import SVC, V1ALPHA1
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +157,8 @@ class DPUServiceNADReconciler(Reconciler):
         except KubeError as exc:
             if not (exc.not_found and current is None):
                 raise
-            try:  # the namespace, made when missing (as the mirror does); a missing CRD fails again below
-                await cluster.rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
-                                                      "metadata": {"name": namespace}})
-            except KubeError as made:
-                if not made.conflict:
-                    raise
+            # The namespace, made when missing (as the mirror does); a missing CRD fails again below.
+            await objects.ensure_namespace(cluster.rest, namespace)
             try:
                 await cluster.rest.apply(NAD, desired, self.ctx.settings.kube.field_manager)
             except KubeError as again:

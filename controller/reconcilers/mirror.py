@@ -33,7 +33,6 @@ from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
 from dpf.controller.reconcilers.keys import ObjectKey
-from dpf.controller.reconcilers.kinds import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +194,7 @@ class MirrorReconciler(Reconciler):
         body = child_body(self.kinds, parent)
         namespace = body["metadata"]["namespace"]
         if (cluster.name, namespace) not in self._namespaces:
-            try:
-                await cluster.rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
-                                                      "metadata": {"name": namespace}})
-            except KubeError as exc:
-                if not exc.conflict:
-                    raise
+            await objects.ensure_namespace(cluster.rest, namespace)
             self._namespaces.add((cluster.name, namespace))
         name = body["metadata"]["name"]
         current = cluster.informer(self.kinds.child).get(namespace, name)

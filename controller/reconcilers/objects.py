@@ -17,6 +17,7 @@ from dpf.controller.api import conditions as cond
 from dpf.controller.api.meta import Condition
 from dpf.controller.errors import TemporaryError
 from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
+from dpf.controller.reconcilers.kinds import NAMESPACE
 
 CACHE_LAG_RETRY = 0.05  # a 409 on a resourceVersion-guarded patch: our cache is one event behind
 
@@ -155,3 +156,13 @@ def child_differs(current: Obj | None, desired: Obj) -> bool:
     if any(ref["uid"] not in uids for ref in want.get("ownerReferences") or ()):
         return True
     return current.get("spec") != desired.get("spec")
+
+
+async def ensure_namespace(rest: Rest, namespace: str) -> None:
+    """Create `namespace` when missing: create-only (some roles grant create on namespaces, not get), and
+    AlreadyExists is success."""
+    try:
+        await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    except KubeError as exc:
+        if not exc.conflict:
+            raise

@@ -30,8 +30,8 @@ with the kubeconfig the DPUCluster's Secret (`admin.conf`) holds, written to a p
   Helm's stderr, and Helm has rolled the failed upgrade back), `ApplicationsReady` (every release deployed and
   each DaemonSet in its manifest has numberReady == desiredNumberScheduled; upstream's "Synced+Healthy", so a
   DaemonSet with 0 desired pods (no matching node) is ready; else False `Pending`), `Ready` (summary).
-- `paused`: no claim, no mirroring, no Helm call at all (upstream's skip-reconcile pauses only the Applications,
-  its Steps 1 and 2 still run); conditions stay as they were.
+- `paused`: Steps 1 and 2 run, no Helm call does (upstream's skip-reconcile pauses only the Applications); the
+  other conditions stay as they were.
 - Delete (paused or not): `helm uninstall` in every target; its interfaces released; when it was the namespace's
   last live DPUService, the mirrored pull secrets removed from every DPU cluster; then the finalizer
   `dpu.nvidia.com/dpuservice` goes.
@@ -288,13 +288,18 @@ class DPUServiceReconciler(Reconciler):
             return None
         if obj["metadata"].get("deletionTimestamp"):
             return await self._delete(key, obj)
-        if (obj.get("spec") or {}).get("paused"):
-            return None  # upstream's skip-reconcile: nothing deployed changes until unpaused
         obj = await objects.add_finalizer(self.ctx.clusters.host.rest, DPU_SERVICE, obj, FINALIZER)
         step1 = await self.claims.step(obj)
         if step1.problems:  # upstream stops here: nothing is installed or upgraded with a partial set
             await self._write_conditions(obj, [(INTERFACES, "False", cond.ERROR, "; ".join(step1.problems))])
             return RETRY
+        if (obj.get("spec") or {}).get("paused"):
+            # Upstream's skip-reconcile pauses the Applications only: Steps 1 and 2 still run, no Helm call does.
+            problems = await self._pull_secrets(key.namespace)
+            prereqs_mark = (PREREQS, "False", cond.ERROR, "; ".join(problems)) if problems else \
+                (PREREQS, "True", cond.SUCCESS, "")
+            await self._write_conditions(obj, [(INTERFACES, "True", cond.SUCCESS, ""), prereqs_mark])
+            return RETRY if problems else RESYNC
         targets = self._targets(obj)
         chart = chart_of(obj, self.ctx.settings.services.chart_mirrors)
         values = helm_values(obj, step1.networks)

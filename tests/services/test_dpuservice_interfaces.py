@@ -133,10 +133,13 @@ def test_interfaces_annotate_the_pods_claim_the_interfaces_and_refuse_what_is_no
                 assert await networks_of(one, namespace, "one-late") == [{"name": "nad-l", "interface": "net5"}]
                 assert await consumer(rest, namespace, "net-late") == "late"
 
-                # Dropped from spec.interfaces: released, and the annotation leaves the pods.
-                await rest.merge_patch(DPU_SERVICE, "late", {"spec": {"interfaces": None}}, namespace)
+                # Dropped from spec.interfaces while paused: as upstream, Step 1 still runs (released) and Helm does
+                # not (the pods keep the network until unpaused, when the annotation leaves them).
+                await rest.merge_patch(DPU_SERVICE, "late", {"spec": {"interfaces": None, "paused": True}}, namespace)
                 await eventually(lambda: _equals(consumer(rest, namespace, "net-late"), None), "net-late released",
                                  SLOW)
+                assert await networks_of(one, namespace, "one-late") == [{"name": "nad-l", "interface": "net5"}]
+                await rest.merge_patch(DPU_SERVICE, "late", {"spec": {"paused": False}}, namespace)
                 await eventually(lambda: _equals(networks_of(one, namespace, "one-late"), None),
                                  "the networks annotation gone", SLOW)
 

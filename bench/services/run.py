@@ -489,11 +489,19 @@ def table(results: list[Result]) -> str:
 
 
 def record(text: str, argv: list[str]) -> None:
+    """Append a run to the `## services` section of bench/RESULTS.md (made at the end when missing)."""
     results = ROOT / "bench" / "RESULTS.md"
-    section = (f"\n## services\n\n`.venv/bin/python bench/services/run.py {' '.join(argv)}` on {platform.node()} "
-               f"({os.cpu_count()} cores), {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load average at "
-               f"the end {os.getloadavg()[0]:.1f}.\n\n{text}\n")
-    results.write_text(results.read_text().rstrip("\n") + "\n" + section)
+    body = results.read_text()
+    run = (f"### {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, load average at the end "
+           f"{os.getloadavg()[0]:.1f}\n\n`.venv/bin/python bench/services/run.py {' '.join(argv)}` on "
+           f"{platform.node()} ({os.cpu_count()} cores)\n\n{text}\n")
+    heading = "\n## services\n"
+    if heading not in body:
+        body = body.rstrip("\n") + "\n" + heading + "\n"
+    head, rest = body.split(heading, 1)
+    nxt = rest.find("\n## ")
+    section, tail = (rest, "") if nxt < 0 else (rest[:nxt + 1], rest[nxt + 1:])
+    results.write_text(head + heading + section.rstrip("\n") + "\n\n" + run + ("\n" + tail if tail else ""))
 
 
 def main() -> int:

@@ -4,7 +4,9 @@ events are never delayed, a storm of failing keys is). Keys are hashable tuples 
 Callers: informer handlers and stream callbacks `add()`; the manager's workers `get()`/`done()`.
 
 Semantics (client-go's workqueue): a key queued twice is processed once; a key added while it is being
-processed is processed again after `done()`; `retry()` re-adds after the key's back-off; `forget()` resets it.
+processed is processed again after `done()`; `retry()` re-adds after the key's back-off; `forget()` resets it;
+a key waits for at most one delayed add (`add_after` keeps the earlier time, as client-go's delaying queue), so a
+reconciler that asks to be requeued after every pass keeps one cycle, not one more per pass.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class WorkQueue:
         self._processing: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._failures: dict[Hashable, int] = {}
-        self._delayed: list[tuple[float, int, Hashable]] = []
+        self._delayed: list[tuple[float, int, Hashable]] = []  # a heap; entries superseded in _due are skipped
+        self._due: dict[Hashable, float] = {}  # key -> when its one delayed add is due
         self._seq = itertools.count()
         self._wakeup = asyncio.Event()
         self._tokens = float(settings.burst)
@@ -42,7 +45,7 @@ class WorkQueue:
     @property
     def waiting(self) -> int:
         """Keys scheduled for later (back-off or requeue-after)."""
-        return len(self._delayed)
+        return len(self._due)
 
     def add(self, key: Hashable) -> None:
         if key in self._processing:
@@ -59,7 +62,11 @@ class WorkQueue:
         if delay <= 0:
             self.add(key)
             return
-        heapq.heappush(self._delayed, (self._clock() + delay, next(self._seq), key))
+        due = self._clock() + delay
+        if self._due.get(key, float("inf")) <= due:
+            return  # already due sooner: that pass will see the state this one wanted to see
+        self._due[key] = due
+        heapq.heappush(self._delayed, (due, next(self._seq), key))
         self._wakeup.set()
 
     def retry(self, key: Hashable, delay: float | None = None) -> float:
@@ -105,7 +112,10 @@ class WorkQueue:
     def _promote_due(self) -> None:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
-            _, _, key = heapq.heappop(self._delayed)
+            due, _, key = heapq.heappop(self._delayed)
+            if self._due.get(key) != due:
+                continue  # superseded by an earlier add_after of the same key
+            del self._due[key]
             self.add(key)
 
     def _reserve_token(self) -> float:

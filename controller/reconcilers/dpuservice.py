@@ -24,7 +24,9 @@ with the kubeconfig the DPUCluster's Secret (`admin.conf`) holds, written to a p
   take minutes and the reconcile workers are shared by every reconciler. A spec change cancels a running upgrade
   of the older spec; a finished one enqueues the DPUService; a failed one is retried every 10 s, its error shown.
 - Idempotence: each upgrade records a digest of (chart, version, values) as the release description; a release
-  whose deployed description matches is not upgraded again, so a resync costs one `helm status` per cluster.
+  whose deployed description matches is not upgraded again. Helm is asked (`helm status`) at most every VERIFY
+  seconds per release, and for the manifest once per digest; readiness in DPU clusters comes from DaemonSet
+  events, so a resync of a Ready DPUService usually runs no Helm process (bench/services: idle Helm cost).
 - Conditions (upstream's types): `DPUServiceInterfaceReconciled`, `ApplicationPrereqsReconciled` (above),
   `ApplicationsReconciled` (every release at the desired digest; False `Error` naming the cluster, the chart and
   Helm's stderr, and Helm has rolled the failed upgrade back), `ApplicationsReady` (every release deployed and
@@ -83,6 +85,7 @@ IN_CLUSTER = "in-cluster"
 DESCRIPTION_PREFIX = "dpf-dpuservice "
 RELEASE_LIMIT = 53  # Helm's release-name limit
 RESYNC = 60.0
+VERIFY = 300.0  # `helm status` confirms a release at most this often (a release removed by hand is seen then)
 RETRY = 10.0
 NOT_READY_RETRY = 3.0  # polled: a release in the host cluster (its DaemonSets are not watched)
 WATCHED_RETRY = 30.0  # a safety net only: DaemonSet events in DPU clusters enqueue the DPUService
@@ -165,7 +168,7 @@ class Rollout:
 @dataclass
 class Deployed:
     """A release this term found deployed at a DPUService's digest: its DaemonSets (from its manifest, read once
-    per digest) and when `helm status` last confirmed it (again after RESYNC, so a release removed behind our
+    per digest) and when `helm status` last confirmed it (again after VERIFY, so a release removed behind our
     back is seen)."""
 
     digest: str
@@ -437,10 +440,10 @@ class DPUServiceReconciler(Reconciler):
 
     async def _deployed_at(self, where: tuple[str, str, str], release: str, digest: str,
                            text: str | None) -> Deployed | None:
-        """The release if it is deployed at `digest`, else None. Asks Helm at most once per RESYNC per release
+        """The release if it is deployed at `digest`, else None. Asks Helm at most once per VERIFY per release
         (and for the manifest once per digest): readiness passes driven by DaemonSet events cost no Helm process."""
         known = self._deployed.get(where)
-        if known is not None and known.digest == digest and time.monotonic() - known.checked < RESYNC:
+        if known is not None and known.digest == digest and time.monotonic() - known.checked < VERIFY:
             return known
         with self._kubeconfig_file(text) as kubeconfig:
             status = await self.helm.status(release, where[0], kubeconfig)

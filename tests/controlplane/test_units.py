@@ -131,6 +131,41 @@ def test_workqueue_dedupes_serialises_and_backs_off() -> None:
     asyncio.run(scenario())
 
 
+def test_a_key_waits_for_one_delayed_add_the_earliest() -> None:
+    """A reconciler that asks for a requeue after each pass keeps one cycle: with one timer per add_after, two
+    passes a second apart each asking for 60 s became two 60 s cycles forever (bench/services, 2026-12-06)."""
+    now = [0.0]
+    queue = WorkQueue(QueueSettings(qps=1000, burst=1000), clock=lambda: now[0])
+    key = ("r", "a")
+
+    async def passes_in(seconds: float) -> int:
+        count, end = 0, now[0] + seconds
+        while now[0] < end:
+            now[0] += 1.0
+            while True:
+                try:  # due keys come at once; otherwise get() would wait (real time) for the fake clock
+                    got = await asyncio.wait_for(queue.get(), 0.001)
+                except TimeoutError:
+                    break
+                queue.add_after(got, 60.0)  # each pass asks to be requeued in 60 s, as a resync does
+                queue.done(got)
+                count += 1
+        return count
+
+    async def scenario() -> None:
+        queue.add_after(key, 60.0)
+        now[0] += 1.0
+        queue.add_after(key, 60.0)  # a second pass a second later: the same one cycle
+        assert queue.waiting == 1
+        assert await passes_in(240.0) == 4
+        assert queue.waiting == 1
+        queue.add_after(key, 5.0)  # sooner: replaces the later time
+        assert queue.waiting == 1
+        assert await passes_in(6.0) == 1
+
+    asyncio.run(scenario())
+
+
 def test_condition_from_agent_reports() -> None:
     nodes, cache = NodeRegistry(), SnapshotCache()
     a, b = si("a", node="n1"), si("b", node="n2", interface="bad")

@@ -28,6 +28,17 @@ from dpf.controller.settings import (
 from dpf.shared.logs import add_logging_flags, setup_logging
 
 
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1 (a worker or Helm bound of 0 would never do anything)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("controller", help="the central controller: CR caches → per-node desired state",
                                  description="The dpf controller. `run` starts it; `issue-node-cert` writes one "
@@ -66,7 +77,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--pod-name", default=os.environ.get("POD_NAME", ""),
                      help="this replica's Pod in --namespace (default: $POD_NAME): the leader labels it "
                           "dpu.nvidia.com/controller-leader=true, which the Service selects")
-    run.add_argument("--workers", type=int, default=QueueSettings.workers, help="concurrent reconciles")
+    run.add_argument("--workers", type=positive, default=QueueSettings.workers, help="concurrent reconciles")
     run.add_argument("--orphan-sweep-period", type=float, default=ControllerSettings.orphan_sweep_period,
                      help="seconds between sweeps that delete DPU-cluster sets and per-node objects whose owner is "
                           "gone or was re-created (counted in dpf_controller_orphans_deleted_total)")
@@ -95,6 +106,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                      help="how DPUServices are deployed: helm (default) runs Helm against each DPU cluster itself; "
                           "argocd writes ArgoCD Applications, AppProjects and cluster Secrets in --namespace for "
                           "the site's ArgoCD to sync (needs ArgoCD installed; see docs/dpuservice.md)")
+    run.add_argument("--helm-concurrency", type=positive, default=ServicesSettings.helm_concurrency, metavar="N",
+                     help="Helm processes the helm backend runs at once (default %(default)s; each ~70 MB)")
     run.add_argument("--bfb-dir", type=Path, default=BFBSettings.directory,
                      help="directory BFB files are downloaded into (the BFB volume; must exist)")
     add_logging_flags(run)
@@ -134,7 +147,7 @@ def settings_from(args: argparse.Namespace) -> ControllerSettings:
         dpucluster=DPUClusterSettings(health_period=args.dpucluster_health_period,
                                       health_timeout=args.dpucluster_health_timeout),
         services=ServicesSettings(chart_mirrors=tuple(parse_chart_mirror(m) for m in args.chart_mirror),
-                                  backend=args.dpuservice_backend),
+                                  backend=args.dpuservice_backend, helm_concurrency=args.helm_concurrency),
         resync_period=args.resync_period,
         orphan_sweep_period=args.orphan_sweep_period,
     )

@@ -176,6 +176,9 @@ class ServicesSettings:
     """How DPUServices are deployed: "helm" runs Helm against each target cluster itself (no ArgoCD needed);
     "argocd" writes upstream's ArgoCD Applications, AppProjects and cluster Secrets in the controller's namespace
     for the site's ArgoCD to sync (see docs/dpuservice.md)."""
+    helm_concurrency: int = 4
+    """Helm processes at once (the helm backend): each is ~70 MB and mostly CPU-bound YAML work; an `upgrade
+    --wait` holds a slot while it waits for the rollout (bench/services: 4 and 16 alike on 2 cores)."""
     chart_mirrors: tuple[tuple[str, str], ...] = ()
     """(repoURL prefix, mirror prefix) pairs: a DPUService whose chart repository starts with a prefix is installed
     from the mirror instead (the longest prefix wins), so manifests naming a public repository apply unchanged at

@@ -27,10 +27,8 @@ Phases, each timed from the bench's first API call to the state a user checks (p
 - delete: every DPUService deleted → all gone (the finalizer goes after `helm uninstall` in every cluster), no
   DaemonSet left, and `helm list` empty in every DPU cluster.
 
-`--workers` (the controller's flag) and `--helm-concurrency` take several values; every combination runs from
-scratch, one after another. The controller has no flag for its Helm bound (`controller/helm.py`
-DEFAULT_CONCURRENCY); a value other than that default is set by starting the controller through a launcher that
-changes `Helm`'s default argument before `dpf controller run` starts: a what-if, not a shipped setting.
+`--workers` and `--helm-concurrency` (the controller's flags) take several values; every combination runs from
+scratch, one after another.
 """
 
 from __future__ import annotations
@@ -65,8 +63,8 @@ from kubernetes import client as k8s
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dpf.controller.helm import DEFAULT_CONCURRENCY, find_helm  # noqa: E402
-from dpf.controller.settings import QueueSettings  # noqa: E402
+from dpf.controller.helm import find_helm  # noqa: E402
+from dpf.controller.settings import QueueSettings, ServicesSettings  # noqa: E402
 from dpf.lab.bed.kube import ControlPlane  # noqa: E402
 from dpf.lab.bed.kwok import STAGES, ensure_kwok, node_manifest  # noqa: E402
 from dpf.lab.bed.process import Child, free_port, wait_until  # noqa: E402
@@ -81,9 +79,6 @@ ROLE = ("dpu.nvidia.com/role", "service")  # the Nodes' label the DPUServices' s
 DESCRIPTION_PREFIX = "dpf-dpuservice "
 TICKS = os.sysconf("SC_CLK_TCK")
 POLL = 0.5
-LAUNCHER = ("import sys\nfrom dpf.controller import helm\nhelm.Helm.__init__.__defaults__ = (None, int(sys.argv[1]))\n"
-            "from dpf.cli import main\nsys.exit(main(sys.argv[2:]))")
-
 
 def say(message: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {message}", flush=True)
@@ -214,9 +209,9 @@ def start_controller(work: Path, kubeconfig: Path, workers: int, helm_concurrenc
     socket = work / "nodestate.sock"
     args = ["controller", "run", "--kubeconfig", str(kubeconfig), "--namespace", NAMESPACE, "--watch-namespace",
             NAMESPACE, "--listen", f"unix:{socket}", "--health-listen", "127.0.0.1:0", "--no-leader-elect",
-            "--log-level", log_level, "--bfb-dir", str(work / "bfb"), "--workers", str(workers)]
-    argv = ([sys.executable, "-m", "dpf.cli", *args] if helm_concurrency == DEFAULT_CONCURRENCY
-            else [sys.executable, "-c", LAUNCHER, str(helm_concurrency), *args])
+            "--log-level", log_level, "--bfb-dir", str(work / "bfb"), "--workers", str(workers),
+            "--helm-concurrency", str(helm_concurrency)]
+    argv = [sys.executable, "-m", "dpf.cli", *args]
     env = {**os.environ, "SSL_CERT_FILE": str(cert), "DPF_TOOLS_DIR": str(helm_tools.directory)}
     child = Child("dpf-controller", argv, work / "controller.log", env=env)
     wait_until(socket.exists, 60, "the controller's NodeState socket", while_alive=[child])
@@ -513,9 +508,9 @@ def main() -> int:
                         help="change the value in one DPUService (default) or in all of them; several: in turn")
     parser.add_argument("--workers", type=int, nargs="+", default=[QueueSettings.workers],
                         help=f"the controller's --workers (default {QueueSettings.workers}); several: one run each")
-    parser.add_argument("--helm-concurrency", type=int, nargs="+", default=[DEFAULT_CONCURRENCY],
-                        help=f"Helm processes at once (the controller's default {DEFAULT_CONCURRENCY}; another "
-                             "value is a launcher's what-if, see above); several: one run each")
+    parser.add_argument("--helm-concurrency", type=int, nargs="+", default=[ServicesSettings.helm_concurrency],
+                        help="the controller's --helm-concurrency (default "
+                             f"{ServicesSettings.helm_concurrency}); several: one run each")
     parser.add_argument("--idle", type=float, default=60.0,
                         help="seconds of nothing changing after all Ready, measured too (default 60; 0: none)")
     parser.add_argument("--timeout", type=float, default=1200.0, help="per phase, seconds")

@@ -194,8 +194,7 @@ class DPUServiceReconciler(Reconciler):
     kind = "DPUService"
 
     def setup(self) -> None:
-        self.helm = helm.Helm(on_run=lambda command, seconds, ok: self.ctx.metrics.helm_runs.labels(
-            command, "success" if ok else "failure").observe(seconds))
+        self.helm = helm.Helm(concurrency=self.ctx.settings.services.helm_concurrency, on_run=self._helm_ran)
         self._rollouts: dict[tuple[str, str, str], Rollout] = {}  # by (namespace, name, target)
         self._deployed: dict[tuple[str, str, str], Deployed] = {}  # by (namespace, name, target)
         self._release_owner: dict[tuple[str, str, str], ObjectKey] = {}  # (cluster, namespace, release) -> owner
@@ -213,6 +212,9 @@ class DPUServiceReconciler(Reconciler):
                                                       self._enqueue_namespace)
         self._no_pull_secrets: set[str] = set()  # namespaces whose Secrets we may not list (logged once)
         self.ctx.clusters.on_dpu_added(lambda _cluster: self._enqueue_all())
+
+    def _helm_ran(self, command: str, seconds: float, ok: bool) -> None:
+        self.ctx.metrics.helm_runs.labels(command, "success" if ok else "failure").observe(seconds)
 
     def _watch_daemonsets(self, cluster: Cluster) -> None:
         daemonsets = cluster.informer(DAEMON_SET)

@@ -145,15 +145,17 @@ class Helm:
         return out.decode(errors="replace")
 
     async def upgrade_install(self, release: str, chart: Chart, namespace: str, values: Mapping[str, Any],
-                              kubeconfig: Path | None, helm_timeout: float = 300.0, description: str = "") -> str:
+                              kubeconfig: Path | None, helm_timeout: float = 300.0, description: str = "",
+                              state: str | None = None) -> str:
         """Install or upgrade `release`; on failure Helm rolls it back (a first install is uninstalled), so
         nothing is left half-applied. Returns what `clear_interrupted` did first ('' most often).
 
         The caller runs at most one Helm operation per release at a time (the DPUService reconciler cancels and
         awaits an older upgrade before it starts a newer one), so a release found pending here was left by a Helm
         run that was killed (a cancelled upgrade, a controller that stopped or lost its lease): it is cleared first.
+        `state`: the release's status as the caller just read it ('' for none), which saves asking Helm again.
         """
-        cleared = await self.clear_interrupted(release, namespace, kubeconfig, helm_timeout)
+        cleared = await self.clear_interrupted(release, namespace, kubeconfig, helm_timeout, state)
         # JSON is YAML: no YAML emitter quirks for values that look like numbers or booleans.
         with private_file(json.dumps(values), ".values.json") as values_file:
             args = ["upgrade", release, chart.ref, "--install", "--namespace", namespace, "--create-namespace",
@@ -166,14 +168,15 @@ class Helm:
         return cleared
 
     async def clear_interrupted(self, release: str, namespace: str, kubeconfig: Path | None,
-                                helm_timeout: float = 300.0) -> str:
+                                helm_timeout: float = 300.0, state: str | None = None) -> str:
         """Undo what a killed Helm run left: Helm marks a release pending-* when an operation starts and only the
         same process moves it on, so after a kill every later upgrade fails with "another operation
         (install/upgrade/rollback) is in progress" until someone intervenes. A first install left pending is
         uninstalled (nothing of it was ever deployed); an upgrade or rollback left pending is rolled back to the
         revision before it. Returns what was done ('' when the release was not pending)."""
-        info = ((await self.status(release, namespace, kubeconfig)) or {}).get("info") or {}
-        state = info.get("status")
+        if state is None:
+            info = ((await self.status(release, namespace, kubeconfig)) or {}).get("info") or {}
+            state = str(info.get("status") or "")
         if state not in PENDING:
             return ""
         if state == "pending-install":
@@ -189,10 +192,13 @@ class Helm:
     async def uninstall(self, release: str, namespace: str, kubeconfig: Path | None,
                         helm_timeout: float = 300.0) -> bool:
         """Uninstall `release`; False when there was no such release."""
-        if await self.status(release, namespace, kubeconfig) is None:
-            return False
         args = ["uninstall", release, "--namespace", namespace, "--wait", "--timeout", f"{int(helm_timeout)}s"]
-        await self._run(args, kubeconfig, f"helm uninstall {release}", helm_timeout)
+        try:
+            await self._run(args, kubeconfig, f"helm uninstall {release}", helm_timeout)
+        except HelmError as exc:
+            if "release: not found" in str(exc):  # Helm: "uninstall: Release not loaded: <name>: release: not found"
+                return False
+            raise
         log.info("helm: release %s/%s uninstalled", namespace, release)
         return True
 

@@ -197,6 +197,7 @@ class DPUServiceReconciler(Reconciler):
         self.helm = helm.Helm(concurrency=self.ctx.settings.services.helm_concurrency, on_run=self._helm_ran)
         self._rollouts: dict[tuple[str, str, str], Rollout] = {}  # by (namespace, name, target)
         self._deployed: dict[tuple[str, str, str], Deployed] = {}  # by (namespace, name, target)
+        self._seen_state: dict[tuple[str, str, str], str] = {}  # the release state the last pass read ('' none)
         self._release_owner: dict[tuple[str, str, str], ObjectKey] = {}  # (cluster, namespace, release) -> owner
         # DaemonSet events, not polling, tell when a release's pods are rolled out in a DPU cluster: at scale,
         # polling kept the Helm slots busy with `helm status` / `get manifest` and delayed the upgrades.
@@ -283,6 +284,7 @@ class DPUServiceReconciler(Reconciler):
             await asyncio.wait(tasks, timeout=CANCEL_TIMEOUT)
         self._rollouts.clear()
         self._deployed.clear()
+        self._seen_state.clear()
         self._release_owner.clear()
         await self.pull_watches.close()
         self._no_pull_secrets.clear()
@@ -413,8 +415,10 @@ class DPUServiceReconciler(Reconciler):
         rollout = self._rollouts.get((key.namespace, key.name, target.name))
         try:
             with self._kubeconfig_file(text) as kubeconfig:
-                cleared = await self.helm.upgrade_install(release, chart, key.namespace, values, kubeconfig,
-                                                          HELM_TIMEOUT, description=DESCRIPTION_PREFIX + digest)
+                cleared = await self.helm.upgrade_install(
+                    release, chart, key.namespace, values, kubeconfig, HELM_TIMEOUT,
+                    description=DESCRIPTION_PREFIX + digest,
+                    state=self._seen_state.pop((key.namespace, key.name, target.name), None))
             log.info("DPUService %s/%s: release %s in cluster %s at %s", key.namespace, key.name, release,
                      target.name, chart.describe())
             error = ""
@@ -452,6 +456,7 @@ class DPUServiceReconciler(Reconciler):
             info = (status or {}).get("info") or {}
             if info.get("status") != "deployed" or info.get("description") != DESCRIPTION_PREFIX + digest:
                 self._deployed.pop(where, None)
+                self._seen_state[where] = str(info.get("status") or "")  # the upgrade that follows needs no 2nd ask
                 return None
             if known is None or known.digest != digest:
                 known = Deployed(digest, daemonsets_in(await self.helm.manifest(release, where[0], kubeconfig)), 0.0)
@@ -486,6 +491,8 @@ class DPUServiceReconciler(Reconciler):
             del self._release_owner[owned]
         for where in [w for w in self._deployed if w[:2] == (key.namespace, key.name)]:
             del self._deployed[where]
+        for where in [w for w in self._seen_state if w[:2] == (key.namespace, key.name)]:
+            del self._seen_state[where]
         for where in [w for w in self._rollouts if w[:2] == (key.namespace, key.name)]:
             task = self._rollouts.pop(where).task
             task.cancel()  # an upgrade racing the uninstall could bring the release back

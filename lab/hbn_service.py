@@ -146,9 +146,8 @@ class HbnService:
         try:
             wait_until(lambda: wanted.items() <= pod.addresses().items(), 30, f"pod {pod.name} on {node} to address "
                        f"{', '.join(wanted)}", interval=0.3)
-        except TimeoutError:
-            raise HbnError(f"pod {pod.name} on {node} has {pod.addresses()}, not {wanted}: its container's log "
-                           "on the DPU") from None
+        except TimeoutError as exc:
+            raise HbnError(f"{exc}: its container sets them at start; see its log on the DPU") from None
         self.say(f"DPU {node}: pod {self.namespace}/{pod.name} of DPUService {SERVICE} Running; its kubelet's CNI "
                  f"(Multus) added p0_if and p1_if (NAD {NETWORK}, {CNI_PLUGIN}: ports on br-sfc); its container "
                  f"set p0_if {wanted['p0_if']} and p1_if {wanted['p1_if']}")

@@ -198,9 +198,12 @@ def test_lab_starts_serves_kubectl_and_shows_the_chain_working(lab: RunningLab) 
         assert json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]) == [
             {"name": "mybrsfc", "interface": "p0_if"}, {"name": "mybrsfc", "interface": "p1_if"}]
         status = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
-        assert {"p0_if", "p1_if"} <= {n.get("interface") for n in status}, status
+        macs = {n.get("interface"): n.get("mac") for n in status}
+        fabric = _fabric_p0(lab, dpu)
         for port in "01":
             assert _bridge_of(lab, dpu, f"{NAMESPACE}/{name}/p{port}_if") == "br-sfc"
+            # The chain's traffic reaches this pod: the fabric side learnt the HBN address at its p{port}_if's MAC.
+            assert _mac_seen_from(f"{fabric[:-1]}{port}", f"10.100.{port}.2") == macs[f"p{port}_if"], status
         assert re.search(rf"DPU {dpu}: pod {NAMESPACE}/\S+ of DPUService doca-hbn Running; its kubelet's CNI "
                          r"\(Multus\) added p0_if and p1_if \(NAD mybrsfc, dpf-sfc-cni: ports on br-sfc\); its "
                          r"container set p0_if 10\.100\.0\.2/24 and p1_if 10\.100\.1\.2/24", text), text
@@ -283,6 +286,22 @@ def _dpuservice_pods(lab: RunningLab, service: str) -> list[dict]:
     return pods
 
 
+def _fabric_p0(lab: RunningLab, dpu: str) -> str:
+    """The fabric namespace on `dpu`'s uplink p0, as the lab prints it (its p1's ends in 1 instead of 0)."""
+    usage = lab.out.lines[lab.out.lines.index(f"  # {dpu}: flows, and a ping through its chain"):]
+    return next(line.split()[3] for line in usage if line.startswith("  ip netns exec dpf-lab")
+                and "# HBN pod p0_if, via p0" in line)
+
+
+def _mac_seen_from(netns: str, ip: str) -> str:
+    """The MAC that answers `ip` from `netns` (a ping through the chain, then the neighbour table)."""
+    subprocess.run([tool("ip"), "netns", "exec", netns, "ping", "-n", "-c", "1", "-W", "1", ip], check=True,
+                   capture_output=True, timeout=20)
+    out = subprocess.run([tool("ip"), "-n", netns, "-j", "neigh", "show", ip], capture_output=True, text=True,
+                         check=True, timeout=20).stdout
+    return str(json.loads(out)[0]["lladdr"])
+
+
 def _bridge_of(lab: RunningLab, dpu: str, dpf_id: str) -> str:
     """The OVS bridge (in the DPU's switch, as the lab lists it) of the port our CNI plugged for `dpf_id`."""
     rundir = next(line.split()[0].split("=", 1)[1] for line in lab.out.lines[lab.out.lines.index(
@@ -302,10 +321,7 @@ def test_a_killed_dpu_agent_is_restarted_and_the_chain_still_works(lab: RunningL
     listed = lab.wait_for_line(rf"^  dpu agent {dpu}\s+(\d+)\s+(\S+)$", 1)
     old_pid = int(listed.group(1))
     assert old_pid in descendants(lab.proc.pid), "the lab lists the agent's pid"
-    usage = lab.out.lines[lab.out.lines.index(f"  # {dpu}: flows, and a ping through its chain"):]
-    # worker1's fabric p0 -> HBN p0_if, as the lab prints it
-    netns, _, hbn = next(line.split()[3:6] for line in usage if line.startswith("  ip netns exec dpf-lab")
-                         and "# HBN pod p0_if, via p0" in line)
+    netns, hbn = _fabric_p0(lab, dpu), "10.100.0.2"  # worker1's fabric p0 -> HBN p0_if
 
     def ping() -> subprocess.CompletedProcess[str]:
         return subprocess.run([tool("ip"), "netns", "exec", netns, "ping", "-n", "-c", "3", "-W", "0.5", "-i", "0.2",

@@ -63,8 +63,9 @@ def dpu_node(name: str, group: str, hbn: bool) -> Obj:
 
 
 def hbn_pod(namespace: str, name: str, node: str) -> list[Obj]:
-    """The HBN service pod object on a DPU node (what its DaemonSet would create; no kubelet runs it here,
-    the lab plugs its network namespace through the CNI plugin instead), and the namespace's default
+    """The HBN service pod object on a DPU node (what its DaemonSet would create; no kubelet runs it here, the
+    end-to-end tests plug its network namespace through the CNI plugin instead; the lab runs DPUService doca-hbn,
+    `hbn_service.py`), and the namespace's default
     ServiceAccount that pod admission requires (the lab runs no service-account controller)."""
     return [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": namespace}},
             {"apiVersion": "v1", "kind": "Pod",

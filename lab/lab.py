@@ -4,9 +4,10 @@ The host cluster's control plane with the dpf CRDs, a DPU cluster that is a cont
 repository on loopback HTTPS (the controller's mirror of upstream's public one), the dpf controller, and emulated
 servers with their host agents; then provisioning as DPF does it (`provision.py`): upstream's hbn_only BFB,
 DPUFlavor and DPUSet, every DPU's phases printed with its flash progress until all are Ready. Then the
-service-chaining scenario (`sfc_demo.py`) on the DPUs it provisioned: upstream's hbn_only interfaces and chain,
-traffic through it, and a DPUService whose pods get net1 through Multus with addresses from a DPUServiceIPAM pool
-(`service_pods.py`); then a rolling update of the DPUSet to a new BFB, maxUnavailable respected and shown.
+service-chaining scenario (`sfc_demo.py`) on the DPUs it provisioned: upstream's hbn_only interfaces, DPUService
+doca-hbn (`hbn_service.py`) and chain, traffic through its pods, and a DPUService whose pods get net1 through
+Multus with addresses from a DPUServiceIPAM pool (`service_pods.py`); then a rolling update of the DPUSet to a new
+BFB, maxUnavailable respected and shown.
 Each step prints what it does. Once up, the lab supervises its long-running processes as systemd would
 (`bed/supervise.py`): one that dies is restarted with back-off and a line saying so, so faults can be tried
 in it; only a process that keeps failing stops the lab. Ctrl-C or SIGTERM stops everything in reverse order

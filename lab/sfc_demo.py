@@ -1,46 +1,38 @@
 """The lab's service-chaining scenario, on the DPUs the lab provisioned (`provision.py`): each DPU's OS runs its
 Open vSwitch and its DPU agent (SFC programmer + CNI server) and its Node joined the DPU cluster with the labels
-the chains select. The lab wires uplinks p0/p1 of each DPU to fabric namespaces (the cables), puts an HBN pod on
-each DPU node (a stand-in container the DPU's kubelet runs) and plugs its p0_if/p1_if through the SFC CNI plugin,
-then applies upstream's hbn_only interfaces and chain. It shows packets pass through the chain (ping and iperf3
-from each fabric namespace to the HBN pod), deletes the chain and shows them stop, and applies the chain again so
-the lab is left working. Then service pods attached through Multus with addresses from a DPUServiceIPAM pool,
-chained to uplink p2 (`service_pods.py`). Every step is printed.
+the chains select. The lab wires uplinks p0/p1 of each DPU to fabric namespaces (the cables), applies upstream's
+hbn_only interfaces and DPUService doca-hbn (`hbn_service.py`: a Helm release whose DaemonSet runs an HBN pod on every
+DPU, p0_if/p1_if attached by Multus through our CNI plugin), then the hbn_only chain. It shows packets pass through
+the chain (ping and iperf3 from each fabric namespace to the HBN pod), deletes the chain and shows them stop, and
+applies the chain again so the lab is left working. Then service pods attached through Multus with addresses from a
+DPUServiceIPAM pool, chained to uplink p2 (`service_pods.py`). Every step is printed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from dpf.lab import chains
-from dpf.lab.bed.images import BUSYBOX_IMAGE
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import NetnsBed, Pod, reap_stale
 from dpf.lab.bed.process import Child, wait_until
 from dpf.lab.bed.tools import tool
 from dpf.lab.controller import ControllerProcess
-from dpf.lab.dpus import EmulatedDpu, cni_bin_dir
+from dpf.lab.dpus import EmulatedDpu
+from dpf.lab.hbn_service import HbnService, addresses, fabric_cidr
 from dpf.lab.provision import GROUP, NAMESPACE, DpuView
 from dpf.lab.service_pods import ServicePods
 
-HBN_POD = "doca-hbn-ds-{i}"
 READY_TIMEOUT = 60.0
 
 
 class DemoError(RuntimeError):
     pass
-
-
-def stand_in(pod: chains.Obj) -> chains.Obj:
-    """A service pod object whose container the DPU's kubelet can run here: the lab's busybox image (no
-    registry), sleeping. Its service interfaces are plugged by the lab into a namespace of their own."""
-    for container in pod["spec"]["containers"]:
-        container.update(image=BUSYBOX_IMAGE, imagePullPolicy="Never")
-    return pod
 
 
 class SfcDemo:
@@ -58,7 +50,8 @@ class SfcDemo:
         self._watched = watched
         self.bed = NetnsBed(owner="lab")
         self.dpus: list[EmulatedDpu] = []
-        self.hbn: dict[str, dict[str, Pod]] = {}
+        self.hbn = HbnService(dpu_cluster, NAMESPACE, GROUP, say, self._apply, self._apply_dpu, self._wait_ready)
+        self.hbn_ip = {port: str(ipaddress.ip_interface(cidr).ip) for port, cidr in addresses().items()}
         self.service_pods = ServicePods(dpu_cluster, NAMESPACE, GROUP, say, self._apply, self._apply_dpu,
                                         self._wait_ready)
 
@@ -89,16 +82,16 @@ class SfcDemo:
                  "-o wide    # in the DPU cluster"]
         for dpu in self.dpus:
             assert dpu.ovs is not None
-            fabric, hbn = dpu.pods[f"{dpu.short}f0"], self.hbn[dpu.name]["p0"]
+            fabric = dpu.pods[f"{dpu.short}f0"]
             lines += [f"  # {dpu.name}: flows, and a ping through its chain",
                       f"  OVS_RUNDIR={dpu.ovs.rundir} ovs-ofctl -O OpenFlow13 dump-flows br-sfc",
-                      f"  ip netns exec {fabric.netns} ping {hbn.ip}"]
+                      f"  ip netns exec {fabric.netns} ping {self.hbn_ip['p0']}  # HBN pod p0_if, via p0"]
             if dpu.name in self.service_pods.pods:
                 service = self.service_pods.pods[dpu.name]
                 lines.append(f"  ip netns exec {self.service_pods.fabric[dpu.name].netns} ping {service.ip}"
                              f"  # service pod net1, via p2")
         lines.append(f"  {tool('kubectl')} get dpuservices,dpuserviceipams -n {NAMESPACE}"
-                     "    # the service pods' DPUService (a Helm release per DPU cluster)")
+                     "    # DPUServices doca-hbn and the service pods' (a Helm release each per DPU cluster)")
         lines.append(f"  KUBECONFIG={self.dpu_cluster.kubeconfig} {tool('kubectl')} get pods,"
                      f"network-attachment-definitions -n {NAMESPACE} -o wide")
         return "\n".join(lines)
@@ -108,31 +101,21 @@ class SfcDemo:
         for name in reap_stale("lab"):
             self.say(f"removed network namespace {name} left by a lab that was killed")
         self.stack.callback(self.bed.cleanup)
-        bin_dir = cni_bin_dir(self.workdir / "cni-bin")
         self._apply_dpu([{"apiVersion": "v1", "kind": "ServiceAccount",
                           "metadata": {"name": "default", "namespace": NAMESPACE}}])
         for i, view in enumerate(self.provisioned, start=1):
             name = view.name
             dpu = EmulatedDpu(name, self.bed, view.workdir, short=f"d{i}", ovs=view.ovs())
             self.dpus.append(dpu)
-            for port in (0, 1):
-                uplink = dpu.uplink(f"p{port}", f"10.100.{i}{port}.1/24", f"{dpu.short}f{port}")
-                self.say(f"DPU {name}: uplink p{port} is a veth to fabric namespace {uplink.netns} ({uplink.cidr})")
-            pod = HBN_POD.format(i=i)
-            self._apply_dpu([stand_in(o) for o in chains.hbn_pod(NAMESPACE, pod, name) if o["kind"] == "Pod"])
-            self.hbn[name] = {
-                f"p{port}": dpu.plug_pod(bin_dir, NAMESPACE, pod, f"p{port}_if", f"10.100.{i}{port}.2/24",
-                                         f"{dpu.short}h{port}") for port in (0, 1)}
-            self.say(f"DPU {name}: HBN pod {NAMESPACE}/{pod} on the DPU's kubelet; p0_if "
-                     f"{self.hbn[name]['p0'].cidr} and p1_if {self.hbn[name]['p1'].cidr} plugged by the SFC CNI "
-                     f"plugin through the DPU's agent")
+            for port in ("p0", "p1"):
+                uplink = dpu.uplink(port, fabric_cidr(port), f"{dpu.short}f{port[1]}")
+                self.say(f"DPU {name}: uplink {port} is a veth to fabric namespace {uplink.netns} ({uplink.cidr})")
+        # Before any HBN pod exists, so the service pods' DPUService goes after it on teardown (LIFO), both while
+        # the controller runs to uninstall their releases.
+        self.stack.callback(self.hbn.stop, self.host)
+        self.hbn.start(self.dpus, self._manifests("DPUServiceInterface"))
 
     def _chain(self) -> None:
-        interfaces = self._manifests("DPUServiceInterface")
-        self.say("applying the hbn_only DPUServiceInterfaces: " + ", ".join(o["metadata"]["name"] for o in interfaces))
-        self._apply(interfaces)
-        for obj in interfaces:
-            self._wait_ready("dpuserviceinterfaces", obj["metadata"]["name"])
         self.say("applying DPUServiceChain hbn-to-fabric: p0 <-> HBN p0_if, p1 <-> HBN p1_if")
         self._apply(self._manifests("DPUServiceChain"))
         self._wait_ready("dpuservicechains", "hbn-to-fabric")
@@ -146,7 +129,7 @@ class SfcDemo:
         service = self.service_pods
 
         def passes() -> bool:
-            return all(dpu.pods[f"{dpu.short}f{port[1]}"].ping(self.hbn[dpu.name][port].ip, count=1, wait=0.5)
+            return all(dpu.pods[f"{dpu.short}f{port[1]}"].ping(self.hbn_ip[port], count=1, wait=0.5)
                        for dpu in self.dpus for port in ("p0", "p1")) and \
                 all(service.fabric[name].ping(pod.ip, count=1, wait=0.5) for name, pod in service.current().items())
 
@@ -156,36 +139,39 @@ class SfcDemo:
         except TimeoutError:
             raise DemoError(f"no traffic through every DPU's chain within {timeout:.0f}s") from None
         self.say(f"chains carry traffic again {time.monotonic() - started:.1f}s after the update")
+        for dpu in self.dpus:
+            self.hbn.current(dpu.name)  # names the HBN pod that runs now
         self.show_traffic(expect=True, iperf=False)
         service.show_traffic()
 
     def show_traffic(self, expect: bool, iperf: bool = True) -> None:
         for dpu in self.dpus:
             for port in ("p0", "p1"):
-                fabric, hbn = dpu.pods[f"{dpu.short}f{port[1]}"], self.hbn[dpu.name][port]
-                passed = fabric.ping(hbn.ip, count=3, wait=0.5)
-                what = f"DPU {dpu.name}: ping {fabric.ip} (fabric {port}) -> {hbn.ip} (HBN {port}_if)"
+                fabric, hbn = dpu.pods[f"{dpu.short}f{port[1]}"], self.hbn_ip[port]
+                passed = fabric.ping(hbn, count=3, wait=0.5)
+                what = f"DPU {dpu.name}: ping {fabric.ip} (fabric {port}) -> {hbn} (HBN {port}_if)"
                 if passed != expect:
                     raise DemoError(f"{what}: {'no reply' if expect else 'replies'}; expected the opposite")
                 self.say(f"traffic passes: {what}: 3/3 replies" if passed else
                          f"traffic stops: {what}: no reply (no chain, br-sfc drops it)")
             if expect and iperf:
-                self.say(f"traffic passes: DPU {dpu.name}: iperf3 TCP fabric p0 -> HBN p0_if: "
-                         f"{self._iperf(dpu.pods[f'{dpu.short}f0'], self.hbn[dpu.name]['p0']):.2f} Gbit/s")
+                pod = self.hbn.current(dpu.name)
+                self.say(f"traffic passes: DPU {dpu.name}: iperf3 TCP fabric p0 -> HBN p0_if (server in pod "
+                         f"{NAMESPACE}/{pod.name}): {self._iperf(dpu.pods[f'{dpu.short}f0'], pod.enter()):.2f} Gbit/s")
 
     # -- helpers ----------------------------------------------------------------------------------------------
-    def _iperf(self, client: Pod, server: Pod) -> float:
-        log = self.workdir / "iperf3.log"
-        child = Child("iperf3", [tool("ip"), "netns", "exec", server.netns, tool("iperf3"), "-s", "-1", "-B",
-                                 server.ip], log)
+    def _iperf(self, client: Pod, enter: list[str]) -> float:
+        """iperf3 from `client` to the HBN pod's p0_if, the server run in the pod's network namespace (`enter`)."""
+        log, server = self.workdir / "iperf3.log", self.hbn_ip["p0"]
+        child = Child("iperf3", [*enter, tool("iperf3"), "-s", "-1", "-B", server], log)
         try:
             time.sleep(0.2)  # iperf3 has no readiness signal; the client retries below anyway
             for _ in range(10):
-                result = client.exec(tool("iperf3"), "-c", server.ip, "-t", "1", "-J", check=False, timeout=20)
+                result = client.exec(tool("iperf3"), "-c", server, "-t", "1", "-J", check=False, timeout=20)
                 if result.returncode == 0:
                     return json.loads(result.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
                 time.sleep(0.2)
-            raise DemoError(f"iperf3 from {client.netns} to {server.ip} failed: {result.stdout[-300:]}")
+            raise DemoError(f"iperf3 from {client.netns} to {server} failed: {result.stdout[-300:]}")
         finally:
             child.stop()
 

@@ -177,8 +177,9 @@ def test_lab_updates_the_bfb_rolling_one_dpu_at_a_time(lab: RunningLab) -> None:
     assert all(n["metadata"]["labels"]["provisioning.dpu.nvidia.com/DOCA-BFB-version"].startswith(
         "bf-bundle-2.10.0-147") for n in nodes)
     assert "chains carry traffic again" in update
-    for dpu, net in (("worker1-0000-08-00", "10.100.1"), ("worker2-0000-08-00", "10.100.2")):
-        assert f"traffic passes: DPU {dpu}: ping {net}0.1 (fabric p0) -> {net}0.2 (HBN p0_if): 3/3 replies" in update
+    for dpu in DPUS:
+        ping = f"DPU {dpu}: ping 10.100.0.1 (fabric p0) -> 10.100.0.2 (HBN p0_if)"
+        assert f"traffic passes: {ping}: 3/3 replies" in update
 
 
 def test_lab_starts_serves_kubectl_and_shows_the_chain_working(lab: RunningLab) -> None:
@@ -187,15 +188,37 @@ def test_lab_starts_serves_kubectl_and_shows_the_chain_working(lab: RunningLab) 
                           env={**os.environ, "KUBECONFIG": kubeconfig}, check=True).stdout.split()
     assert "customresourcedefinition.apiextensions.k8s.io/bfbs.provisioning.dpu.nvidia.com" in crds
 
-    # The service chain: Ready only once programmed, packets through it, none once it is deleted.
+    # HBN as upstream's hbn_only deploys it: DPUService doca-hbn, a Helm release whose DaemonSet runs a pod on every
+    # DPU; Multus attached its p0_if/p1_if (the hbn_only service interfaces it lists) through our plugin onto br-sfc.
     text = out.text
-    assert "dpuservicechains/hbn-to-fabric Ready after" in text
-    for dpu, net in (("worker1-0000-08-00", "10.100.1"), ("worker2-0000-08-00", "10.100.2")):
+    assert text.index("dpuservices/doca-hbn Ready after") < text.index("applying DPUServiceChain hbn-to-fabric")
+    hbn = _dpuservice_pods(lab, "doca-hbn")
+    for pod in hbn:
+        dpu, name = pod["spec"]["nodeName"], pod["metadata"]["name"]
+        assert json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]) == [
+            {"name": "mybrsfc", "interface": "p0_if"}, {"name": "mybrsfc", "interface": "p1_if"}]
+        status = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
+        macs = {n.get("interface"): n.get("mac") for n in status}
+        fabric = _fabric_p0(lab, dpu)
         for port in "01":
-            ping = f"DPU {dpu}: ping {net}{port}.1 (fabric p{port}) -> {net}{port}.2 (HBN p{port}_if)"
+            assert _bridge_of(lab, dpu, f"{NAMESPACE}/{name}/p{port}_if") == "br-sfc"
+            # The chain's traffic reaches this pod: the fabric side learnt the HBN address at its p{port}_if's MAC.
+            assert _mac_seen_from(f"{fabric[:-1]}{port}", f"10.100.{port}.2") == macs[f"p{port}_if"], status
+        assert re.search(rf"DPU {dpu}: pod {NAMESPACE}/\S+ of DPUService doca-hbn Running; its kubelet's CNI "
+                         r"\(Multus\) added p0_if and p1_if \(NAD mybrsfc, dpf-sfc-cni: ports on br-sfc\); its "
+                         r"container set p0_if 10\.100\.0\.2/24 and p1_if 10\.100\.1\.2/24", text), text
+        # The rolling update re-provisioned the DPU; the lab names the pod that runs now.
+        assert re.findall(rf"DPU {dpu}: pod {NAMESPACE}/(\S+) of DPUService doca-hbn Running", text)[-1] == name
+
+    # The service chain: Ready only once programmed, packets through it to the HBN pods, none once it is deleted.
+    assert "dpuservicechains/hbn-to-fabric Ready after" in text
+    for dpu in DPUS:
+        for port in "01":
+            ping = f"DPU {dpu}: ping 10.100.{port}.1 (fabric p{port}) -> 10.100.{port}.2 (HBN p{port}_if)"
             assert f"traffic passes: {ping}: 3/3 replies" in text
             assert f"traffic stops: {ping}: no reply" in text
-        assert f"traffic passes: DPU {dpu}: iperf3 TCP fabric p0 -> HBN p0_if:" in text
+        assert re.search(rf"traffic passes: DPU {dpu}: iperf3 TCP fabric p0 -> HBN p0_if \(server in pod "
+                         rf"{NAMESPACE}/\S*doca-hbn\S+\): [\d.]+ Gbit/s", text), text
     assert text.index("traffic stops:") > text.index("deleting DPUServiceChain hbn-to-fabric")
     # ServiceChains live in the DPU cluster, where the controller mirrors them for the DPU nodes.
     servicechains = lab.kubectl("get", "servicechains", "-n", NAMESPACE, "-o", "name",
@@ -211,24 +234,10 @@ def test_lab_starts_serves_kubectl_and_shows_the_chain_working(lab: RunningLab) 
     # the controller) Multus attached through our plugin: on br-sfc, with an address from the pool, chained to p2.
     assert "dpuserviceipams/lab-pool Ready after" in text
     assert "dpuservices/lab-svc Ready after" in text
-    service = json.loads(lab.kubectl("get", "dpuservice", "lab-svc", "-n", NAMESPACE, "-o", "json"))
-    assert service["spec"]["helmChart"]["source"] == {"repoURL": "https://helm.ngc.nvidia.com/nvidia/doca",
-                                                      "chart": "doca-hbn", "version": "1.0.1"}
-    ready = next(c for c in service["status"]["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True", service["status"]
-    listed = lab.kubectl("get", "pods", "-n", NAMESPACE, "-l", "svc.dpu.nvidia.com/service=lab-svc", "-o", "json",
-                         kubeconfig=lab.dpu_kubeconfig)
-    pods = [p for p in json.loads(listed)["items"] if not p["metadata"].get("deletionTimestamp")]
-    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(DPUS), "one pod per DPU"
-    owners = {o["name"] for p in pods for o in p["metadata"]["ownerReferences"] if o["kind"] == "DaemonSet"}
-    assert len(owners) == 1, [p["metadata"]["ownerReferences"] for p in pods]
-    daemonset = json.loads(lab.kubectl("get", "daemonset", owners.pop(), "-n", NAMESPACE, "-o", "json",
-                                       kubeconfig=lab.dpu_kubeconfig))
-    assert daemonset["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    pods = _dpuservice_pods(lab, "lab-svc")
     addresses = []
     for pod in pods:
         dpu, name = pod["spec"]["nodeName"], pod["metadata"]["name"]
-        assert pod["status"]["phase"] == "Running", pod["status"]
         assert json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"]) == [
             {"name": "mybrsfc-pool", "interface": "net1"}]
         status = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/network-status"])
@@ -256,6 +265,43 @@ def test_lab_starts_serves_kubectl_and_shows_the_chain_working(lab: RunningLab) 
     assert "another lab is running" in second.stdout
 
 
+def _dpuservice_pods(lab: RunningLab, service: str) -> list[dict]:
+    """DPUService `service`, deployed as upstream's users deploy one: Ready, naming upstream's chart in its public
+    repository (installed from the lab's mirror); its pods, one per DPU, Running, from one DaemonSet Helm made."""
+    obj = json.loads(lab.kubectl("get", "dpuservice", service, "-n", NAMESPACE, "-o", "json"))
+    assert obj["spec"]["helmChart"]["source"] == {"repoURL": "https://helm.ngc.nvidia.com/nvidia/doca",
+                                                  "chart": "doca-hbn", "version": "1.0.1"}
+    ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "True", obj["status"]
+    listed = lab.kubectl("get", "pods", "-n", NAMESPACE, "-l", f"svc.dpu.nvidia.com/service={service}", "-o", "json",
+                         kubeconfig=lab.dpu_kubeconfig)
+    pods = [p for p in json.loads(listed)["items"] if not p["metadata"].get("deletionTimestamp")]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == sorted(DPUS), f"{service}: one pod per DPU"
+    assert all(p["status"]["phase"] == "Running" for p in pods), [p["status"] for p in pods]
+    owners = {o["name"] for p in pods for o in p["metadata"]["ownerReferences"] if o["kind"] == "DaemonSet"}
+    assert len(owners) == 1, [p["metadata"]["ownerReferences"] for p in pods]
+    daemonset = json.loads(lab.kubectl("get", "daemonset", owners.pop(), "-n", NAMESPACE, "-o", "json",
+                                       kubeconfig=lab.dpu_kubeconfig))
+    assert daemonset["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    return pods
+
+
+def _fabric_p0(lab: RunningLab, dpu: str) -> str:
+    """The fabric namespace on `dpu`'s uplink p0, as the lab prints it (its p1's ends in 1 instead of 0)."""
+    usage = lab.out.lines[lab.out.lines.index(f"  # {dpu}: flows, and a ping through its chain"):]
+    return next(line.split()[3] for line in usage if line.startswith("  ip netns exec dpf-lab")
+                and "# HBN pod p0_if, via p0" in line)
+
+
+def _mac_seen_from(netns: str, ip: str) -> str:
+    """The MAC that answers `ip` from `netns` (a ping through the chain, then the neighbour table)."""
+    subprocess.run([tool("ip"), "netns", "exec", netns, "ping", "-n", "-c", "1", "-W", "1", ip], check=True,
+                   capture_output=True, timeout=20)
+    out = subprocess.run([tool("ip"), "-n", netns, "-j", "neigh", "show", ip], capture_output=True, text=True,
+                         check=True, timeout=20).stdout
+    return str(json.loads(out)[0]["lladdr"])
+
+
 def _bridge_of(lab: RunningLab, dpu: str, dpf_id: str) -> str:
     """The OVS bridge (in the DPU's switch, as the lab lists it) of the port our CNI plugged for `dpf_id`."""
     rundir = next(line.split()[0].split("=", 1)[1] for line in lab.out.lines[lab.out.lines.index(
@@ -275,8 +321,7 @@ def test_a_killed_dpu_agent_is_restarted_and_the_chain_still_works(lab: RunningL
     listed = lab.wait_for_line(rf"^  dpu agent {dpu}\s+(\d+)\s+(\S+)$", 1)
     old_pid = int(listed.group(1))
     assert old_pid in descendants(lab.proc.pid), "the lab lists the agent's pid"
-    netns, _, hbn = next(line.split()[3:6] for line in lab.out.lines if line.startswith("  ip netns exec dpf-lab")
-                         and " ping 10.100.10." in line)  # worker1's fabric p0 -> HBN p0_if, as the lab prints it
+    netns, hbn = _fabric_p0(lab, dpu), "10.100.0.2"  # worker1's fabric p0 -> HBN p0_if
 
     def ping() -> subprocess.CompletedProcess[str]:
         return subprocess.run([tool("ip"), "netns", "exec", netns, "ping", "-n", "-c", "3", "-W", "0.5", "-i", "0.2",
@@ -312,8 +357,9 @@ def test_lab_stops_cleanly_on_ctrl_c(lab: RunningLab) -> None:
     assert "stopped cleanly" in lab.out.text
     stopping = lab.out.text.index("[lab] stopping:")
     # The DPUService goes first, while the controller runs to uninstall its Helm release from the DPU cluster.
-    assert "[lab] DPUService lab-svc deleted: its Helm release uninstalled from the DPU cluster" in \
-        lab.out.text[stopping:]
+    for service in ("doca-hbn", "lab-svc"):
+        assert f"[lab] DPUService {service} deleted: its Helm release uninstalled from the DPU cluster" in \
+            lab.out.text[stopping:]
     assert "restarting in" not in lab.out.text[stopping:], "a process stopped by the lab was restarted"
     leftovers = subprocess.run(["pgrep", "-f", str(lab.workdir)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], "lab daemons outlived the lab"

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client as k8s
 
-from dpf.lab import chains
+from dpf.lab import chains, dpuservice_pods
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import wait_until
 from dpf.lab.bed.tools import tool
@@ -33,9 +32,7 @@ from dpf.lab.dpus import CNI_PLUGIN, EmulatedDpu
 SERVICE = chains.HBN_SERVICE
 NETWORK = "mybrsfc"
 PORTS = ("p0", "p1")
-NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 ATTACH_TIMEOUT = 180.0  # helm upgrade --install, the DaemonSet's pods scheduled, their sandboxes and ports on 2 cores
-DELETE_TIMEOUT = 120.0
 
 
 class HbnError(RuntimeError):
@@ -100,11 +97,8 @@ class HbnPod:
 
 def attached(pod: Any) -> bool:
     """A pod Running (not being deleted) whose Multus network-status shows p0_if and p1_if."""
-    meta = pod.metadata
-    if pod.status is None or pod.status.phase != "Running" or meta is None or meta.deletion_timestamp is not None:
-        return False
-    status = json.loads((meta.annotations or {}).get(NETWORK_STATUS) or "[]")
-    return {f"{port}_if" for port in PORTS} <= {n.get("interface") for n in status}
+    status = dpuservice_pods.network_status(pod)
+    return status is not None and {f"{port}_if" for port in PORTS} <= {n.get("interface") for n in status}
 
 
 class HbnService:
@@ -155,9 +149,7 @@ class HbnService:
 
     def pod_on(self, node: str) -> HbnPod | None:
         """The DPUService's pod on `node` (by the service label the controller puts on its pods) once attached."""
-        pods = k8s.CoreV1Api(self.cluster.client).list_namespaced_pod(
-            self.namespace, label_selector=f"{chains.SERVICE_LABEL}={SERVICE}", field_selector=f"spec.nodeName={node}")
-        for pod in pods.items:
+        for pod in dpuservice_pods.pods_on(self.cluster, self.namespace, SERVICE, node):
             if attached(pod) and pod.metadata is not None and pod.metadata.name and pod.metadata.uid:
                 return HbnPod(pod.metadata.name, node, pod.metadata.uid)
         return None
@@ -174,16 +166,4 @@ class HbnService:
         return found
 
     def stop(self, host: ControlPlane) -> None:
-        """Delete the DPUService and wait until it is gone: the controller uninstalls its Helm release (the
-        DaemonSet and its pods go) before it drops the finalizer. Never raises: the rest of the teardown runs."""
-        try:
-            result = host.kubectl("delete", "dpuservice", SERVICE, "-n", self.namespace, "--ignore-not-found",
-                                  "--wait=true", f"--timeout={DELETE_TIMEOUT:.0f}s", check=False,
-                                  timeout=DELETE_TIMEOUT + 10)
-        except subprocess.TimeoutExpired:
-            self.say(f"DPUService {SERVICE} not deleted within {DELETE_TIMEOUT:.0f}s")
-            return
-        if result.returncode != 0:
-            self.say(f"DPUService {SERVICE} not deleted: {result.stderr.strip()}")
-        elif result.stdout.strip():
-            self.say(f"DPUService {SERVICE} deleted: its Helm release uninstalled from the DPU cluster")
+        dpuservice_pods.delete(host, self.namespace, SERVICE, self.say)

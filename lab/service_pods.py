@@ -16,16 +16,14 @@ import functools
 import ipaddress
 import json
 import string
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client as k8s
 
-from dpf.lab import chains
+from dpf.lab import chains, dpuservice_pods
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import Pod
 from dpf.lab.bed.process import wait_until
@@ -41,8 +39,6 @@ PUBLIC_REPO = "https://helm.ngc.nvidia.com/nvidia/doca"  # upstream's hbn_only h
 """The repository `manifests/service.yaml` names; the lab's controller mirrors it onto the lab's chart repository."""
 
 ATTACH_TIMEOUT = 180.0  # helm upgrade --install, the DaemonSet's pods scheduled, their sandboxes and net1 on 2 cores
-DELETE_TIMEOUT = 120.0
-NETWORK_STATUS = "k8s.v1.cni.cncf.io/network-status"
 
 
 class ServicePodError(RuntimeError):
@@ -93,12 +89,7 @@ def nad(namespace: str) -> chains.Obj:
 
 def net1(pod: Any) -> str | None:
     """net1's address (CIDR) from a pod's Multus network-status while it is Running, else None."""
-    annotations = (pod.metadata.annotations if pod.metadata else None) or {}
-    if pod.status is None or pod.status.phase != "Running" or NETWORK_STATUS not in annotations:
-        return None
-    if pod.metadata.deletion_timestamp is not None:
-        return None
-    for network in json.loads(annotations[NETWORK_STATUS]):
+    for network in dpuservice_pods.network_status(pod) or ():
         if network.get("interface") == "net1" and network.get("ips"):
             return f"{network['ips'][0]}/{pool_subnet().prefixlen}"
     return None
@@ -168,9 +159,7 @@ class ServicePods:
     def _pod_on(self, node: str) -> ServicePod | None:
         """The DPUService's pod on `node` (by the service label the controller puts on its pods) once Running with
         net1, else None."""
-        pods = k8s.CoreV1Api(self.cluster.client).list_namespaced_pod(
-            self.namespace, label_selector=f"{chains.SERVICE_LABEL}={SERVICE}", field_selector=f"spec.nodeName={node}")
-        for pod in pods.items:
+        for pod in dpuservice_pods.pods_on(self.cluster, self.namespace, SERVICE, node):
             cidr = net1(pod)
             if cidr is not None and pod.metadata is not None and pod.metadata.name:
                 return ServicePod(pod.metadata.name, node, cidr)
@@ -195,16 +184,4 @@ class ServicePods:
             self.say(f"traffic passes: {what}: 3/3 replies")
 
     def stop(self, host: ControlPlane) -> None:
-        """Delete the DPUService and wait until it is gone: the controller uninstalls its Helm release (the
-        DaemonSet and its pods go) before it drops the finalizer. Never raises: the rest of the teardown runs."""
-        try:
-            result = host.kubectl("delete", "dpuservice", SERVICE, "-n", self.namespace, "--ignore-not-found",
-                                  "--wait=true", f"--timeout={DELETE_TIMEOUT:.0f}s", check=False,
-                                  timeout=DELETE_TIMEOUT + 10)
-        except subprocess.TimeoutExpired:
-            self.say(f"DPUService {SERVICE} not deleted within {DELETE_TIMEOUT:.0f}s")
-            return
-        if result.returncode != 0:
-            self.say(f"DPUService {SERVICE} not deleted: {result.stderr.strip()}")
-        elif result.stdout.strip():
-            self.say(f"DPUService {SERVICE} deleted: its Helm release uninstalled from the DPU cluster")
+        dpuservice_pods.delete(host, self.namespace, SERVICE, self.say)

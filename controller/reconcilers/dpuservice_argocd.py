@@ -47,6 +47,7 @@ from dpf.controller.reconcilers.dpuservice import (
     TYPES,
     chart_of,
     helm_values,
+    problem_mark,
 )
 from dpf.controller.reconcilers.keys import ObjectKey
 from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE
@@ -179,10 +180,8 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         not_ready = self._not_ready(obj, targets)
         marks = [
             (INTERFACES, "True", cond.SUCCESS, ""),
-            (PREREQS, "False", cond.ERROR, "; ".join(prereq_problems)) if prereq_problems
-            else (PREREQS, "True", cond.SUCCESS, ""),
-            (RECONCILED, "False", cond.ERROR, "; ".join(apply_problems)) if apply_problems
-            else (RECONCILED, "True", cond.SUCCESS, ""),
+            problem_mark(PREREQS, prereq_problems),
+            problem_mark(RECONCILED, apply_problems),
         ]
         if not targets:
             marks.append((APPS_READY, "False", cond.PENDING, "no DPU cluster is connected"))

@@ -14,6 +14,7 @@ Standard library only: it runs before the virtualenv exists.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv"
@@ -149,7 +151,22 @@ def module_cache_dir(module: Path) -> Path:
 
 
 def build_module(module: Path, out: Path) -> None:
+    """Build `module` into `out`, once for every checkout on this machine: concurrent installs (worktrees, CI
+    beside a developer) wait for the one that builds, instead of each building into the same staging directory."""
     spec = json.loads((module / "build.json").read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"go: {module.name}: another install is building it; waiting for that build")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        if all((out / name).exists() for name in spec["binaries"]):
+            return  # the other install built it meanwhile
+        _build_module(module, spec, out)
+
+
+def _build_module(module: Path, spec: dict[str, Any], out: Path) -> None:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

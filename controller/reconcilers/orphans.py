@@ -4,11 +4,15 @@ looks through every connected DPU cluster for
   exists, or whose owner's name now holds another object;
 - a ServiceInterface / ServiceChain whose controlling set (its ownerReference) no longer exists, or whose
   set's name now holds another object
-and deletes it, logged and counted in `dpf_controller_orphans_deleted_total{kind}`. A set deleted this way
+and deletes it, logged and counted in `dpf_controller_orphans_deleted_total{kind}`. Besides the period, an
+event on such an object (seen in the caches) brings the sweep forward to `SOON`, so an orphan born of a race
+lives seconds, not a period. A set deleted this way
 takes its per-node objects and the agents' flows and ports with it, in order, like any other (`nodeset.py`).
 
 How such an object can exist at all: a DPU cluster that was unreachable while its owner was deleted, a
-controller replica that lost the lease in the middle of a reconcile, or a bug. The deletion paths themselves
+controller replica that lost the lease in the middle of a reconcile (its workers are cancelled, but a request
+already sent still lands: an apply that creates a set after the next leader found none and let the owner go),
+or a bug. The deletion paths themselves
 leave none (`mirror.py`, `nodeset.py`).
 
 Candidates come from the watch caches; each is confirmed against the apiserver (the owner is looked up, the
@@ -22,8 +26,9 @@ Key: ("orphans",), requeued after the period.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 
 from dpf.controller.clusters import Cluster
@@ -44,6 +49,9 @@ log = logging.getLogger(__name__)
 
 KEY = SweepKey("orphans")
 UNSYNCED_RETRY = 1.0
+SOON = 1.0
+"""Seconds from an event on a likely orphan to the sweep: the events of a burst share one sweep, and a cache
+that lags its owner's creation by that much has caught up (the sweep confirms against the apiserver anyway)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,28 @@ class OrphanSweeper(Reconciler):
         self.parents = {m.parent: self.ctx.clusters.host.informer(m.parent) for m in self.mirrors}
         for kind in (*(m.child for m in self.mirrors), *(s.child_kind for s in self.sets)):
             self.ctx.clusters.need_dpu_kind(kind)
+        self.ctx.clusters.on_dpu_added(self._attach)
+
+    def _attach(self, cluster: Cluster) -> None:
+        host = self.ctx.clusters.host.rest
+        for mirror in self.mirrors:
+            self._watch(cluster.informer(mirror.child), self.parents[mirror.parent],
+                        functools.partial(set_claim, mirror, host))
+        for set_kinds in self.sets:
+            self._watch(cluster.informer(set_kinds.child_kind), cluster.informer(set_kinds.set_kind),
+                        functools.partial(child_claim, set_kinds, cluster.rest))
+
+    def _watch(self, objects_: Informer, owners: Informer, claim_of: Callable[[Obj], Claim | None]) -> None:
+        def on_event(_type: str, _old: Obj | None, new: Obj | None) -> None:
+            if new is not None:
+                self._on_object(new, claim_of(new), owners)
+
+        objects_.add_handler(on_event)
+
+    def _on_object(self, obj: Obj, claim: Claim | None, owners: Informer) -> None:
+        """An object was added or changed: if its owner is not in the cache, sweep soon."""
+        if claim is not None and self._judged(obj, claim) and not holds(owners, claim):
+            self.ctx.queue.add_after(KEY, SOON)
 
     def all_keys(self) -> Iterable[Hashable]:
         return [KEY]

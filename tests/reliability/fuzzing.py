@@ -63,6 +63,9 @@ class FuzzReport:
     leftovers: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     tracebacks: dict[str, list[str]] = field(default_factory=dict)
+    safety_net: list[str] = field(default_factory=list)
+    """Controller log lines of the orphan sweep deleting something, and of leadership lost: not failures (the sweep
+    exists for the objects a deposed leader's last request can leave), but what a reader of a failure needs."""
     seconds: float = 0.0
 
     def counts(self) -> dict[str, int]:
@@ -98,6 +101,8 @@ class FuzzReport:
         lines += [f"  {x}" for x in self.orphans[:10]]
         lines.append(f"tracebacks: {sum(len(v) for v in self.tracebacks.values())}")
         lines += [f"  {k}: {x}" for k, v in self.tracebacks.items() for x in v[:10]]
+        lines.append(f"orphan sweep deletions and leadership losses: {len(self.safety_net)}")
+        lines += [f"  {x[:300]}" for x in self.safety_net[:10]]
         return "\n".join(lines)
 
 
@@ -228,6 +233,7 @@ class FuzzRun:
         self.report.leftovers = livebed.leftovers(live, base_line)
         self.report.orphans = livebed.orphaned_ofctl(live)
         self.report.tracebacks = livebed.tracebacks(live)
+        self.report.safety_net = livebed.log_lines(live, "controller", ("deleted orphaned", "lost the lease"))
         self.report.seconds = time.monotonic() - started
         return self.report
 

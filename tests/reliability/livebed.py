@@ -321,3 +321,10 @@ def log_offsets(live: Live) -> dict[str, int]:
 def kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def log_lines(live: Live, log: str, needles: tuple[str, ...]) -> list[str]:
+    """The lines of `log` (a key of `Live.logs()`) that contain any of `needles`."""
+    path = live.logs()[log]
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    return [line for line in lines if any(n in line for n in needles)]

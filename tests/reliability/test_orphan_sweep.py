@@ -110,3 +110,36 @@ def test_the_sweep_deletes_what_claims_a_missing_owner_and_counts_it(kube: Contr
 
 async def _gone(rest: Rest, objects: list[tuple[Kind, str]], namespace: str) -> bool:
     return all([await rest.get(kind, name, namespace) is None for kind, name in objects])
+
+
+def test_an_orphan_is_swept_on_sight_not_a_period_later(kube: ControlPlane, namespace: str) -> None:
+    """The period is an hour here: the orphan's own watch event brings the sweep forward (a set applied by a
+    deposed leader's last request lands after its owner has gone, and must not live until the next period)."""
+    group = uuid.uuid4().hex[:6]
+    node = f"dpu-s-{group}"
+
+    async def scenario() -> None:
+        rest = await host_rest(kube.kubeconfig)
+        await dpu_cluster(rest, namespace, kube.kubeconfig)
+        settings = dataclasses.replace(controller_settings(kube.kubeconfig, namespace), orphan_sweep_period=3600.0)
+        controller = await started(Controller(settings))
+        try:
+            await rest.create(NODE, chains.dpu_node(node, group, hbn=False))
+            await rest.create(DPU_SERVICE_CHAIN, uplink_chain(namespace, group, "live"), namespace)
+            await eventually(lambda: rest.get(SERVICE_CHAIN, f"live-{node}", namespace), "the live chain's child")
+            await rest.create(SERVICE_CHAIN_SET, hand_made_set(namespace, group, "orphan", str(uuid.uuid4())),
+                              namespace)
+            await eventually(lambda: _gone(rest, [(SERVICE_CHAIN_SET, "orphan"), (SERVICE_CHAIN, f"orphan-{node}")],
+                                           namespace), "the orphaned set and its child deleted", timeout=15)
+            assert controller.metrics.registry.get_sample_value(
+                "dpf_controller_orphans_deleted_total", {"kind": "ServiceChainSet"}) == 1
+            assert await rest.get(SERVICE_CHAIN, f"live-{node}", namespace) is not None
+            await rest.delete(DPU_SERVICE_CHAIN, "live", namespace)
+            await eventually(lambda: _gone(rest, [(DPU_SERVICE_CHAIN, "live"), (SERVICE_CHAIN_SET, "live")],
+                                           namespace), "cleanup")
+        finally:
+            await rest.delete(NODE, node)
+            await controller.stop()
+            await rest.close()
+
+    run(scenario())

@@ -9,7 +9,7 @@ removing a cluster first reports all its cached objects as deleted, so per-node 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from dpf.controller.kube.informer import Informer
 from dpf.controller.kube.rest import Kind, Rest
@@ -43,8 +43,11 @@ class Cluster:
     def has(self, kind: Kind) -> bool:
         return kind in self._informers
 
-    def synced(self) -> bool:
-        return all(i.synced.is_set() for i in self._informers.values())
+    def synced(self, kinds: Collection[Kind] | None = None) -> bool:
+        """The caches of `kinds` (None: every cache of this cluster) have synced."""
+        if kinds is None:
+            return all(i.synced.is_set() for i in self._informers.values())
+        return all((i := self._informers.get(k)) is not None and i.synced.is_set() for k in kinds)
 
     async def close(self, report_deletions: bool = True) -> None:
         try:
@@ -96,9 +99,6 @@ class ClusterSet:
         if cluster is not None:
             await cluster.close()
             log.info("DPU cluster %s removed", name)
-
-    def dpu_synced(self) -> bool:
-        return all(c.synced() for c in self.dpu.values())
 
     def dpu_informers(self, kind: Kind) -> list[tuple[Cluster, Informer]]:
         return [(c, c.informer(kind)) for c in self.dpu.values()]

@@ -8,7 +8,7 @@ reconciler's name; informer handlers and stream callbacks only enqueue keys.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -16,6 +16,7 @@ from dpf.controller.cache.snapshot import Snapshot
 from dpf.controller.cache.snapshot_cache import SnapshotCache
 from dpf.controller.clusters import ClusterSet
 from dpf.controller.kube.events import EventRecorder
+from dpf.controller.kube.rest import Kind
 from dpf.controller.kube.workqueue import WorkQueue
 from dpf.controller.metrics import Metrics
 from dpf.controller.reconcilers.kinds import DPU_CLUSTER
@@ -44,6 +45,19 @@ class Reconciler:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.dpu_kinds: set[Kind] = set()
+        """The DPU-cluster kinds this reconciler reads: only their caches gate it (`dpu_synced`)."""
+
+    def need_dpu_kind(self, kind: Kind, label_selector: str | None = None) -> None:
+        """Watch `kind` in every DPU cluster for this reconciler (see `ClusterSet.need_dpu_kind`)."""
+        self.dpu_kinds.add(kind)
+        self.ctx.clusters.need_dpu_kind(kind, label_selector)
+
+    def dpu_synced(self) -> bool:
+        """Every DPU cluster is connected and the caches of this reconciler's kinds have synced. Only those: a
+        watch that cannot sync (say, a DPU cluster's RBAC without DaemonSets, which only DPUServices read) must
+        not stop the service chains."""
+        return dpu_clusters_synced(self.ctx.clusters, self.dpu_kinds)
 
     def setup(self) -> None:
         """Register informers, indexes and handlers (called once, before anything runs)."""
@@ -71,9 +85,10 @@ class Reconciler:
     def on_status(self, node: str, type_url: str, report: pb.StatusReport) -> None: ...
 
 
-def dpu_clusters_synced(clusters: ClusterSet) -> bool:
-    """Every DPUCluster with a kubeconfig is connected and all its watch caches have synced (a reconciler that
-    reads DPU-cluster state must not publish a partial view: agents would delete what is missing)."""
+def dpu_clusters_synced(clusters: ClusterSet, kinds: Collection[Kind] | None = None) -> bool:
+    """Every DPUCluster with a kubeconfig is connected and its watch caches of `kinds` (None: all) have synced (a
+    reconciler that reads DPU-cluster state must not publish a partial view: agents would delete what is
+    missing)."""
     clusters_informer = clusters.host.informer(DPU_CLUSTER)
     if not clusters_informer.synced.is_set():
         return False
@@ -82,7 +97,7 @@ def dpu_clusters_synced(clusters: ClusterSet) -> bool:
         if meta.get("deletionTimestamp") or not (obj.get("spec") or {}).get("kubeconfig"):
             continue
         cluster = clusters.dpu.get(f"{meta.get('namespace', '')}/{meta['name']}")
-        if cluster is None or not cluster.synced():
+        if cluster is None or not cluster.synced(kinds):
             return False
     return True
 

@@ -113,8 +113,8 @@ class CSRReconciler(Reconciler):
     def setup(self) -> None:
         self.dpus: Informer = self.ctx.clusters.host.informer(DPU)
         self.dpus.add_handler(lambda _t, old, new: self._enqueue_node((new or old)["metadata"]["name"]))  # type: ignore[index]
-        self.ctx.clusters.need_dpu_kind(CSR)
-        self.ctx.clusters.need_dpu_kind(NODE)
+        self.need_dpu_kind(CSR)
+        self.need_dpu_kind(NODE)
         self.ctx.clusters.on_dpu_added(self._attach)
         self._logged: dict[tuple[str, str], str] = {}  # (cluster, CSR uid) -> the refusal last logged
 
@@ -151,7 +151,7 @@ class CSRReconciler(Reconciler):
         cluster = self.ctx.clusters.dpu.get(key.cluster)
         if cluster is None:
             return None
-        if not (cluster.synced() and self.dpus.synced.is_set()):
+        if not (cluster.synced(self.dpu_kinds) and self.dpus.synced.is_set()):
             raise TemporaryError(f"caches of DPU cluster {key.cluster} or of DPUs not synced yet", delay=0.5)
         csr = cluster.informer(CSR).get("", key.name)
         if csr is None or not pending_serving(csr):

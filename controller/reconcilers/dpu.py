@@ -117,7 +117,7 @@ class DPUReconciler(Reconciler):
         # A cluster turning Ready may take DPUs waiting for one; highSpeedMTU concerns every DPU.
         self.clusters.add_handler(lambda _t, _old, _new: self._enqueue_all(self.dpus.list()))
         self.configs.add_handler(lambda _t, _old, _new: self._enqueue_all(self.dpus.list()))
-        self.ctx.clusters.need_dpu_kind(NODE)
+        self.need_dpu_kind(NODE)
         self.ctx.clusters.on_dpu_added(self._attach)
         self.provisioning = HostProvisioning(self.ctx.cache)
         self._allocation = asyncio.Lock()

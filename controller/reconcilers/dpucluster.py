@@ -99,7 +99,7 @@ class DPUClusterReconciler(Reconciler):
         self.dpus: Informer = host.informer(DPU)
         self.dpus.add_index(ASSIGNED_INDEX, lambda o: [c] if (c := assigned_cluster(o)) else [])
         self.dpus.add_handler(self._on_dpu)
-        self.ctx.clusters.need_dpu_kind(NODE)
+        self.need_dpu_kind(NODE)
         self.ctx.clusters.on_dpu_added(self._on_cluster_added)
 
     def _enqueue(self, namespace: str, name: str) -> None:

@@ -206,7 +206,7 @@ class DPUServiceReconciler(Reconciler):
         self._release_owner: dict[tuple[str, str, str], ObjectKey] = {}  # (cluster, namespace, release) -> owner
         # DaemonSet events, not polling, tell when a release's pods are rolled out in a DPU cluster: at scale,
         # polling kept the Helm slots busy with `helm status` / `get manifest` and delayed the upgrades.
-        self.ctx.clusters.need_dpu_kind(DAEMON_SET)
+        self.need_dpu_kind(DAEMON_SET)
         self.ctx.clusters.on_dpu_added(self._watch_daemonsets)
         self.services: Informer = self.ctx.clusters.host.informer(DPU_SERVICE)
         self.services.add_handler(lambda _t, old, new: self._enqueue(*key_of_event(old, new)))

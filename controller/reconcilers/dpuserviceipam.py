@@ -40,7 +40,7 @@ from dpf.controller.ipam import status as ipam_status
 from dpf.controller.kube.events import WARNING
 from dpf.controller.kube.informer import Informer, key_of
 from dpf.controller.kube.rest import KubeError, Obj
-from dpf.controller.reconcilers.base import Context, Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.base import Context, Reconciler
 from dpf.controller.reconcilers.keys import NodeSnapshotKey, ObjectKey
 from dpf.controller.reconcilers.kinds import DPU_SERVICE_IPAM, NODE
 from dpf.controller.server.node_status import Nack
@@ -67,7 +67,7 @@ class DPUServiceIPAMReconciler(Reconciler):
         self.pools: Informer = self.ctx.clusters.host.informer(DPU_SERVICE_IPAM)
         self.pools.add_index(NODE_INDEX, status_nodes)
         self.pools.add_handler(self._on_pool_event)
-        self.ctx.clusters.need_dpu_kind(NODE)
+        self.need_dpu_kind(NODE)
         self.ctx.clusters.on_dpu_added(self._attach)
         self.ctx.cache.serve(TYPE_URL)
 
@@ -104,7 +104,7 @@ class DPUServiceIPAMReconciler(Reconciler):
                 + [NodeSnapshotKey(self.name, n) for n in sorted(nodes)])
 
     def synced(self) -> bool:
-        return self.pools.synced.is_set() and dpu_clusters_synced(self.ctx.clusters)
+        return self.pools.synced.is_set() and self.dpu_synced()
 
     # ---- reconcile ------------------------------------------------------------------------------------
     async def reconcile(self, key: Hashable) -> float | None:

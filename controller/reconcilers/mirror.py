@@ -31,7 +31,7 @@ from dpf.controller.errors import TemporaryError
 from dpf.controller.kube.informer import Informer, key_of
 from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
-from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class MirrorReconciler(Reconciler):
     def setup(self) -> None:
         self.parents: Informer = self.ctx.clusters.host.informer(self.kinds.parent)
         self.parents.add_handler(lambda _t, old, new: self._enqueue(new or old))  # type: ignore[arg-type]
-        self.ctx.clusters.need_dpu_kind(self.kinds.child)
+        self.need_dpu_kind(self.kinds.child)
         self.ctx.clusters.on_dpu_added(self._attach)
         self._namespaces: set[tuple[str, str]] = set()
 
@@ -134,7 +134,7 @@ class MirrorReconciler(Reconciler):
         return [ObjectKey(self.name, *key_of(o)) for o in self.parents.list()]
 
     def synced(self) -> bool:
-        return self.parents.synced.is_set() and dpu_clusters_synced(self.ctx.clusters)
+        return self.parents.synced.is_set() and self.dpu_synced()
 
     async def reconcile(self, key: ObjectKey) -> float | None:
         namespace, name = key.namespace, key.name
@@ -143,7 +143,7 @@ class MirrorReconciler(Reconciler):
             return None
         if parent["metadata"].get("deletionTimestamp"):
             return await self._delete(parent)
-        if self.ctx.nodes.grace_left() and not dpu_clusters_synced(self.ctx.clusters):
+        if self.ctx.nodes.grace_left() and not self.dpu_synced():
             # Just started (or leading anew): the DPU clusters are still connecting, and their children would read
             # as missing ("no DPU cluster is connected", "does not exist yet") and flap Ready. Wait for them,
             # within the term's grace (a DPUCluster that never connects must not silence status for good).

@@ -30,7 +30,7 @@ from dpf.controller.kube.rest import Kind, KubeError, Obj
 from dpf.controller.kube.selectors import SelectorError, matches, validate
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.agent_verdicts import Outcome, Verdict, fold, verdict
-from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ClusterObjectKey
 from dpf.controller.reconcilers.kinds import NODE
 from dpf.controller.reconcilers.serviceinterface import NODE_INDEX, node_of
@@ -126,7 +126,7 @@ class NodeSetReconciler(Reconciler):
     def setup(self) -> None:
         k = self.kinds
         for kind in (k.set_kind, k.child_kind, NODE):
-            self.ctx.clusters.need_dpu_kind(kind)
+            self.need_dpu_kind(kind)
         self.ctx.clusters.on_dpu_added(self._attach)
 
     def _attach(self, cluster: Cluster) -> None:
@@ -167,7 +167,7 @@ class NodeSetReconciler(Reconciler):
             self._enqueue_owners(cluster, informer.by_index(NODE_INDEX, node))
 
     def synced(self) -> bool:
-        return dpu_clusters_synced(self.ctx.clusters)
+        return self.dpu_synced()
 
     def all_keys(self) -> Iterable[Hashable]:
         return [self._key(cluster, *key_of(o))
@@ -204,7 +204,7 @@ class NodeSetReconciler(Reconciler):
         cluster = self.ctx.clusters.dpu.get(cluster_name)
         if cluster is None:
             return None
-        if not cluster.synced():
+        if not cluster.synced(self.dpu_kinds):
             # A partial Node or child list would delete children that must stay (and their flows with them).
             raise TemporaryError(f"DPU cluster {cluster_name} caches not synced yet", delay=0.5)
         set_obj = cluster.informer(self.kinds.set_kind).get(namespace, name)

@@ -36,7 +36,7 @@ from dpf.controller.errors import TemporaryError
 from dpf.controller.kube.informer import Informer
 from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
-from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.dpuservicechain import DPUServiceChainReconciler
 from dpf.controller.reconcilers.dpuserviceinterface import DPUServiceInterfaceReconciler
 from dpf.controller.reconcilers.keys import SweepKey
@@ -107,7 +107,7 @@ class OrphanSweeper(Reconciler):
     def setup(self) -> None:
         self.parents = {m.parent: self.ctx.clusters.host.informer(m.parent) for m in self.mirrors}
         for kind in (*(m.child for m in self.mirrors), *(s.child_kind for s in self.sets)):
-            self.ctx.clusters.need_dpu_kind(kind)
+            self.need_dpu_kind(kind)
         self.ctx.clusters.on_dpu_added(self._attach)
 
     def _attach(self, cluster: Cluster) -> None:
@@ -135,7 +135,7 @@ class OrphanSweeper(Reconciler):
         return [KEY]
 
     def synced(self) -> bool:
-        return all(i.synced.is_set() for i in self.parents.values()) and dpu_clusters_synced(self.ctx.clusters)
+        return all(i.synced.is_set() for i in self.parents.values()) and self.dpu_synced()
 
     async def reconcile(self, key: SweepKey) -> float | None:
         if not self.synced():

@@ -19,7 +19,7 @@ from dpf.controller.clusters import Cluster
 from dpf.controller.errors import TemporaryError
 from dpf.controller.kube.events import WARNING
 from dpf.controller.kube.rest import Kind, Obj
-from dpf.controller.reconcilers.base import Reconciler, dpu_clusters_synced
+from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import NodeNackKey, NodeSnapshotKey
 from dpf.controller.server.node_status import Nack
 from dpf.proto.status import verdict_of
@@ -46,7 +46,7 @@ class PerNodeReconciler(Reconciler):
         raise NotImplementedError
 
     def setup(self) -> None:
-        self.ctx.clusters.need_dpu_kind(self.source)
+        self.need_dpu_kind(self.source)
         self.ctx.clusters.on_dpu_added(self.attach)
         self.ctx.cache.serve(self.type_url)
 
@@ -70,7 +70,7 @@ class PerNodeReconciler(Reconciler):
         return [NodeSnapshotKey(self.name, n) for n in sorted(nodes)]
 
     def synced(self) -> bool:
-        return dpu_clusters_synced(self.ctx.clusters)
+        return self.dpu_synced()
 
     async def reconcile(self, key: Hashable) -> float | None:
         if isinstance(key, NodeNackKey):

@@ -39,7 +39,7 @@ class ServiceChainReconciler(PerNodeReconciler):
     resource_name = staticmethod(resource_name)
 
     def setup(self) -> None:
-        self.ctx.clusters.need_dpu_kind(SERVICE_INTERFACE)
+        self.need_dpu_kind(SERVICE_INTERFACE)
         super().setup()
 
     def attach(self, cluster: Cluster) -> None:

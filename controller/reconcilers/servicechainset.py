@@ -27,7 +27,7 @@ class ServiceChainSetReconciler(NodeSetReconciler):
 
     def setup(self) -> None:
         super().setup()
-        self.ctx.clusters.need_dpu_kind(SERVICE_INTERFACE)
+        self.need_dpu_kind(SERVICE_INTERFACE)
 
     def _attach(self, cluster: Cluster) -> None:
         super()._attach(cluster)

@@ -60,9 +60,9 @@ class ServiceInterfaceReconciler(PerNodeReconciler):
 
     def setup(self) -> None:
         # Only pods carrying the service label can serve an interface: watch those, not every Pod.
-        self.ctx.clusters.need_dpu_kind(POD, label_selector=SERVICE_LABEL)
+        self.need_dpu_kind(POD, label_selector=SERVICE_LABEL)
         # Chains decide which of two interfaces with the same labels waits (the one no chain uses).
-        self.ctx.clusters.need_dpu_kind(SERVICE_CHAIN)
+        self.need_dpu_kind(SERVICE_CHAIN)
         super().setup()
 
     def attach(self, cluster: Cluster) -> None:

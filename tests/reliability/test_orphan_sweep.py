@@ -11,9 +11,11 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
+from collections.abc import Sequence
 
 from dpf.controller.kube.rest import Kind, Rest
 from dpf.controller.manager import Controller
+from dpf.controller.reconcilers.base import Reconciler, default_reconcilers
 from dpf.controller.reconcilers.kinds import DPU_SERVICE_CHAIN, NODE, SERVICE_CHAIN, SERVICE_CHAIN_SET
 from dpf.lab import chains
 from dpf.lab.bed.kube import ControlPlane
@@ -108,38 +110,41 @@ def test_the_sweep_deletes_what_claims_a_missing_owner_and_counts_it(kube: Contr
     run(scenario())
 
 
-async def _gone(rest: Rest, objects: list[tuple[Kind, str]], namespace: str) -> bool:
-    return all([await rest.get(kind, name, namespace) is None for kind, name in objects])
-
-
 def test_an_orphan_is_swept_on_sight_not_a_period_later(kube: ControlPlane, namespace: str) -> None:
     """The period is an hour here: the orphan's own watch event brings the sweep forward (a set applied by a
     deposed leader's last request lands after its owner has gone, and must not live until the next period)."""
+    run(live_chain_and_swept_orphan(kube, namespace))
+
+
+async def live_chain_and_swept_orphan(kube: ControlPlane, namespace: str,
+                                      extra: Sequence[type[Reconciler]] = ()) -> Controller:
+    """With a sweep period of an hour (and `extra` reconcilers beside the default ones): a live chain gets its
+    per-node child, and a set claiming a missing owner is swept within seconds of appearing."""
     group = uuid.uuid4().hex[:6]
     node = f"dpu-s-{group}"
+    rest = await host_rest(kube.kubeconfig)
+    await dpu_cluster(rest, namespace, kube.kubeconfig)
+    settings = dataclasses.replace(controller_settings(kube.kubeconfig, namespace), orphan_sweep_period=3600.0)
+    controller = await started(Controller(settings, [*default_reconcilers(settings), *extra]))
+    try:
+        await rest.create(NODE, chains.dpu_node(node, group, hbn=False))
+        await rest.create(DPU_SERVICE_CHAIN, uplink_chain(namespace, group, "live"), namespace)
+        await eventually(lambda: rest.get(SERVICE_CHAIN, f"live-{node}", namespace), "the live chain's child")
+        await rest.create(SERVICE_CHAIN_SET, hand_made_set(namespace, group, "orphan", str(uuid.uuid4())), namespace)
+        await eventually(lambda: _gone(rest, [(SERVICE_CHAIN_SET, "orphan"), (SERVICE_CHAIN, f"orphan-{node}")],
+                                       namespace), "the orphaned set and its child deleted", timeout=15)
+        assert controller.metrics.registry.get_sample_value(
+            "dpf_controller_orphans_deleted_total", {"kind": "ServiceChainSet"}) == 1
+        assert await rest.get(SERVICE_CHAIN, f"live-{node}", namespace) is not None
+        await rest.delete(DPU_SERVICE_CHAIN, "live", namespace)
+        await eventually(lambda: _gone(rest, [(DPU_SERVICE_CHAIN, "live"), (SERVICE_CHAIN_SET, "live")], namespace),
+                         "cleanup")
+        return controller
+    finally:
+        await rest.delete(NODE, node)
+        await controller.stop()
+        await rest.close()
 
-    async def scenario() -> None:
-        rest = await host_rest(kube.kubeconfig)
-        await dpu_cluster(rest, namespace, kube.kubeconfig)
-        settings = dataclasses.replace(controller_settings(kube.kubeconfig, namespace), orphan_sweep_period=3600.0)
-        controller = await started(Controller(settings))
-        try:
-            await rest.create(NODE, chains.dpu_node(node, group, hbn=False))
-            await rest.create(DPU_SERVICE_CHAIN, uplink_chain(namespace, group, "live"), namespace)
-            await eventually(lambda: rest.get(SERVICE_CHAIN, f"live-{node}", namespace), "the live chain's child")
-            await rest.create(SERVICE_CHAIN_SET, hand_made_set(namespace, group, "orphan", str(uuid.uuid4())),
-                              namespace)
-            await eventually(lambda: _gone(rest, [(SERVICE_CHAIN_SET, "orphan"), (SERVICE_CHAIN, f"orphan-{node}")],
-                                           namespace), "the orphaned set and its child deleted", timeout=15)
-            assert controller.metrics.registry.get_sample_value(
-                "dpf_controller_orphans_deleted_total", {"kind": "ServiceChainSet"}) == 1
-            assert await rest.get(SERVICE_CHAIN, f"live-{node}", namespace) is not None
-            await rest.delete(DPU_SERVICE_CHAIN, "live", namespace)
-            await eventually(lambda: _gone(rest, [(DPU_SERVICE_CHAIN, "live"), (SERVICE_CHAIN_SET, "live")],
-                                           namespace), "cleanup")
-        finally:
-            await rest.delete(NODE, node)
-            await controller.stop()
-            await rest.close()
 
-    run(scenario())
+async def _gone(rest: Rest, objects: list[tuple[Kind, str]], namespace: str) -> bool:
+    return all([await rest.get(kind, name, namespace) is None for kind, name in objects])

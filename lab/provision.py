@@ -42,9 +42,9 @@ from dpf.lab.bed.process import Child, wait_until
 from dpf.lab.bed.tools import tool
 from dpf.lab.controller import ControllerProcess
 from dpf.lab.dpus import CNI_PLUGIN, cni_bin_dir
-from dpf.lab.hbn_ovn import IPAM_PLUGIN
 from dpf.lab.emulator.bfb import EmulatedBfb
 from dpf.lab.emulator.serve import BfbHttpServer
+from dpf.lab.hbn_ovn import IPAM_PLUGIN
 
 NAMESPACE = "dpf-operator-system"
 GROUP = "lab"

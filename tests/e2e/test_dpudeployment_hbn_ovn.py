@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,9 +34,11 @@ from dpf.controller.helm import find_helm
 from dpf.lab import chains, dpuservice_pods, hbn_ovn
 from dpf.lab.bed.chart_repo import ChartRepo
 from dpf.lab.bed.kube import ControlPlane
+from dpf.lab.bed.netns import NetnsBed
 from dpf.lab.bed.oci_registry import OciRegistry
 from dpf.lab.bed.process import wait_until
 from dpf.lab.controller import ControllerProcess
+from dpf.lab.dpus import EmulatedDpu
 from dpf.lab.provision import BFB_FILE, NAMESPACE, Provisioning
 from tests.api.helpers import example_documents
 
@@ -78,6 +82,11 @@ def fresh_and_ready(obj: dict[str, Any] | None) -> bool:
         conditions(obj).get("Ready") == "True"
 
 
+def names(items: list[Any]) -> list[str]:
+    """The names of listed Kubernetes client objects."""
+    return [item.metadata.name for item in items if item.metadata is not None and item.metadata.name]
+
+
 def owned(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [o for o in items if (o["metadata"].get("labels") or {}).get("svc.dpu.nvidia.com/owned-by-dpudeployment")
             == f"{NAMESPACE}_{DEPLOYMENT}"]
@@ -97,6 +106,17 @@ class HostView:
             if exc.status == 404:
                 return None
             raise
+
+
+@contextlib.contextmanager
+def short_workdir() -> Iterator[Path]:
+    """A work directory short enough for the emulated servers' unix sockets (108 bytes with the path), which
+    pytest's tmp_path (its name grows with every session's number) can exceed."""
+    path = Path(tempfile.mkdtemp(prefix="dpf-hov-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -122,9 +142,9 @@ def delete_host_nodes(kube: ControlPlane, provisioning: Provisioning) -> None:
 
 
 def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_goes_in_order(
-        kube: ControlPlane, tmp_path: Path) -> None:
+        kube: ControlPlane, netns: NetnsBed) -> None:
     host = HostView(kube)
-    with upstream_namespace(kube), contextlib.ExitStack() as stack:
+    with short_workdir() as tmp_path, upstream_namespace(kube), contextlib.ExitStack() as stack:
         provisioning = Provisioning(kube, tmp_path, stack, say, hosts=HOSTS, bfb_size=16 << 20, flash_rate=None)
         stack.callback(delete_host_nodes, kube, provisioning)
         cluster = provisioning.start_dpu_cluster()
@@ -157,6 +177,12 @@ def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_go
         provisioning.wait_agents()
         dpus = list(provisioning.dpus.values())
         nodes = [d.name for d in dpus]
+        for i, view in enumerate(dpus):
+            # The cables: each DPU's uplinks p0/p1 (the physical interfaces) as veths to fabric namespaces, as the
+            # lab wires its provisioned DPUs (`lab/sfc_demo.py`); the flavor's script already put p0 on br-sfc.
+            dpu = EmulatedDpu(view.name, netns, view.workdir, short=f"d{i}", ovs=view.ovs())
+            for port in ("p0", "p1"):
+                dpu.uplink(port, f"10.9{i}.{port[1]}.1/24", f"d{i}f{port[1]}")
 
         def deployment_ready() -> bool:
             return fresh_and_ready(host.get("dpudeployments", DEPLOYMENT))
@@ -172,7 +198,8 @@ def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_go
             raise AssertionError(f"{exc}: {state}\ncontroller log: {controller.workdir / 'controller.log'}") from None
         took = time.monotonic() - started
         deployment = host.get("dpudeployments", DEPLOYMENT)
-        assert conditions(deployment) and set(conditions(deployment).values()) == {"True"}, conditions(deployment)
+        assert conditions(deployment), deployment
+        assert set(conditions(deployment).values()) == {"True"}, conditions(deployment)
 
         # Each service: its DPUService Ready, and a real pod of it Running on every DPU (its kubelet's).
         services = {o["metadata"]["name"]: o for o in owned(host.list("dpuservices"))}
@@ -181,9 +208,8 @@ def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_go
             obj = services[f"{DEPLOYMENT}-{service}"]
             assert fresh_and_ready(obj), conditions(obj)
             for node in nodes:
-                pods = [p for p in dpuservice_pods.pods_on(cluster, NAMESPACE, obj["spec"]["serviceID"], node)
-                        if p.status.phase == "Running"]
-                assert len(pods) == 1, f"{service} on {node}: {[(p.metadata.name, p.status.phase) for p in pods]}"
+                pods = dpuservice_pods.pods_on(cluster, NAMESPACE, obj["spec"]["serviceID"], node)
+                assert [p.status.phase for p in pods] == ["Running"], f"{service} on {node}: {names(pods)}"
         source = services[f"{DEPLOYMENT}-ovn"]["spec"]["helmChart"]["source"]
         assert (source["repoURL"], source["chart"], source["version"]) == \
             ("oci://ghcr.io/nvidia", "ovn-kubernetes-chart", "v24.10.0"), "the manifests' source, not the mirror"
@@ -198,7 +224,8 @@ def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_go
             assert set(HBN_INTERFACES) <= set(status), f"{node}: {sorted(status)}"
             lo = ipaddress.ip_address(status["ip_lo"]["ips"][0])
             pf2dpu2 = ipaddress.ip_address(status["ip_pf2dpu2"]["ips"][0])
-            assert lo in loopback and pf2dpu2 in pool1, (lo, pf2dpu2)
+            assert lo in loopback, (node, lo)
+            assert pf2dpu2 in pool1, (node, pf2dpu2)
 
         # The ovn interface: br-ovn from the flavor's OVS script, patched to br-sfc by the DPU agent.
         for view in dpus:
@@ -240,10 +267,10 @@ def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_go
         wait_until(gone, DELETE_TIMEOUT, f"DPUDeployment {DEPLOYMENT} and its DPUSet gone", interval=0.2,
                    while_alive=[controller.child])
         assert order[-1] == "dpusets", order
-        assert not [d for d in apps.list_namespaced_daemon_set(NAMESPACE).items], "the releases' DaemonSets"
-        releases = k8s.CoreV1Api(cluster.client).list_namespaced_secret(NAMESPACE, label_selector="owner=helm")
-        assert not releases.items, [s.metadata.name for s in releases.items]
+        assert not names(apps.list_namespaced_daemon_set(NAMESPACE).items), "the releases' DaemonSets"
+        dpu_core = k8s.CoreV1Api(cluster.client)
+        assert not names(dpu_core.list_namespaced_secret(NAMESPACE, label_selector="owner=helm").items), "releases"
         assert not host.list("dpus", PROVISIONING)
-        wait_until(lambda: not set(nodes) & {n.metadata.name for n in k8s.CoreV1Api(cluster.client).list_node().items},
-                   60, "the DPUs' Nodes removed from the DPU cluster")
+        wait_until(lambda: not set(nodes) & set(names(dpu_core.list_node().items)), 60,
+                   "the DPUs' Nodes removed from the DPU cluster")
         say(f"deleted in order: {' → '.join(order)}")

@@ -273,4 +273,12 @@ def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_go
         assert not host.list("dpus", PROVISIONING)
         wait_until(lambda: not set(nodes) & set(names(dpu_core.list_node().items)), 60,
                    "the DPUs' Nodes removed from the DPU cluster")
+        # The dependencies it marked are released (upstream's finalizer and consumed-by label gone), not deleted.
+        for plural, group in (("dpuservicetemplates", SVC), ("dpuserviceconfigurations", SVC), ("bfbs", PROVISIONING),
+                              ("dpuflavors", PROVISIONING)):
+            for obj in host.list(plural, group):
+                meta = obj["metadata"]
+                assert "dpu.nvidia.com/dpudeployment" not in (meta.get("finalizers") or ()), (plural, meta["name"])
+                assert "dpu.nvidia.com/consumed-by-dpudeployment-name" not in (meta.get("labels") or {}), meta["name"]
+        assert len(host.list("dpuservicetemplates")) == len(SERVICES)
         say(f"deleted in order: {' → '.join(order)}")

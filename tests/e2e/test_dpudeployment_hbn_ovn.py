@@ -6,6 +6,8 @@ built in (`lab/manifests/hbn_ovn_flavor.yaml`), on DPUs the DPUDeployment's own 
 + kubelet + Multus joined to the DPU cluster, and its DPU agent). The charts come from upstream's repositories as
 the manifests name them, through the controller's chart mirrors (`lab/hbn_ovn.py`): the lab's stand-ins from its
 http chart repository and, for ovn-kubernetes-chart, from its OCI registry.
+Beside them, what upstream's operator installs in the DPU cluster (NADs mybrhbn and iprequest, `lab/hbn_ovn.py`)
+and the cables: each DPU's uplinks p0/p1 wired to fabric namespaces, as the lab does.
 
 Asserted: every DPU runs a real pod of each of the four DPUServices; HBN's pod has its three chain interfaces and
 the two addresses it requests from the DPUServiceIPAM pools; br-ovn (from the flavor) is patched to br-sfc; the

@@ -44,6 +44,7 @@ from dpf.lab.controller import ControllerProcess
 from dpf.lab.dpus import CNI_PLUGIN, cni_bin_dir
 from dpf.lab.emulator.bfb import EmulatedBfb
 from dpf.lab.emulator.serve import BfbHttpServer
+from dpf.lab.hbn_ovn import IPAM_PLUGIN
 
 NAMESPACE = "dpf-operator-system"
 GROUP = "lab"
@@ -268,6 +269,8 @@ class Provisioning:
                     "--dpus", str(self.dpus_per_host), "--owner", "lab", "--workdir", str(workdir / "dpus"),
                     "--node-bridge", self.network.bridge, "--image-tar", str(image), "--totalvfs", "64",
                     "--multus-kubeconfig", str(multus_kubeconfig), "--cni-plugin", f"{CNI_PLUGIN}={plugin}",
+                    # the same plugin as an IPAM called by other plugins (hbn_ovn's NAD iprequest), by its name
+                    "--cni-plugin", f"{IPAM_PLUGIN}={plugin}",
                     "--install-seconds", "1", "--controller", controller.endpoint, "--agent-certs", str(self.certs),
                     *(["--flash-rate", str(self.flash_rate)] if self.flash_rate else []),
                     *(a for address in addresses for a in ("--node-address", address))]

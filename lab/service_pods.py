@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from dpf.lab import chains, dpuservice_pods
+from dpf.lab import chains, dpuservice_pods, hbn_ovn
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import Pod
 from dpf.lab.bed.process import wait_until
@@ -34,7 +34,6 @@ SERVICE = "lab-svc"
 NETWORK = "mybrsfc-pool"
 FABRIC_CIDR = "10.200.0.254/24"  # the fabric side of p2: inside the pool's subnet, outside every node's block
 CRDS = chains.MANIFESTS / "crds"
-CHARTS = Path(__file__).resolve().parent / "charts"
 PUBLIC_REPO = "https://helm.ngc.nvidia.com/nvidia/doca"  # upstream's hbn_only hbn-dpuservice.yaml; unreachable here
 """The repository `manifests/service.yaml` names; the lab's controller mirrors it onto the lab's chart repository."""
 
@@ -57,8 +56,8 @@ class ServicePod:
 
 
 def charts() -> list[Path]:
-    """The charts the lab's chart repository serves."""
-    return sorted(path.parent for path in CHARTS.glob("*/Chart.yaml"))
+    """The charts the lab's chart repository serves (not those of its OCI registry)."""
+    return hbn_ovn.http_charts()
 
 
 def manifests(namespace: str, group: str) -> list[chains.Obj]:

@@ -214,9 +214,8 @@ class DPUServiceReconciler(Reconciler):
         self.interfaces: Informer = self.ctx.clusters.host.informer(DPU_SERVICE_INTERFACE)
         self.claims = claims.InterfaceClaims(self.ctx.clusters.host.rest, self.services, self.interfaces,
                                              self._enqueue)
-        self.pull_watches = prereqs.PullSecretWatches(self.ctx.clusters.host.rest, self.ctx.settings.kube,
-                                                      self._enqueue_namespace)
-        self._no_pull_secrets: set[str] = set()  # namespaces whose Secrets we may not list (logged once)
+        self.pull_secrets = prereqs.PullSecretMirror(self.ctx.clusters.host.rest, self.ctx.clusters.dpu.values,
+                                                     self.ctx.settings.kube, self._enqueue_namespace)
         self.ctx.clusters.on_dpu_added(lambda _cluster: self._enqueue_all())
 
     def _helm_ran(self, command: str, seconds: float, ok: bool) -> None:
@@ -291,8 +290,7 @@ class DPUServiceReconciler(Reconciler):
         self._deployed.clear()
         self._seen_state.clear()
         self._release_owner.clear()
-        await self.pull_watches.close()
-        self._no_pull_secrets.clear()
+        await self.pull_secrets.close()
 
     async def reconcile(self, key: ObjectKey) -> float | None:
         obj = self.services.get(key.namespace, key.name)
@@ -307,7 +305,7 @@ class DPUServiceReconciler(Reconciler):
             return RETRY
         if (obj.get("spec") or {}).get("paused"):
             # Upstream's skip-reconcile pauses the Applications only: Steps 1 and 2 still run, no Helm call does.
-            problems = await self._pull_secrets(key.namespace)
+            problems = await self.pull_secrets.sync(key.namespace)
             await self._write_conditions(obj, [(INTERFACES, "True", cond.SUCCESS, ""),
                                                problem_mark(PREREQS, problems)])
             return RETRY if problems else RESYNC
@@ -315,7 +313,7 @@ class DPUServiceReconciler(Reconciler):
         chart = chart_of(obj, self.ctx.settings.services.chart_mirrors)
         values = helm_values(obj, step1.networks)
         digest = desired_digest(chart, values)
-        prereq_problems = await self._pull_secrets(key.namespace)
+        prereq_problems = await self.pull_secrets.sync(key.namespace)
         apply_problems: list[str] = []
         not_ready: list[str] = []
         for target in targets:
@@ -359,30 +357,6 @@ class DPUServiceReconciler(Reconciler):
         conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
         await objects.write_status(self.ctx.clusters.host.rest, DPU_SERVICE, obj,
                                    objects.status_body(obj, conditions), self.ctx.settings.kube.field_manager)
-
-    async def _pull_secrets(self, namespace: str) -> list[str]:
-        """Step 2's image pull secrets: mirrored into every DPU cluster (whatever the DPUService's targets, as
-        upstream). Returns problems; one starting with "cluster <name>: " holds back that cluster's install."""
-        host = self.ctx.clusters.host.rest
-        try:
-            sources = await prereqs.sources(host, namespace)
-        except KubeError as exc:
-            return [f"host cluster: listing image pull secrets in namespace {namespace}: {exc}"]  # blocks no target
-        if sources is None:
-            if namespace not in self._no_pull_secrets:
-                self._no_pull_secrets.add(namespace)
-                log.warning("namespace %s: may not list Secrets, so image pull secrets are not mirrored into DPU "
-                            "clusters there (bind dpf-controller-pull-secret-reader)", namespace)
-            return []
-        self.pull_watches.ensure(namespace)
-        problems: list[str] = []
-        for cluster in sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name):
-            try:
-                found = await prereqs.mirror(cluster.rest, namespace, sources, self.ctx.settings.kube.field_manager)
-            except KubeError as exc:
-                found = [f"image pull secrets in namespace {namespace}: {exc}"]
-            problems.extend(f"cluster {cluster.name}: {p}" for p in found)
-        return problems
 
     async def _target(self, key: ObjectKey, target: Target, release: str, chart: helm.Chart,
                       values: Mapping[str, Any], digest: str, text: str | None) -> tuple[str, str]:
@@ -523,14 +497,4 @@ class DPUServiceReconciler(Reconciler):
         DPUService, remove the mirrored pull secrets from every DPU cluster (upstream's order)."""
         namespace = key_of(obj)[0]
         await self.claims.release_all(obj)
-        if namespace in prereqs.live_namespaces(self.services.list()):
-            return []
-        problems: list[str] = []
-        for cluster in sorted(self.ctx.clusters.dpu.values(), key=lambda c: c.name):
-            try:
-                await prereqs.remove_all(cluster.rest, namespace)
-            except KubeError as exc:
-                problems.append(f"cluster {cluster.name}: image pull secrets in namespace {namespace}: {exc}")
-        if not problems:
-            await self.pull_watches.stop([namespace])
-        return problems
+        return await self.pull_secrets.release(namespace, prereqs.live_namespaces(self.services.list()))

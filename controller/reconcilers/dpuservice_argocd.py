@@ -5,6 +5,8 @@ Objects (controller/argocd.py builds them), all in the controller's namespace (`
 namespace, where ArgoCD must look for Applications):
 - per connected DPUCluster an Argo cluster Secret `<dpuclusterNs>-<dpuclusterName>` from its kubeconfig Secret, and
   the DPUService's namespace made in that cluster (upstream's prereqs; Argo does not create it);
+- the namespace's image pull secrets mirrored into every DPU cluster, and removed with its last DPUService (as
+  the Helm backend: dpuservice_prereqs.PullSecretMirror);
 - AppProjects `doca-platform-project-dpu` (one destination per DPUCluster) and `doca-platform-project-host`
   (`in-cluster`);
 - per DPUCluster an Application `<cluster>-<dpuservice>` (or `in-cluster-<dpuservice>` with `deployInCluster`):
@@ -35,6 +37,7 @@ from dpf.controller.kube import clients
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, KubeError, Obj, Rest
 from dpf.controller.reconcilers import dpuservice_claims as claims
+from dpf.controller.reconcilers import dpuservice_prereqs as prereqs
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.dpuservice import (
@@ -75,6 +78,8 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         self.ctx.clusters.on_dpu_added(self._dpu_added)
         self.interfaces: Informer = self.ctx.clusters.host.informer(DPU_SERVICE_INTERFACE)
         self.claims = claims.InterfaceClaims(self.rest, self.services, self.interfaces, self._enqueue)
+        self.pull_secrets = prereqs.PullSecretMirror(self.rest, self.ctx.clusters.dpu.values, self.ctx.settings.kube,
+                                                     self._enqueue_namespace)
         # Our own informer, not the host Cluster's: it watches only our Applications in our namespace, and it is
         # started once the CRD is found (a missing CRD must not hold the controller's readiness).
         self.apps: Informer | None = None
@@ -94,6 +99,11 @@ class ArgoCDDPUServiceReconciler(Reconciler):
 
     def _enqueue(self, namespace: str, name: str) -> None:
         self.ctx.queue.add(ObjectKey(self.name, namespace, name))
+
+    def _enqueue_namespace(self, namespace: str) -> None:
+        for obj in self.services.list():
+            if obj["metadata"]["namespace"] == namespace:
+                self._enqueue(*key_of(obj))
 
     def _enqueue_all(self) -> None:
         for obj in self.services.list():
@@ -115,6 +125,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         """Stop the Applications informer; the next leader term finds the CRD again and starts a fresh one."""
         task, self._apps_task, self.apps = self._apps_task, None, None
         self._namespaces.clear()
+        await self.pull_secrets.close()
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,7 +185,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
             await self._write(obj, [(INTERFACES, "False", cond.ERROR, "; ".join(step1.problems))])
             return RETRY
         clusters = self._dpuclusters()
-        prereq_problems = await self._prereqs(obj, clusters)
+        prereq_problems = await self._prereqs(obj, clusters) + await self.pull_secrets.sync(key.namespace)
         targets = [argocd.IN_CLUSTER] if spec.get("deployInCluster") else [c["metadata"]["name"] for c in clusters]
         apply_problems = await self._applications(obj, targets, bool(spec.get("paused")), step1.networks)
         not_ready = self._not_ready(obj, targets)
@@ -333,6 +344,10 @@ class ArgoCDDPUServiceReconciler(Reconciler):
                                          f"{argocd.APP_FINALIZER})")])
                 return DELETE_POLL
         await self.claims.release_all(obj)
+        problems = await self.pull_secrets.release(meta["namespace"], prereqs.live_namespaces(self.services.list()))
+        if problems:
+            await self._write(obj, [(RECONCILED, "False", cond.AWAITING_DELETION, "; ".join(problems))])
+            return RETRY
         await objects.remove_finalizer(self.rest, DPU_SERVICE, obj, FINALIZER)
         log.info("DPUService %s/%s: Applications deleted", meta["namespace"], meta["name"])
         return None

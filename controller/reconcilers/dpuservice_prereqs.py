@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from dpf.controller.clusters import Cluster
 from dpf.controller.kube.informer import Informer
-from dpf.controller.kube.rest import SECRET, KubeError, Obj, Rest
+from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import objects
 from dpf.controller.settings import KubeSettings
 
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 PULL_SECRET_LABEL = "dpu.nvidia.com/image-pull-secret"
 MIRROR_LABEL = "svc.dpu.nvidia.com/mirrored-image-pull-secret"  # value "true": a copy made by the controller
 FIELDS = ("type", "data", "immutable")
+ACCESS_TTL = 60.0  # seconds a namespace's answer to "may the controller watch Secrets here" is kept
+SELF_SUBJECT_ACCESS_REVIEW = Kind("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview",
+                                  namespaced=False)
 
 
 def mirror_of(source: Obj) -> Obj:
@@ -65,6 +70,14 @@ async def sources(host: Rest, namespace: str) -> list[Obj] | None:
         if exc.status == 403:
             return None
         raise
+
+
+async def may_watch_secrets(host: Rest, namespace: str) -> bool:
+    """Asked of the apiserver (a SelfSubjectAccessReview, which every authenticated identity may make)."""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": {"namespace": namespace, "verb": "watch", "resource": "secrets"}}}
+    answer = await host.create(SELF_SUBJECT_ACCESS_REVIEW, review)
+    return bool((answer.get("status") or {}).get("allowed"))
 
 
 async def copies(rest: Rest, namespace: str) -> list[Obj]:
@@ -136,3 +149,76 @@ class PullSecretWatches:
 def live_namespaces(services: Iterable[Mapping[str, Any]]) -> set[str]:
     """Namespaces with at least one DPUService not being deleted. Pure."""
     return {s["metadata"]["namespace"] for s in services if not s["metadata"].get("deletionTimestamp")}
+
+
+class PullSecretMirror:
+    """Step 2's image pull secrets, for both DPUService backends: `sync(namespace)` mirrors the namespace's
+    sources into every DPU cluster (whatever a DPUService's targets, as upstream) and keeps a watch on them;
+    `release(namespace, live)` removes the copies once the namespace holds no live DPUService; `close()` when
+    leadership ends. Problems come back as strings; one starting with "cluster <name>: " concerns that cluster."""
+
+    def __init__(self, host: Rest, clusters: Callable[[], Iterable[Cluster]], settings: KubeSettings,
+                 on_change: Callable[[str], None]) -> None:
+        self.host = host
+        self.clusters = clusters  # the connected DPU clusters
+        self.field_manager = settings.field_manager
+        self.watches = PullSecretWatches(host, settings, on_change)
+        self._unreadable: set[str] = set()  # namespaces not opted in (logged once)
+        self._watchable: dict[str, tuple[bool, float]] = {}  # namespace -> (may watch Secrets, when asked)
+
+    def _sorted_clusters(self) -> list[Cluster]:
+        return sorted(self.clusters(), key=lambda c: c.name)
+
+    async def _opted_in(self, namespace: str) -> bool:
+        """The controller may watch Secrets in `namespace`, as the opt-in (`clusterrole-pull-secret-reader.yaml`)
+        allows: a namespace where another role grants only a list (the argocd backend's Role in the controller's
+        own namespace) is not opted in. Asked again after ACCESS_TTL, so a binding added later is seen."""
+        known = self._watchable.get(namespace)
+        if known is None or time.monotonic() - known[1] > ACCESS_TTL:
+            known = (await may_watch_secrets(self.host, namespace), time.monotonic())
+            self._watchable[namespace] = known
+        return known[0]
+
+    async def sync(self, namespace: str) -> list[str]:
+        try:
+            found = await sources(self.host, namespace) if await self._opted_in(namespace) else None
+        except KubeError as exc:
+            return [f"host cluster: listing image pull secrets in namespace {namespace}: {exc}"]  # blocks no target
+        if found is None:
+            if namespace not in self._unreadable:
+                self._unreadable.add(namespace)
+                log.warning("namespace %s: may not list and watch Secrets, so image pull secrets are not mirrored into "
+                            "DPU clusters there (bind dpf-controller-pull-secret-reader)", namespace)
+            return []
+        self.watches.ensure(namespace)
+        problems: list[str] = []
+        for cluster in self._sorted_clusters():
+            try:
+                failed = await mirror(cluster.rest, namespace, found, self.field_manager)
+            except KubeError as exc:
+                failed = [f"image pull secrets in namespace {namespace}: {exc}"]
+            problems.extend(f"cluster {cluster.name}: {p}" for p in failed)
+        return problems
+
+    async def release(self, namespace: str, live: set[str]) -> list[str]:
+        """Remove the copies from every DPU cluster unless `namespace` is in `live` (see `live_namespaces`), or is not
+        opted in (nothing was mirrored from there; copies left by an opt-in since withdrawn stay)."""
+        if namespace in live:
+            return []
+        if not await self._opted_in(namespace):
+            await self.watches.stop([namespace])
+            return []
+        problems: list[str] = []
+        for cluster in self._sorted_clusters():
+            try:
+                await remove_all(cluster.rest, namespace)
+            except KubeError as exc:
+                problems.append(f"cluster {cluster.name}: image pull secrets in namespace {namespace}: {exc}")
+        if not problems:
+            await self.watches.stop([namespace])
+        return problems
+
+    async def close(self) -> None:
+        await self.watches.close()
+        self._unreadable.clear()
+        self._watchable.clear()

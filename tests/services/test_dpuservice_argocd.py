@@ -31,11 +31,13 @@ from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.base import default_reconcilers
 from dpf.controller.reconcilers.dpuservice import DPU_SERVICE, SERVICE_LABEL, DPUServiceReconciler
 from dpf.controller.reconcilers.dpuservice_argocd import ArgoCDDPUServiceReconciler
+from dpf.controller.reconcilers.dpuservice_prereqs import MIRROR_LABEL
 from dpf.controller.reconcilers.kinds import DPU_CLUSTER, NAMESPACE
 from dpf.controller.settings import ServicesSettings, parse_chart_mirror
 from dpf.lab.bed.kube import ControlPlane
 from tests.controlplane.harness import controller_settings, eventually, host_rest, run, started
 from tests.services.test_dpuservice_helm import condition, dpuservice
+from tests.services.test_dpuservice_prereqs import pull_secret, same_data
 
 CRDS = Path(__file__).parent / "crds"
 OCI_REPO = "oci://nvcr.io/nvidia/doca"
@@ -105,6 +107,7 @@ def test_dpuservice_argocd_applications_projects_cluster_secrets_readiness_pause
                 await eventually(lambda: len(controller.clusters.dpu) == 2, "both DPU clusters connected")
 
                 # No ArgoCD CRDs yet: the condition names the CRD and what the backend needs.
+                await rest.create(SECRET, pull_secret(service_namespace, "regcred", "user:argo"), service_namespace)
                 await rest.create(DPU_SERVICE, dpuservice(service_namespace, "hbn", OCI_REPO), service_namespace)
                 found = await eventually(lambda: conditioned(rest, service_namespace, "hbn",
                                                              "ApplicationPrereqsReconciled", "False"),
@@ -117,6 +120,11 @@ def test_dpuservice_argocd_applications_projects_cluster_secrets_readiness_pause
                 await asyncio.to_thread(host.install_crds, CRDS)
                 app = await eventually(lambda: rest.get(argocd.APPLICATION, "one-hbn", namespace),
                                        "Application one-hbn", SLOW)
+                # Step 2's image pull secrets, as with the Helm backend (tests/services/test_dpuservice_prereqs.py).
+                copy = await eventually(lambda: dpu.get(SECRET, "regcred", service_namespace),
+                                        "the pull secret mirrored into the DPU cluster", SLOW)
+                assert copy["metadata"]["labels"][MIRROR_LABEL] == "true"
+                assert await same_data(dpu, rest, service_namespace, "regcred")
                 # Field by field, upstream's Application (NewApplication in internal/argocd/utils.go).
                 assert app["metadata"]["labels"] == {
                     "dpu.nvidia.com/cluster": "one", "dpu.nvidia.com/dpuservice-name": "hbn",
@@ -244,6 +252,8 @@ def test_dpuservice_argocd_applications_projects_cluster_secrets_readiness_pause
                 await eventually(lambda: _deleting(rest, namespace, "in-cluster-blue"), "in-cluster-blue deleted")
                 await argo_finishes_deletion(rest, namespace, "in-cluster-blue")
                 await eventually(lambda: gone(rest, DPU_SERVICE, "blue", service_namespace), "blue gone")
+                assert await dpu.get(SECRET, "regcred", service_namespace) is None, \
+                    "the namespace's last DPUService went, and the mirrored pull secret stayed"
             finally:
                 await controller.stop()
                 await dpu.delete(NAMESPACE, service_namespace)

@@ -97,7 +97,7 @@ class ConfigPorts(Model):
                message="nodePort can only be set when serviceType is NodePort", field_path=".ports",
                reason="FieldValueForbidden"),
            Cel("self.ports.all(p, self.ports.exists_one(q, q.name == p.name))", message="port names must be unique",
-               field_path=".ports", reason="FieldValueDuplicate"))
+               field_path=".ports"))  # reason FieldValueDuplicate would drop the message
     service_type: Annotated[ServiceType, Cel("self == oldSelf", message="serviceType is immutable")] = "NodePort"
     """NodePort, ClusterIP, or None (headless)."""
     ports: Annotated[list[ConfigPort], Field(max_length=50)]

@@ -110,7 +110,8 @@ def test_config_ports_expose_the_dpu_service_in_the_host_cluster_follow_changes_
                 # The chart's Service in the DPU cluster, found by upstream's labels.
                 chart_service = await one.get(SERVICE, "one-web", namespace)
                 assert chart_service is not None
-                assert chart_service["metadata"]["labels"] == {NAME_LABEL: "web", NAMESPACE_LABEL: namespace}
+                held_labels = chart_service["metadata"]["labels"]
+                assert (held_labels[NAME_LABEL], held_labels[NAMESPACE_LABEL]) == ("web", namespace)
                 dpu_ports = {p["name"]: p["nodePort"] for p in chart_service["spec"]["ports"]}
                 assert set(dpu_ports) == {"web", "dns"}
 

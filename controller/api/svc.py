@@ -73,9 +73,42 @@ class ServiceDaemonSetValues(Model):
     annotations: Labels | None = None
 
 
+PORT_NAME_PATTERN = r"^[a-z0-9-]+$"
+ServiceType = Literal["NodePort", "ClusterIP", "None"]
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ConfigPort(Model):
+    """One port a DPUService exposes to the host cluster (upstream DPF v25.x)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=PORT_NAME_PATTERN)]
+    """The port's name in the chart's Service (`exposedPorts.ports.<name>`); unique in the DPUService."""
+    port: PortNumber
+    """The port of the Service made in the host cluster."""
+    protocol: Literal["TCP", "UDP"]
+    node_port: PortNumber | None = None
+    """The host cluster's node port (serviceType NodePort only); unset: allocated by the apiserver."""
+
+
+class ConfigPorts(Model):
+    """Ports of the service on the DPUs exposed in the host cluster through one Service named as the DPUService."""
+
+    CEL = (Cel("self.serviceType == 'NodePort' || self.ports.all(p, !has(p.nodePort))",
+               message="nodePort can only be set when serviceType is NodePort", field_path=".ports",
+               reason="FieldValueForbidden"),
+           Cel("self.ports.all(p, self.ports.exists_one(q, q.name == p.name))", message="port names must be unique",
+               field_path=".ports"))  # reason FieldValueDuplicate would drop the message
+    service_type: Annotated[ServiceType, Cel("self == oldSelf", message="serviceType is immutable")] = "NodePort"
+    """NodePort, ClusterIP, or None (headless)."""
+    ports: Annotated[list[ConfigPort], Field(max_length=50)]
+
+
 class DPUServiceSpec(Model):
     CEL = (Cel("!has(self.interfaces) || has(self.serviceID)", message="serviceID is required when interfaces is set",
-               field_path=".serviceID", reason="FieldValueRequired"),)
+               field_path=".serviceID", reason="FieldValueRequired"),
+           Cel("!(has(self.deployInCluster) && self.deployInCluster && has(self.configPorts))",
+               message="configPorts cannot be set when deployInCluster is true", field_path=".configPorts",
+               reason="FieldValueForbidden"))
     helm_chart: HelmChart
     service_id: str | None = Field(None, alias="serviceID")
     """Identifies the service's pods (label svc.dpu.nvidia.com/service) for interfaces and chains."""
@@ -86,6 +119,15 @@ class DPUServiceSpec(Model):
     """DPUServiceInterface names (same namespace) attached to the service's pods."""
     paused: bool | None = None
     """Stop reconciling the deployed application."""
+    config_ports: ConfigPorts | None = None
+    """Expose the service's ports in the host cluster (upstream DPF v25.x; not with deployInCluster)."""
+
+
+class DPUServiceStatus(ObjectStatus):
+    """Status of the svc.* and operator kinds: the condition model of spec §1.0."""  # as ObjectStatus: additive
+
+    config_ports: dict[str, list[ConfigPort]] | None = None
+    """The ports of the host cluster's Service by DPUCluster name, with the node ports allocated."""
 
 
 class DPUService(Resource):
@@ -98,11 +140,11 @@ class DPUService(Resource):
     FINALIZERS: ClassVar[tuple[str, ...]] = ("dpu.nvidia.com/dpuservice",)
     CONDITION_TYPES: ClassVar[tuple[str, ...]] = (
         "Ready", "ApplicationPrereqsReconciled", "ApplicationsReconciled", "ApplicationsReady",
-        "DPUServiceInterfaceReconciled")
+        "DPUServiceInterfaceReconciled", "ConfigPortsReconciled")
     CRD_ANNOTATIONS: ClassVar[dict[str, str]] = SVC_ANNOTATIONS
 
     spec: DPUServiceSpec
-    status: ObjectStatus | None = None
+    status: DPUServiceStatus | None = None
 
 
 # -- DPUDeployment ------------------------------------------------------------------------------------

@@ -63,14 +63,15 @@ from dpf.controller.api.svc import DPUService
 from dpf.controller.clusters import Cluster
 from dpf.controller.kube import clients, events
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
-from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj
+from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj, Rest
 from dpf.controller.reconcilers import dpuservice_claims as claims
+from dpf.controller.reconcilers import dpuservice_configports as configports
 from dpf.controller.reconcilers import dpuservice_interfaces as interfaces
 from dpf.controller.reconcilers import dpuservice_prereqs as prereqs
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
-from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE, SVC, V1ALPHA1
+from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE, NODE, SVC, V1ALPHA1
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,8 @@ FINALIZER = DPUService.FINALIZERS[0]
 SERVICE_LABEL = "svc.dpu.nvidia.com/service"
 PREREQS, RECONCILED, APPS_READY = "ApplicationPrereqsReconciled", "ApplicationsReconciled", "ApplicationsReady"
 INTERFACES = interfaces.INTERFACES_RECONCILED
-TYPES = (cond.READY, INTERFACES, PREREQS, RECONCILED, APPS_READY)
+CONFIG_PORTS = configports.CONFIG_PORTS_RECONCILED
+TYPES = (cond.READY, INTERFACES, PREREQS, RECONCILED, APPS_READY, CONFIG_PORTS)
 IN_CLUSTER = "in-cluster"
 DESCRIPTION_PREFIX = "dpf-dpuservice "
 RELEASE_LIMIT = 53  # Helm's release-name limit
@@ -119,12 +121,23 @@ def helm_values(obj: Obj, networks: str | None = None) -> dict[str, Any]:
     annotations = {**(daemon.get("annotations") or {}), **({interfaces.NETWORKS: networks} if networks else {})}
     if annotations:
         block["annotations"] = annotations
-    return merge((spec.get("helmChart") or {}).get("values") or {}, {"serviceDaemonSet": block})
+    return merge((spec.get("helmChart") or {}).get("values") or {},
+                 {"serviceDaemonSet": block, **configports.chart_values(obj)})
 
 
 def problem_mark(type_: str, problems: Sequence[str]) -> tuple[str, str, str, str]:
     """A step's condition: False `Error` naming every problem, else True. Pure."""
     return (type_, "False", cond.ERROR, "; ".join(problems)) if problems else (type_, "True", cond.SUCCESS, "")
+
+
+async def write_status(rest: Rest, obj: Obj, marks: Sequence[tuple[str, str, str, str]], field_manager: str,
+                       ports: configports.Outcome | None = None) -> None:
+    """Our conditions after `marks`, and status.configPorts from a configPorts pass (without one, as it was).
+    Both backends write the DPUService's status through this."""
+    conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
+    reported = configports.kept(obj) if ports is None else ports.status
+    await objects.write_status(rest, DPU_SERVICE, obj, objects.status_body(obj, conditions, configPorts=reported),
+                               field_manager, absent=() if reported else ("configPorts",))
 
 
 def chart_of(obj: Obj, mirrors: Sequence[tuple[str, str]] = ()) -> helm.Chart:
@@ -217,6 +230,14 @@ class DPUServiceReconciler(Reconciler):
         self.pull_secrets = prereqs.PullSecretMirror(self.ctx.clusters.host.rest, self.ctx.clusters.dpu.values,
                                                      self.ctx.settings.kube, self._enqueue_namespace)
         self.ctx.clusters.on_dpu_added(lambda _cluster: self._enqueue_all())
+        self.ctx.clusters.need_dpu_kind(NODE)  # configPorts: the EndpointSlice lists the DPU Nodes
+        self.ctx.clusters.on_dpu_added(lambda c: c.informer(NODE).add_handler(self._on_dpu_node))
+
+    def _on_dpu_node(self, _type: str, old: Obj | None, new: Obj | None) -> None:
+        if configports.node_changed(old, new):
+            for obj in self.services.list():
+                if configports.spec_of(obj) is not None:
+                    self._enqueue(*key_of(obj))
 
     def _helm_ran(self, command: str, seconds: float, ok: bool) -> None:
         self.ctx.metrics.helm_runs.labels(command, "success" if ok else "failure").observe(seconds)
@@ -334,10 +355,13 @@ class DPUServiceReconciler(Reconciler):
                 apply_problems.append(f"cluster {target.name}: {error}")
             elif waiting:
                 not_ready.append(f"cluster {target.name}: {waiting}")
+        ports = await configports.reconcile(self.ctx.clusters.host.rest, [t.cluster for t in targets
+                                            if t.name != IN_CLUSTER], obj, self.ctx.settings.kube.field_manager)
         marks = [
             (INTERFACES, "True", cond.SUCCESS, ""),
             problem_mark(PREREQS, prereq_problems),
             problem_mark(RECONCILED, apply_problems),
+            problem_mark(CONFIG_PORTS, ports.problems),
         ]
         if not targets:
             marks.append((APPS_READY, "False", cond.PENDING, "no DPU cluster is connected"))
@@ -346,17 +370,16 @@ class DPUServiceReconciler(Reconciler):
                           "; ".join(not_ready) or "Application is not yet deployed."))
         else:
             marks.append((APPS_READY, "True", cond.SUCCESS, ""))
-        await self._write_conditions(obj, marks)
-        if prereq_problems or apply_problems:
+        await self._write_conditions(obj, marks, ports)
+        if prereq_problems or apply_problems or ports.problems:
             return RETRY
         if not_ready:
             return NOT_READY_RETRY if any(t.name == IN_CLUSTER for t in targets) else WATCHED_RETRY
         return RESYNC
 
-    async def _write_conditions(self, obj: Obj, marks: list[tuple[str, str, str, str]]) -> None:
-        conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
-        await objects.write_status(self.ctx.clusters.host.rest, DPU_SERVICE, obj,
-                                   objects.status_body(obj, conditions), self.ctx.settings.kube.field_manager)
+    async def _write_conditions(self, obj: Obj, marks: list[tuple[str, str, str, str]],
+                                ports: configports.Outcome | None = None) -> None:
+        await write_status(self.ctx.clusters.host.rest, obj, marks, self.ctx.settings.kube.field_manager, ports)
 
     async def _target(self, key: ObjectKey, target: Target, release: str, chart: helm.Chart,
                       values: Mapping[str, Any], digest: str, text: str | None) -> tuple[str, str]:
@@ -485,6 +508,11 @@ class DPUServiceReconciler(Reconciler):
                 problems.append(f"cluster {target.name}: {exc}")
         if not problems:
             problems = await self._delete_prereqs(obj)
+        if not problems:  # upstream's order: the releases, then the prereqs, then the configPorts Service
+            try:
+                await configports.remove(self.ctx.clusters.host.rest, obj)
+            except KubeError as exc:
+                problems.append(f"host cluster: deleting the Service of configPorts: {exc}")
         if problems:
             await self._write_conditions(obj, [(RECONCILED, "False", cond.AWAITING_DELETION, "; ".join(problems))])
             return RETRY

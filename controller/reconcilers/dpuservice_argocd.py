@@ -37,20 +37,22 @@ from dpf.controller.kube import clients
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, KubeError, Obj, Rest
 from dpf.controller.reconcilers import dpuservice_claims as claims
+from dpf.controller.reconcilers import dpuservice_configports as configports
 from dpf.controller.reconcilers import dpuservice_prereqs as prereqs
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.dpuservice import (
     APPS_READY,
+    CONFIG_PORTS,
     DPU_SERVICE,
     FINALIZER,
     INTERFACES,
     PREREQS,
     RECONCILED,
-    TYPES,
     chart_of,
     helm_values,
     problem_mark,
+    write_status,
 )
 from dpf.controller.reconcilers.keys import ObjectKey
 from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE
@@ -189,10 +191,14 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         targets = [argocd.IN_CLUSTER] if spec.get("deployInCluster") else [c["metadata"]["name"] for c in clusters]
         apply_problems = await self._applications(obj, targets, bool(spec.get("paused")), step1.networks)
         not_ready = self._not_ready(obj, targets)
+        ports = await configports.reconcile(self.rest, [] if spec.get("deployInCluster") else [
+            self.ctx.clusters.dpu[f"{c['metadata']['namespace']}/{c['metadata']['name']}"] for c in clusters],
+            obj, self.ctx.settings.kube.field_manager)
         marks = [
             (INTERFACES, "True", cond.SUCCESS, ""),
             problem_mark(PREREQS, prereq_problems),
             problem_mark(RECONCILED, apply_problems),
+            problem_mark(CONFIG_PORTS, ports.problems),
         ]
         if not targets:
             marks.append((APPS_READY, "False", cond.PENDING, "no DPU cluster is connected"))
@@ -201,13 +207,12 @@ class ArgoCDDPUServiceReconciler(Reconciler):
                           "The following applications are not ready: " + "; ".join(not_ready)))
         else:
             marks.append((APPS_READY, "True", cond.SUCCESS, ""))
-        await self._write(obj, marks)
-        return RETRY if prereq_problems or apply_problems else RESYNC
+        await self._write(obj, marks, ports)
+        return RETRY if prereq_problems or apply_problems or ports.problems else RESYNC
 
-    async def _write(self, obj: Obj, marks: list[tuple[str, str, str, str]]) -> None:
-        conditions = objects.build_conditions(obj, TYPES, marks, objects.now())
-        await objects.write_status(self.rest, DPU_SERVICE, obj, objects.status_body(obj, conditions),
-                                   self.ctx.settings.kube.field_manager)
+    async def _write(self, obj: Obj, marks: list[tuple[str, str, str, str]],
+                     ports: configports.Outcome | None = None) -> None:
+        await write_status(self.rest, obj, marks, self.ctx.settings.kube.field_manager, ports)
 
     async def _report_missing(self, obj: Obj, missing: list[str]) -> float:
         message = (f"CustomResourceDefinition {', '.join(missing)} is not installed: the argocd DPUService backend "
@@ -348,6 +353,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         if problems:
             await self._write(obj, [(RECONCILED, "False", cond.AWAITING_DELETION, "; ".join(problems))])
             return RETRY
+        await configports.remove(self.rest, obj)  # upstream's order: Applications, prereqs, configPorts Service
         await objects.remove_finalizer(self.rest, DPU_SERVICE, obj, FINALIZER)
         log.info("DPUService %s/%s: Applications deleted", meta["namespace"], meta["name"])
         return None

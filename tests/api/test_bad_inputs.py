@@ -41,6 +41,15 @@ VALID: dict[str, dict[str, Any]] = {
     "DPUServiceNAD": {"resourceType": "veth"},
     "DPFOperatorConfig": {"provisioningController": {"bfbPVCName": "bfb-pvc"}},
 }
+TCP_PORT = {"name": "web", "port": 80, "protocol": "TCP"}
+
+
+def configports(port: dict[str, Any], **config: Any) -> dict[str, Any]:
+    """A DPUService spec change: configPorts with one port, TCP_PORT changed by `port` (None deletes a key)."""
+    changed = {k: v for k, v in {**TCP_PORT, **port}.items() if v is not None}
+    return {"configPorts": {**config, "ports": [changed]}}
+
+
 SUBNET = {"ipv4Network": None, "ipv4Subnet": {"subnet": "10.0.0.0/16", "gateway": "10.0.0.1", "perNodeIPCount": 8}}
 
 
@@ -120,6 +129,28 @@ CASES = [
         "at least 1 chars"),
     Bad("DPUService", {"serviceID": "x", "interfaces": [f"i{n}" for n in range(51)]}, "spec.interfaces",
         "must have at most 50 items"),
+    *(Bad("DPUService", configports(port), f"spec.configPorts.ports[0].{key}", says)
+      for port, key, says in (({"port": 0}, "port", "greater than or equal to 1"),
+                              ({"port": 65536}, "port", "less than or equal to 65535"),
+                              ({"nodePort": 0}, "nodePort", "greater than or equal to 1"),
+                              ({"nodePort": 70000}, "nodePort", "less than or equal to 65535"),
+                              ({"protocol": "SCTP"}, "protocol", "supported values"),
+                              ({"name": "Web_1"}, "name", "should match"),
+                              ({"name": ""}, "name", "at least 1 chars"),
+                              ({"port": None}, "port", "Required value"))),
+    Bad("DPUService", {"configPorts": {"ports": [TCP_PORT, {**TCP_PORT, "port": 81}]}}, "spec.configPorts.ports",
+        "port names must be unique"),
+    Bad("DPUService", configports({"nodePort": 30080}, serviceType="ClusterIP"), "spec.configPorts.ports",
+        "nodePort can only be set when serviceType is NodePort"),
+    Bad("DPUService", configports({"nodePort": 30080}, serviceType="None"), "spec.configPorts.ports",
+        "nodePort can only be set when serviceType is NodePort"),
+    Bad("DPUService", configports({}, serviceType="LoadBalancer"), "spec.configPorts.serviceType",
+        "supported values"),
+    Bad("DPUService", {"configPorts": {"serviceType": "NodePort"}}, "spec.configPorts.ports", "Required value"),
+    Bad("DPUService", {"deployInCluster": True, **configports({})}, "spec.configPorts",
+        "configPorts cannot be set when deployInCluster is true"),
+    Bad("DPUService", configports({}), "spec.configPorts.serviceType", "serviceType is immutable",
+        update={"spec": {"configPorts": {"serviceType": "ClusterIP"}}}),
     Bad("DPUDeployment", {"serviceChains": [{"ports": [{"service": {"name": "hbn", "interface": "p0_if"},
                                                         **PORT}]}]},
         "spec.serviceChains[0].ports[0]", "exactly one of service and serviceInterface"),

@@ -381,6 +381,8 @@ NEVER = [
     ("get", "dpusets.provisioning.dpu.nvidia.com", "-n", "default"),  # reads come from watch caches
     ("deletecollection", "dpusets.provisioning.dpu.nvidia.com", "--all-namespaces"),  # one by one, uid-guarded
     ("update", "customresourcedefinitions.apiextensions.k8s.io"),
+    ("list", "services", "--all-namespaces"), ("update", "services", "-n", NAMESPACE),  # configPorts: by name
+    ("deletecollection", "endpointslices.discovery.k8s.io", "-n", NAMESPACE),
     ("*", "*", "--all-namespaces"),
 ]
 # Positive controls: what it needs answers yes (so every "no" above comes from the rules, not a broken check).
@@ -399,6 +401,7 @@ NEEDED = [
     ("patch", "dpuservicenads.svc.dpu.nvidia.com", "--subresource=status", "-n", "default"),
     ("create", "dpuservices.svc.dpu.nvidia.com", "-n", "default"), ("delete", "dpusets.provisioning.dpu.nvidia.com",
                                                                       "-n", "default"),  # DPUDeployment children
+    ("patch", "services", "-n", "default"), ("delete", "endpointslices.discovery.k8s.io", "-n", "default"),  # ports
 ]
 DPU_NEVER = [
     ("get", "secrets", "--all-namespaces"), ("list", "secrets", "-n", NAMESPACE),
@@ -409,6 +412,7 @@ DPU_NEVER = [
     ("create", "dpus.provisioning.dpu.nvidia.com", "-n", NAMESPACE),
     ("list", "network-attachment-definitions.k8s.cni.cncf.io", "--all-namespaces"),  # read by name only
     ("bind", "clusterroles"), ("escalate", "clusterroles"), ("impersonate", "users"), ("*", "*", "--all-namespaces"),
+    ("create", "services", "-n", "default"), ("get", "services", "-n", "default"),  # configPorts only lists them
 ]
 DPU_NEEDED = [
     ("create", "servicechains.svc.dpu.nvidia.com", "-n", "default"), ("watch", "pods", "--all-namespaces"),
@@ -420,6 +424,7 @@ DPU_NEEDED = [
     ("create", "serviceaccounts", "--subresource=token", "-n", "default"),  # credential requests aimed here
     ("patch", "serviceaccounts", "-n", "default"),
     ("create", "network-attachment-definitions.k8s.cni.cncf.io", "-n", "default"),  # DPUServiceNAD
+    ("list", "services", "-n", "default"),  # the chart's Service of a DPUService's configPorts
 ]
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Provisioning at scale: N emulated DPUs, upstream's hbn_only DPUSet applied, until every DPU is Ready.
 
-    .venv/bin/python bench/provision/run.py --dpus 1 10 100 [--per-host M] [--bfb-mib 4] [--record]
+    .venv/bin/python bench/provision/run.py --dpus 1 10 100 [--per-host M] [--agent-processes K] [--record]
 
 Per N, from scratch: a host cluster (etcd + kube-apiserver, our CRDs), a DPU cluster (its own etcd +
 kube-apiserver), the dpf controller process (mTLS, `--bfb-dir`), the BFB served over HTTP, and N emulated DPUs on
@@ -14,9 +14,14 @@ effect on the host Nodes. What is simulated: the DPU's OS after boot. With `--jo
 registers its Node in the DPU cluster (named from its bf.cfg) and kwok (sigs.k8s.io/kwok v0.8.0, built on demand)
 plays its kubelet; there is no containerd, kubelet, OVS or DPU agent per DPU.
 
+Host agents: one `ip netns exec <server> dpf agent host` process per server up to 10 servers; above that (or with
+`--agent-processes K`) the servers' host agents share K processes (`agents.py`: one HostAgent per server, each its
+own certificate, NodeState stream, sysroot and flashes, its netlink calls made in its server's namespace), as
+`bench/fanout` runs DPU agents. The bench follows the DPUs with one watch (`observe.py`), not a list per poll.
+
 Timing starts when the DPUSet is applied (the BFB is Ready and every server's BlueFields are detected before) and
-ends when the last DPU is Ready. Per DPU: first seen (polled) to Ready. The goal: total / slowest single DPU <= 1.1
-(DPUs provision in parallel, none waits on another's turn); `solo` is the N=1 run's DPU, when N=1 was run too.
+ends when the last DPU is Ready. Per DPU: first seen (its ADDED event) to Ready. The goal: total / slowest single
+DPU <= 1.1 (DPUs provision in parallel, none waits on another's turn); `solo` is the N=1 run's DPU, if N=1 ran too.
 Controller CPU (user + system over the timed span, and as % of one core) and RSS (at the end, peak) from /proc.
 
 With M DPUs on one server, a reboot of the server per DPU would power-cycle its siblings mid-install; the

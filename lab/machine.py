@@ -28,6 +28,7 @@ import threading
 from pathlib import Path
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pyroute2_config
 
 from dpf.cni.wire import SOCKET_ENV
 from dpf.lab.bed.kubelet import Kubelet
@@ -151,6 +152,11 @@ def main(argv: list[str] | None = None) -> int:
                         stream=sys.stderr)
 
     done = threading.Event()
+    # pyroute2 forks a helper per netns socket (from the watcher thread) and stops it with SIGTERM once it sent the
+    # socket; a helper still running our handler below deadlocks on `done`'s lock, inherited held from the main
+    # thread, and its parent waits forever: this server's sysfs writes went unanswered (bench/provision, N=1000).
+    # The helper then takes SIGTERM's default (dies) instead.
+    pyroute2_config.disable_mp_signal = True
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
     systems: list[DpuOs | KwokDpuOs] = []

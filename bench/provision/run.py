@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Provisioning at scale: N emulated DPUs, upstream's hbn_only DPUSet applied, until every DPU is Ready.
 
-    .venv/bin/python bench/provision/run.py --dpus 1 10 100 [--per-host M] [--bfb-mib 4] [--record]
+    .venv/bin/python bench/provision/run.py --dpus 1 10 100 [--per-host M] [--agent-processes K] [--record]
 
 Per N, from scratch: a host cluster (etcd + kube-apiserver, our CRDs), a DPU cluster (its own etcd +
 kube-apiserver), the dpf controller process (mTLS, `--bfb-dir`), the BFB served over HTTP, and N emulated DPUs on
@@ -14,9 +14,14 @@ effect on the host Nodes. What is simulated: the DPU's OS after boot. With `--jo
 registers its Node in the DPU cluster (named from its bf.cfg) and kwok (sigs.k8s.io/kwok v0.8.0, built on demand)
 plays its kubelet; there is no containerd, kubelet, OVS or DPU agent per DPU.
 
+Host agents: one `ip netns exec <server> dpf agent host` process per server up to 10 servers; above that (or with
+`--agent-processes K`) the servers' host agents share K processes (`agents.py`: one HostAgent per server, each its
+own certificate, NodeState stream, sysroot and flashes, its netlink calls made in its server's namespace), as
+`bench/fanout` runs DPU agents. The bench follows the DPUs with one watch (`observe.py`), not a list per poll.
+
 Timing starts when the DPUSet is applied (the BFB is Ready and every server's BlueFields are detected before) and
-ends when the last DPU is Ready. Per DPU: first seen (polled) to Ready. The goal: total / slowest single DPU <= 1.1
-(DPUs provision in parallel, none waits on another's turn); `solo` is the N=1 run's DPU, when N=1 was run too.
+ends when the last DPU is Ready. Per DPU: first seen (its ADDED event) to Ready. The goal: total / slowest single
+DPU <= 1.1 (DPUs provision in parallel, none waits on another's turn); `solo` is the N=1 run's DPU, if N=1 ran too.
 Controller CPU (user + system over the timed span, and as % of one core) and RSS (at the end, peak) from /proc.
 
 With M DPUs on one server, a reboot of the server per DPU would power-cycle its siblings mid-install; the
@@ -30,9 +35,11 @@ import argparse
 import base64
 import concurrent.futures
 import itertools
+import json
 import math
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -42,12 +49,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import urllib3
 import yaml
 from kubernetes import client as k8s
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from observe import DpuWatch  # noqa: E402 - beside this script (sys.path[0])
 
 from dpf.lab.bed.kube import ControlPlane  # noqa: E402
 from dpf.lab.bed.kwok import Kwok  # noqa: E402
@@ -90,14 +98,17 @@ class Result:
     join: str
     reboot: str
     workers: int
+    agent_processes: int  # 0: one `dpf agent host` process per server
     total: float = 0.0
     singles: list[float] = field(default_factory=list)
     controller_cpu: float = 0.0
     controller_rss: float = 0.0
     controller_hwm: float = 0.0
     setup: float = 0.0
-    phases: dict[str, float] = field(default_factory=dict)
     in_phase: dict[str, tuple[float, float]] = field(default_factory=dict)  # phase -> (median, max) seconds
+    ready: int = 0
+    timed_out: float = 0.0  # the timeout, when it ended the run before every DPU was Ready
+    left_in: dict[str, int] = field(default_factory=dict)  # phase -> DPUs, at the timeout
 
     @property
     def slowest(self) -> float:
@@ -132,7 +143,7 @@ class Server:
             subprocess.run(["ip", "-n", self.netns, *args], check=True)
         controller.issue_node_cert(node, self.work / "certs", role="host")
 
-    def start_agent(self, node: str, controller: ControllerProcess, bfb_dir: Path) -> None:
+    def start_agent(self, node: str, controller: ControllerProcess, bfb_dir: Path) -> Child:
         """From the main thread: a Child dies with the thread that started it (PR_SET_PDEATHSIG)."""
         tls = AgentTLS(self.work / "certs")
         self.agent = Child(f"host-agent-{node}", [
@@ -140,11 +151,31 @@ class Server:
             "--controller", controller.endpoint, *tls.flags(), "--state-dir", str(self.work / "state"),
             "--sysroot", str(self.root), "--bfb-dir", str(bfb_dir), "--log-level", "warning",
             "--power-command", str(self.root / "usr/bin/ipmitool")], self.work / "host-agent.log")
+        return self.agent
 
-    def stop(self) -> None:
-        if self.agent is not None:
-            self.agent.stop()
-        self.machine.stop(timeout=120)
+    def agent_entry(self, node: str) -> dict[str, str]:
+        """This server's host agent for `agents.py` (the same flags `start_agent` passes)."""
+        tls = AgentTLS(self.work / "certs")
+        return {"node": node, "netns": self.netns, "sysroot": str(self.root), "state_dir": str(self.work / "state"),
+                "ca": str(tls.directory / "ca.crt"), "cert": str(tls.directory / "tls.crt"),
+                "key": str(tls.directory / "tls.key"), "power_command": str(self.root / "usr/bin/ipmitool")}
+
+
+def start_agent_processes(servers: list[Server], processes: int, controller: ControllerProcess, bfb_dir: Path,
+                          work: Path) -> list[Child]:
+    """The servers' host agents spread over `processes` processes of `agents.py` (round robin), in the root
+    network namespace (each agent enters its server's for netlink); from the main thread, as `start_agent`."""
+    children = []
+    for k in range(processes):
+        share = [(i, s) for i, s in enumerate(servers) if i % processes == k]
+        if not share:
+            continue
+        spec = work / f"host-agents-{k}.json"
+        spec.write_text(json.dumps([s.agent_entry(f"worker-{i}") for i, s in share], indent=1))
+        children.append(Child(f"host-agents-{k}", [
+            sys.executable, str(Path(__file__).with_name("agents.py")), "--controller", controller.endpoint,
+            "--bfb-dir", str(bfb_dir), "--spec", str(spec), "--log-level", "warning"], work / f"host-agents-{k}.log"))
+    return children
 
 
 def start_controller(controller: ControllerProcess, log_level: str, workers: int) -> None:
@@ -164,17 +195,27 @@ def hbn(kind: str) -> dict[str, Any]:
     return doc
 
 
-def dpus(api: k8s.CustomObjectsApi) -> list[dict[str, Any]]:
-    return api.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "dpus")["items"]
+def profile_controller(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """py-spy sampling the controller (collapsed stacks into `out`) until SIGINT; None without py-spy."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        say(f"no py-spy beside {sys.executable}: the controller is not profiled")
+        return None
+    log = open(out.with_suffix(".log"), "wb")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--rate", "20", "--format", "raw",
+                             "--output", str(out), "--nonblocking"], stdout=log, stderr=subprocess.STDOUT)
 
 
 def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install_seconds: float, vfs: int,
-            timeout: float, workers: int, work: Path) -> Result:
+            timeout: float, workers: int, agent_processes: int, profile: bool, work: Path) -> Result:
     hosts = math.ceil(n / per_host)
-    result = Result(n, hosts, per_host, join, reboot, workers)
+    result = Result(n, hosts, per_host, join, reboot, workers, agent_processes)
     setup_started = time.monotonic()
     servers: list[Server] = []
+    agent_children: list[Child] = []
     controller: ControllerProcess | None = None
+    watch: DpuWatch | None = None
+    spy: subprocess.Popen[bytes] | None = None
     with ControlPlane(work / "host-kube", name=f"pv{n}") as kube, \
             ControlPlane(work / "dpu-kube", name=f"pvd{n}") as dpu_kube, \
             Kwok(dpu_kube.kubeconfig, work / "kwok.log"), \
@@ -206,8 +247,12 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
             with concurrent.futures.ThreadPoolExecutor(4) as pool:  # certificates are issued by a CLI each
                 list(pool.map(lambda i: servers[i].prepare_agent(f"worker-{i}", controller,
                                                                  f"192.0.2.{10 + i % 200}/24"), range(hosts)))
-            for i, server in enumerate(servers):
-                server.start_agent(f"worker-{i}", controller, bfb_dir)
+            if agent_processes:
+                agent_children = start_agent_processes(servers, agent_processes, controller, bfb_dir, work)
+            else:
+                for i, server in enumerate(servers):
+                    agent_children.append(server.start_agent(f"worker-{i}", controller, bfb_dir))
+            say(f"N={n}: {hosts} host agents in {len(agent_children)} processes")
             flavor, bfb = hbn("DPUFlavor"), hbn("BFB")
             flavor["spec"]["nvconfig"][0]["parameters"] = [
                 p if not p.startswith("NUM_OF_VFS=") else f"NUM_OF_VFS={vfs}"
@@ -219,7 +264,7 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                 nodes = core.list_node(label_selector="feature.node.kubernetes.io/dpu-enabled=true").items
                 return len(nodes) == hosts
 
-            alive = [controller.child, *[s.machine for s in servers], *[s.agent for s in servers]]
+            alive = [controller.child, *[s.machine for s in servers], *agent_children]
             wait_until(detected, 120 + hosts, "every server's BlueFields detected", while_alive=alive)
             wait_until(lambda: (custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "bfbs", "bf-bundle")
                                 .get("status") or {}).get("phase") == "Ready", 120, "the BFB Ready",
@@ -229,6 +274,9 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
 
             assert controller.child is not None
             pid = controller.child.proc.pid
+            watch = DpuWatch(kube.kubeconfig, GROUP, VERSION, NAMESPACE, say).start()
+            if profile:
+                spy = profile_controller(pid, work / "controller-profile.txt")
             cpu0 = cpu_seconds(pid)
             started = time.monotonic()
             dpuset = hbn("DPUSet")
@@ -238,61 +286,49 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                     f"feature.node.kubernetes.io/dpu-{i}-pci-address": f"0000-{FIRST_BUS + i:02x}-00"
                     for i in range(per_host)}
             kube.kubectl("apply", "-f", "-", input=yaml.safe_dump(dpuset))
-            first_seen: dict[str, float] = {}
-            ready_at: dict[str, float] = {}
-            phase_seen: dict[str, float] = {}
-            transitions: dict[str, list[tuple[str, float]]] = {}
             last_report = started
-            while len(ready_at) < n:
+            while len(watch.ready_at) < n:
+                time.sleep(1.0)
                 now = time.monotonic()
-                if now - started > timeout:
-                    phases: dict[str, int] = {}
-                    for d in dpus(custom):
-                        phase = (d.get("status") or {}).get("phase", "-")
-                        phases[phase] = phases.get(phase, 0) + 1
-                    raise TimeoutError(f"N={n}: {len(ready_at)} of {n} DPUs Ready after {timeout:.0f}s; phases "
-                                       f"{phases}")
+                if now - started > timeout:  # recorded as it stands: how far it got, and in which phases
+                    result.timed_out = timeout
+                    result.left_in = watch.phase_counts()
+                    say(f"N={n}: TIMEOUT: {len(watch.ready_at)} of {n} DPUs Ready after {timeout:.0f}s; phases "
+                        f"{result.left_in}")
+                    break
                 for child in alive:
                     if child is not None and not child.alive():
                         raise RuntimeError(f"{child.name} exited; see {child.log}")
-                try:
-                    listed = dpus(custom)
-                except (k8s.ApiException, urllib3.exceptions.HTTPError) as exc:  # an overloaded apiserver
-                    say(f"N={n}: listing the DPUs failed ({exc}); again")
-                    time.sleep(1.0)
-                    continue
-                for d in listed:
-                    name = d["metadata"]["name"]
-                    first_seen.setdefault(name, now)
-                    phase = (d.get("status") or {}).get("phase", "")
-                    phase_seen.setdefault(phase, now - started)
-                    seen = transitions.setdefault(name, [])
-                    if not seen or seen[-1][0] != phase:
-                        seen.append((phase, now))
-                    if phase == "Ready" and name not in ready_at:
-                        ready_at[name] = now
-                if now - last_report > 10:
+                if now - last_report >= (10 if n <= 100 else 30):
                     last_report = now
-                    say(f"N={n}: {len(first_seen)} DPUs, {len(ready_at)} Ready after {now - started:.0f}s")
-                time.sleep(0.5 if n <= 100 else 1.0)
-            result.total = max(ready_at.values()) - started
+                    say(f"N={n}: after {now - started:.0f}s {len(watch.first_seen)} DPUs, {len(watch.ready_at)} "
+                        f"Ready; phases {watch.phase_counts()}; controller {cpu_seconds(pid) - cpu0:.0f} CPU s, "
+                        f"RSS {status_mb(pid, 'VmRSS'):.0f} MB; load {os.getloadavg()[0]:.1f}"
+                        + (f"; watch broke {watch.failures}x" if watch.failures else ""))
+            ready_at, first_seen, transitions = watch.ready_at, watch.first_seen, watch.transitions
+            result.ready = len(ready_at)
+            result.total = (max(ready_at.values()) if ready_at else now) - started
             result.singles = [ready_at[name] - first_seen[name] for name in ready_at]
             result.controller_cpu = cpu_seconds(pid) - cpu0
             result.controller_rss = status_mb(pid, "VmRSS")
             result.controller_hwm = status_mb(pid, "VmHWM")
-            result.phases = {k: v for k, v in sorted(phase_seen.items(), key=lambda kv: kv[1]) if k}
             spent: dict[str, list[float]] = {}
             for seen in transitions.values():
                 for (phase, at), (_, until) in itertools.pairwise(seen):
                     spent.setdefault(phase or "(none)", []).append(until - at)
             result.in_phase = {phase: (statistics.median(v), max(v)) for phase, v in spent.items()}
-            say(f"N={n}: all Ready in {result.total:.1f}s (slowest single {result.slowest:.1f}s); seconds in each "
-                f"phase (median / max over DPUs, polled): {phase_line(result)}")
+            say(f"N={n}: {result.ready} Ready, the last after {result.total:.1f}s (slowest single "
+                f"{result.slowest:.1f}s); seconds in each phase (median / max over DPUs, watched): "
+                f"{phase_line(result)}")
             return result
         finally:
-            for server in servers:
-                if server.agent is not None:
-                    server.agent.stop()
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+            if watch is not None:
+                watch.stop()
+            for child in agent_children:
+                child.stop()
             with concurrent.futures.ThreadPoolExecutor(8) as pool:  # a server takes a while to tear down
                 list(pool.map(lambda s: s.machine.stop(timeout=120), servers))
             if controller is not None:
@@ -305,19 +341,22 @@ def phase_line(r: Result) -> str:
 
 def table(results: list[Result]) -> str:
     solo = next((r.slowest for r in results if r.n == 1), None)
-    lines = ["| N | servers x DPUs | DPU nodes | reboot | controller workers | total s | slowest single s | "
-             "median single s | total / slowest | total / solo | controller CPU s (% of a core) | "
+    lines = ["| N | servers x DPUs | host agent processes | DPU nodes | reboot | controller workers | total s | "
+             "slowest single s | median single s | total / slowest | total / solo | controller CPU s (% of a core) | "
              "controller RSS MB (peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         vs_solo = f"{r.total / solo:.2f}" if solo else "-"
-        lines.append(f"| {r.n} | {r.hosts} x {r.per_host} | {r.join} | {r.reboot} | {r.workers} | {r.total:.1f} | "
-                     f"{r.slowest:.1f} | {statistics.median(r.singles):.1f} | {r.total / r.slowest:.2f} | {vs_solo} | "
+        agents = f"{r.agent_processes} (multiplexed)" if r.agent_processes else f"{r.hosts} (one per server)"
+        total = f"{r.total:.1f}" if not r.timed_out else f"timeout {r.timed_out:.0f} ({r.ready} of {r.n} Ready)"
+        median = statistics.median(r.singles) if r.singles else math.nan
+        lines.append(f"| {r.n} | {r.hosts} x {r.per_host} | {agents} | {r.join} | {r.reboot} | {r.workers} | "
+                     f"{total} | {r.slowest:.1f} | {median:.1f} | {r.total / r.slowest:.2f} | {vs_solo} | "
                      f"{r.controller_cpu:.1f} ({100 * r.controller_cpu / r.total:.0f} %) | "
                      f"{r.controller_rss:.0f} ({r.controller_hwm:.0f}) |")
     lines.append("")
-    lines.extend(f"- N={r.n}, {r.workers} workers, seconds in each phase (median / max over DPUs, polled): "
-                 f"{phase_line(r)}" for r in results)
+    lines.extend(f"- N={r.n}, {r.workers} workers, seconds in each phase (median / max over DPUs, watched): "
+                 f"{phase_line(r)}" + (f"; at the timeout: {r.left_in}" if r.timed_out else "") for r in results)
     return "\n".join(lines)
 
 
@@ -351,16 +390,23 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md")
     parser.add_argument("--workers", type=int, nargs="+", default=[4],
                         help="the controller's --workers (concurrent reconciles); every N runs with each")
+    parser.add_argument("--agent-processes", type=int, metavar="K",
+                        help="run the servers' host agents in K processes (bench/provision/agents.py) instead of "
+                             "one `dpf agent host` per server (0); default 0 up to 10 servers, else 4")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the controller with py-spy over the timed span (<work>/controller-profile.txt)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work under DIR/<N> and keep it (logs)")
     args = parser.parse_args()
     results = []
     for n, workers in itertools.product(args.dpus, args.workers):
         per_host = args.per_host or (1 if n <= 10 else 10 if n <= 100 else 25)
         reboot = args.reboot or ("cycle" if per_host == 1 else "skip")
+        hosts = math.ceil(n / per_host)
+        agent_processes = args.agent_processes if args.agent_processes is not None else (0 if hosts <= 10 else 4)
         with tempfile.TemporaryDirectory(prefix=f"dpf-bench-provision-{n}-") as tmp:
             work = Path(tmp) if args.keep is None else args.keep / f"{n}-w{workers}"
             results.append(run_one(n, per_host, args.join, reboot, args.bfb_mib, args.install_seconds, args.vfs,
-                                   args.timeout, workers, work))
+                                   args.timeout, workers, agent_processes, args.profile, work))
         print(table(results), flush=True)
     text = table(results)
     if args.record:

@@ -73,6 +73,10 @@ class Informer:
     def by_index(self, index: str, value: str) -> builtins.list[Obj]:
         return [self._store[k] for k in sorted(self._indexes[index].get(value, ()))]
 
+    def index_size(self, index: str, value: str) -> int:
+        """How many objects `by_index` would return, without building the list."""
+        return len(self._indexes[index].get(value, ()))
+
     def index_values(self, index: str) -> builtins.list[str]:
         return sorted(v for v, keys in self._indexes[index].items() if keys)
 

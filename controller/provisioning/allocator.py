@@ -17,7 +17,7 @@ for long: the next pass sees the count).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,9 +61,14 @@ def assigned_counts(dpus: Sequence[Obj]) -> Counter[tuple[str, str]]:
 
 def allocate(clusters: Sequence[Obj], dpus: Sequence[Obj]) -> Allocation | AllocationFailure:
     """The first cluster (by namespace/name) that is Ready and has room, or why there is none."""
+    return allocate_counted(clusters, assigned_counts(dpus))
+
+
+def allocate_counted(clusters: Sequence[Obj], counts: Mapping[tuple[str, str], int]) -> Allocation | AllocationFailure:
+    """`allocate` from the DPUs per cluster (as `assigned_counts` counts them) instead of the DPUs: a caller that
+    keeps the counts indexed answers without a pass over every DPU (`controller/reconcilers/dpu.py`)."""
     if not clusters:
         return AllocationFailure("no DPUCluster exists")
-    counts = assigned_counts(dpus)
     refusals: list[str] = []
     for cluster in sorted(clusters, key=_key):
         namespace, name = _key(cluster)
@@ -74,7 +79,7 @@ def allocate(clusters: Sequence[Obj], dpus: Sequence[Obj]) -> Allocation | Alloc
             refusals.append(f"{label} is being deleted")
         elif phase != "Ready":
             refusals.append(f"{label} is not Ready (phase {phase})")
-        elif counts[(namespace, name)] >= max_nodes:
+        elif counts.get((namespace, name), 0) >= max_nodes:
             refusals.append(f"{label} is full ({counts[(namespace, name)]}/{max_nodes} DPUs)")
         else:
             return Allocation(namespace, name)

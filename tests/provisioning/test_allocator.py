@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from dpf.controller.provisioning.allocator import Allocation, AllocationFailure, allocate
+from dpf.controller.provisioning.allocator import (
+    Allocation,
+    AllocationFailure,
+    allocate,
+    allocate_counted,
+    assigned_counts,
+)
 
 
 def cluster(name: str, namespace: str = "dpf", phase: str | None = "Ready", max_nodes: int | None = 2,
@@ -67,3 +73,15 @@ def test_max_nodes_defaults_as_the_crd_does() -> None:
     dpus = [dpu(f"d{i}", "a") for i in range(999)]
     assert allocate([cluster("a", max_nodes=None)], dpus) == Allocation("dpf", "a")
     assert isinstance(allocate([cluster("a", max_nodes=None)], [*dpus, dpu("last", "a")]), AllocationFailure)
+
+
+def test_allocating_from_counts_answers_as_allocating_from_the_dpus() -> None:
+    """The DPU reconciler allocates from indexed counts (`allocate_counted`); every case above, so counted, agrees."""
+    clusters = [cluster("a", max_nodes=1), cluster("b", phase="NotReady"), cluster("c", max_nodes=2),
+                cluster("d", deleting=True)]
+    fleets = [[], [dpu("d1", "a")], [dpu("d1", "a"), dpu("d2", "c")], [dpu("d1", "a"), dpu("d2", "c"), dpu("d3", "c")],
+              [dpu("d1", "a", deleting=True)], [dpu("d1", "a", cluster_namespace=None)]]
+    for dpus in fleets:
+        for subset in (clusters, clusters[1:], clusters[:1], []):
+            assert allocate_counted(subset, assigned_counts(dpus)) == allocate(subset, dpus), (subset, dpus)
+    assert allocate_counted(clusters, {}) == Allocation("dpf", "a")  # a cluster no count names has no DPUs

@@ -325,7 +325,11 @@ class Provisioning:
         self.stack.enter_context(self.files)
         return self.files
 
-    def provision(self, apply: Callable[[list[dict[str, Any]]], None]) -> float:
+    def provision(self, apply: Callable[[list[dict[str, Any]]], None], on_ready: Callable[[], None] | None = None,
+                  timeout: float = READY_TIMEOUT) -> float:
+        """Apply the manifests and watch until every DPU is Ready, then until their DPU agents serve; the time to
+        Ready. `on_ready` runs the moment all are Ready (before the agents are waited for): the provisioning
+        bench samples the controller there (`bench/provision/real_nodes.py`)."""
         files = self.files or self.serve_bfbs()
         url = files.url(BFB_FILE)
         self.say(f"BFB server: emulated images of {_size(self.bfb_size)} at {url} (and {UPDATE_FILE}, for the "
@@ -340,8 +344,11 @@ class Provisioning:
         started = time.monotonic()
         apply(objects)
         self.watch(started, lambda dpus: len(dpus) == self.expected and
-                   all(d.phases and d.phases[-1][0] == "Ready" for d in dpus.values()), "all DPUs Ready")
+                   all(d.phases and d.phases[-1][0] == "Ready" for d in dpus.values()), "all DPUs Ready",
+                   timeout=timeout)
         self.ready_seconds = time.monotonic() - started
+        if on_ready is not None:
+            on_ready()
         slowest = max(self.dpus.values(), key=lambda d: d.phases[-1][1])
         self.say(f"all {self.expected} DPUs Ready {self.ready_seconds:.1f}s after the DPUSet was applied (slowest: "
                  f"{slowest.name}): each booted its bf.cfg and joined the DPU cluster with its own kubelet")

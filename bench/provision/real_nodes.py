@@ -201,8 +201,8 @@ class Bench:
         self.timeout = timeout
         self.result = Result(hosts, per_host)
         self.host = ControlPlane(work / "host", name="dpf-bench-rn")
-        self.provisioning = Provisioning(self.host, work, stack, say, hosts, per_host, bfb_mib << 20,
-                                         flash_mib_s * (1 << 20) or None)
+        self._provisioning = (hosts, per_host, bfb_mib << 20, flash_mib_s * (1 << 20) or None)
+        self.provisioning: Provisioning
         self.controller: ControllerProcess | None = None
         self._started = 0.0
         self._cpu0 = 0.0
@@ -216,18 +216,21 @@ class Bench:
             say(f"  kubectl: {line}")
 
     def run(self) -> Result:
-        result, provisioning = self.result, self.provisioning
+        result = self.result
         result.machine_before, result.load_before = machine_used_mib(), os.getloadavg()[0]
         say(f"starting the host cluster (load average {result.load_before:.1f})")
         self.stack.callback(self.host.stop)
         self.host.start()
+        hosts, per_host, bfb_size, flash_rate = self._provisioning
+        provisioning = self.provisioning = Provisioning(self.host, self.work, self.stack, say, hosts, per_host,
+                                                        bfb_size, flash_rate)
         self.apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
         provisioning.start_dpu_cluster()
         self.controller = ControllerProcess(self.host.kubeconfig, NAMESPACE, self.work / "controller",
                                             provisioning.bfb_dir)
         provisioning.bfb_dir.mkdir(parents=True, exist_ok=True)
         self.stack.callback(self.controller.stop)
-        self.controller.start()
+        self.controller.start(startup_timeout=SETUP_TIMEOUT)  # its imports alone take 30 s on a loaded machine
         say(f"controller serving at {self.controller.endpoint}; log: {self.controller.workdir}/controller.log")
         provisioning.register_dpu_cluster(self.apply)
         provisioning.start_servers(self.controller)

@@ -345,8 +345,11 @@ def main() -> int:
     parser.add_argument("--flash-mib-s", type=float, default=0,
                         help="MiB/s each emulated rshim accepts (default 0: as fast as it can; the lab's is 64)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds from the DPUSet to all Ready")
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it (logs); default: a temp dir")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="work in DIR (new or empty) and keep it (logs); default: a temp dir")
     args = parser.parse_args()
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep}: not empty (a cluster's state from an earlier run would be reused)")
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces, kubelets, Open vSwitch)")
     n = args.hosts * args.per_host

@@ -360,6 +360,8 @@ class Provisioning:
         children = [s.machine for s in self.servers]
         for view in self.dpus.values():
             def serving(view: DpuView = view) -> bool:
+                if self._issue_errors:  # the agent would wait for its certificate until it times out
+                    raise ProvisioningError(self._issue_errors[0])
                 return view.name in self.agents and (view.workdir / "run" / "cni.sock").exists()
 
             wait_until(serving, timeout, f"the DPU agent of {view.name}", interval=0.2, while_alive=children)

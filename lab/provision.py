@@ -364,7 +364,7 @@ class Provisioning:
                     raise ProvisioningError(self._issue_errors[0])
                 return view.name in self.agents and (view.workdir / "run" / "cni.sock").exists()
 
-            wait_until(serving, timeout, f"the DPU agent of {view.name}", interval=0.2, while_alive=children)
+            _wait_failing_fast(serving, timeout, f"the DPU agent of {view.name}", interval=0.2, while_alive=children)
             pid, log = self.agents[view.name]
             self.say(f"DPU {view.name}: its OS started the DPU agent (SFC programmer + CNI server), pid {pid}; "
                      f"log: {log}")
@@ -383,7 +383,7 @@ class Provisioning:
             return done(self.dpus)
 
         try:
-            wait_until(check, timeout, what, interval=POLL_INTERVAL, while_alive=children)
+            _wait_failing_fast(check, timeout, what, interval=POLL_INTERVAL, while_alive=children)
         except TimeoutError:
             state = "; ".join(f"{d.name}: {d.phases[-1][0] if d.phases else '-'} {d.message}"
                               for d in self.dpus.values())
@@ -556,6 +556,24 @@ class Provisioning:
 
     def agent_listing(self) -> list[tuple[str, int, str]]:
         return [(f"dpu agent {name}", pid, log) for name, (pid, log) in sorted(self.agents.items())]
+
+
+def _wait_failing_fast(predicate: Callable[[], bool], timeout: float, what: str, interval: float,
+                       while_alive: list[Child]) -> None:
+    """`wait_until`, except that a ProvisioningError from `predicate` ends the wait at once: `wait_until` takes
+    any exception for "not yet", which turned a failed node-certificate issue into a timeout minutes later."""
+    failures: list[ProvisioningError] = []
+
+    def check() -> bool:
+        try:
+            return predicate()
+        except ProvisioningError as exc:
+            failures.append(exc)
+            return True
+
+    wait_until(check, timeout, what, interval=interval, while_alive=while_alive)
+    if failures:
+        raise failures[0]
 
 
 def _progress(status: dict[str, Any]) -> str:

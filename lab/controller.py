@@ -44,7 +44,8 @@ class ControllerProcess:
     def endpoint(self) -> str:
         return f"unix:{self.socket}"
 
-    def start(self, log_level: str = "info", resync_period: float = 600.0) -> ControllerProcess:
+    def start(self, log_level: str = "info", resync_period: float = 600.0,
+              startup_timeout: float = 30.0) -> ControllerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)  # a restart waits for the new server's socket, not the old one's
         argv = [*DPF, "controller", "run", "--kubeconfig", str(self.kubeconfig), "--namespace", self.namespace,
@@ -54,7 +55,7 @@ class ControllerProcess:
                 *(arg for public, mirror in self.chart_mirrors for arg in ("--chart-mirror", f"{public}={mirror}"))]
         env = {**os.environ, "SSL_CERT_FILE": str(self.ca_file)} if self.ca_file else None
         self.child = Child("dpf-controller", argv, self.workdir / "controller.log", env=env)
-        wait_until(self.socket.exists, 30, "the controller's NodeState socket", while_alive=[self.child])
+        wait_until(self.socket.exists, startup_timeout, "the controller's NodeState socket", while_alive=[self.child])
         return self
 
     def issue_node_cert(self, node: str, out: Path, role: str = "dpu") -> AgentTLS:

@@ -328,7 +328,11 @@ class Provisioning:
         self.stack.enter_context(self.files)
         return self.files
 
-    def provision(self, apply: Callable[[list[dict[str, Any]]], None]) -> float:
+    def provision(self, apply: Callable[[list[dict[str, Any]]], None], on_ready: Callable[[], None] | None = None,
+                  timeout: float = READY_TIMEOUT) -> float:
+        """Apply the manifests and watch until every DPU is Ready, then until their DPU agents serve; the time to
+        Ready. `on_ready` runs the moment all are Ready (before the agents are waited for): the provisioning
+        bench samples the controller there (`bench/provision/real_nodes.py`)."""
         files = self.files or self.serve_bfbs()
         url = files.url(BFB_FILE)
         self.say(f"BFB server: emulated images of {_size(self.bfb_size)} at {url} (and {UPDATE_FILE}, for the "
@@ -343,8 +347,11 @@ class Provisioning:
         started = time.monotonic()
         apply(objects)
         self.watch(started, lambda dpus: len(dpus) == self.expected and
-                   all(d.phases and d.phases[-1][0] == "Ready" for d in dpus.values()), "all DPUs Ready")
+                   all(d.phases and d.phases[-1][0] == "Ready" for d in dpus.values()), "all DPUs Ready",
+                   timeout=timeout)
         self.ready_seconds = time.monotonic() - started
+        if on_ready is not None:
+            on_ready()
         slowest = max(self.dpus.values(), key=lambda d: d.phases[-1][1])
         self.say(f"all {self.expected} DPUs Ready {self.ready_seconds:.1f}s after the DPUSet was applied (slowest: "
                  f"{slowest.name}): each booted its bf.cfg and joined the DPU cluster with its own kubelet")
@@ -356,9 +363,11 @@ class Provisioning:
         children = [s.machine for s in self.servers]
         for view in self.dpus.values():
             def serving(view: DpuView = view) -> bool:
+                if self._issue_errors:  # the agent would wait for its certificate until it times out
+                    raise ProvisioningError(self._issue_errors[0])
                 return view.name in self.agents and (view.workdir / "run" / "cni.sock").exists()
 
-            wait_until(serving, timeout, f"the DPU agent of {view.name}", interval=0.2, while_alive=children)
+            _wait_failing_fast(serving, timeout, f"the DPU agent of {view.name}", interval=0.2, while_alive=children)
             pid, log = self.agents[view.name]
             self.say(f"DPU {view.name}: its OS started the DPU agent (SFC programmer + CNI server), pid {pid}; "
                      f"log: {log}")
@@ -377,7 +386,7 @@ class Provisioning:
             return done(self.dpus)
 
         try:
-            wait_until(check, timeout, what, interval=POLL_INTERVAL, while_alive=children)
+            _wait_failing_fast(check, timeout, what, interval=POLL_INTERVAL, while_alive=children)
         except TimeoutError:
             state = "; ".join(f"{d.name}: {d.phases[-1][0] if d.phases else '-'} {d.message}"
                               for d in self.dpus.values())
@@ -550,6 +559,24 @@ class Provisioning:
 
     def agent_listing(self) -> list[tuple[str, int, str]]:
         return [(f"dpu agent {name}", pid, log) for name, (pid, log) in sorted(self.agents.items())]
+
+
+def _wait_failing_fast(predicate: Callable[[], bool], timeout: float, what: str, interval: float,
+                       while_alive: list[Child]) -> None:
+    """`wait_until`, except that a ProvisioningError from `predicate` ends the wait at once: `wait_until` takes
+    any exception for "not yet", which turned a failed node-certificate issue into a timeout minutes later."""
+    failures: list[ProvisioningError] = []
+
+    def check() -> bool:
+        try:
+            return predicate()
+        except ProvisioningError as exc:
+            failures.append(exc)
+            return True
+
+    wait_until(check, timeout, what, interval=interval, while_alive=while_alive)
+    if failures:
+        raise failures[0]
 
 
 def _progress(status: dict[str, Any]) -> str:

@@ -186,6 +186,18 @@ class ControlPlane:
             raise KubectlError(result.returncode, result.args, result.stdout, result.stderr)
         return result
 
+    def delete_namespace(self, name: str, timeout: float = 120) -> None:
+        """Delete a namespace and return once it is gone: the session's cluster outlives a test, and the next
+        test that creates the same name is refused while the namespace is still terminating."""
+        try:
+            self.kubectl("delete", "namespace", name, "--ignore-not-found", "--wait=true",
+                         f"--timeout={int(timeout)}s", timeout=timeout + 10)
+        except KubectlError as exc:
+            # The namespace's conditions name what holds it (content left, finalizers, a failed discovery).
+            shown = self.kubectl("get", "namespace", name, "-o", "jsonpath={.status.conditions}", check=False)
+            raise KubectlError(exc.returncode, exc.cmd, exc.output,
+                               f"{exc.stderr.strip()}; the namespace's conditions: {shown.stdout}") from exc
+
     def install_crds(self, directory: Path = CRD_DIR, timeout: float = 60) -> list[str]:
         """Apply every CRD manifest in `directory` and wait until each is Established."""
         files = sorted(directory.glob("*.yaml")) if directory.is_dir() else []

@@ -133,7 +133,7 @@ def upstream_namespace(kube: ControlPlane) -> Iterator[None]:
         for plural in LEFTOVER_KINDS:
             kube.kubectl("patch", plural, "--all", "-n", NAMESPACE, "--type=merge", "-p",
                          '{"metadata":{"finalizers":null}}', check=False)
-        core.delete_namespace(NAMESPACE)
+        kube.delete_namespace(NAMESPACE)
 
 
 def delete_host_nodes(kube: ControlPlane, provisioning: Provisioning) -> None:

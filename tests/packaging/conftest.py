@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from dpf.lab.bed.kube import ControlPlane
-from tests.packaging.rbac import DPU_CLUSTER_MANIFESTS, MANIFESTS, listed_files
+from tests.packaging.rbac import DPU_CLUSTER_MANIFESTS, MANIFESTS, NAMESPACE, listed_files
 
 
 @pytest.fixture(scope="package")
@@ -22,3 +22,4 @@ def installed(kube: ControlPlane) -> Iterator[ControlPlane]:
     finally:
         for path in reversed(files):  # the namespace last: its deletion takes whatever is left in it
             kube.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", str(path), check=False)
+        kube.delete_namespace(NAMESPACE)  # gone before the next package that names it

@@ -204,12 +204,6 @@ async def _issue_async(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"dpf controller issue-node-cert: error: {exc}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ca.crt").write_bytes(ca.cert_pem)
-    (args.out / "tls.crt").write_bytes(pair.cert_pem)
-    key = args.out / "tls.key"
-    key.touch(mode=0o600)
-    key.chmod(0o600)
-    key.write_bytes(pair.key_pem)
+    pki.write_agent_files(args.out, ca, pair)
     print(f"wrote {args.out}/ca.crt, tls.crt, tls.key for {args.role} node {args.node}")
     return 0

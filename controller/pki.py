@@ -13,6 +13,7 @@ import base64
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -106,6 +107,17 @@ class CertificateAuthority:
         subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, CONTROLLER_ORG),
                              x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         return self._issue(subject, ExtendedKeyUsageOID.SERVER_AUTH, sans, validity_days)
+
+
+def write_agent_files(out: Path, ca: CertificateAuthority, pair: KeyPair) -> None:
+    """An agent's pre-provisioned files in `out`: ca.crt, tls.crt and tls.key (mode 0600 before the key is in it)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ca.crt").write_bytes(ca.cert_pem)
+    (out / "tls.crt").write_bytes(pair.cert_pem)
+    key = out / "tls.key"
+    key.touch(mode=0o600)
+    key.chmod(0o600)
+    key.write_bytes(pair.key_pem)
 
 
 async def ensure_ca(rest: Rest, namespace: str, name: str) -> CertificateAuthority:

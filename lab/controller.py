@@ -1,6 +1,7 @@
 """The dpf controller as the lab (and the end-to-end tests) run it: `dpf controller run` as a supervised
-process with mTLS on a unix socket, and node certificates issued with `dpf controller issue-node-cert`,
-the same tooling an operator uses.
+process with mTLS on a unix socket, and node certificates issued from the controller's CA Secret by the same
+functions `dpf controller issue-node-cert` runs (in this process: a fleet of DPUs appearing at once on a loaded
+machine started as many interpreters, which timed out).
 
 The NodeState socket is a unix socket because the DPU agents run inside the emulated DPUs' network
 namespaces, where the host's loopback is not reachable; TLS, client certificates and the node identity
@@ -9,12 +10,17 @@ check work over it exactly as over TCP (the agents expect the server name `local
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
 import sys
-from dataclasses import dataclass
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from dpf.controller.kube import clients
+from dpf.controller.pki import CertificateAuthority, ensure_ca, write_agent_files
+from dpf.controller.settings import TLSSettings
 from dpf.lab.bed.process import Child, wait_until
 from dpf.lab.dpus import AgentTLS
 
@@ -35,6 +41,8 @@ class ControllerProcess:
     """The CA bundle the controller and its Helm trust (SSL_CERT_FILE, replacing the system's), e.g. a loopback
     chart mirror's CA."""
     child: Child | None = None
+    _ca: CertificateAuthority | None = field(default=None, init=False, repr=False)
+    _ca_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def socket(self) -> Path:
@@ -59,14 +67,25 @@ class ControllerProcess:
         return self
 
     def issue_node_cert(self, node: str, out: Path, role: str = "dpu") -> AgentTLS:
-        result = subprocess.run([*DPF, "controller", "issue-node-cert", "--kubeconfig", str(self.kubeconfig),
-                                 "--namespace", self.namespace, "--node", node, "--role", role, "--out", str(out)],
-                                capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            raise RuntimeError(f"issue-node-cert for {node} failed: {result.stderr.strip()}")
+        """`node`'s agent files in `out`, as `dpf controller issue-node-cert` writes them. Thread-safe: the CA is
+        read (or made) once, on a thread of its own so that a caller inside an event loop may call this too."""
+        with self._ca_lock:
+            if self._ca is None:
+                with ThreadPoolExecutor(1) as pool:
+                    self._ca = pool.submit(asyncio.run, _load_ca(self.kubeconfig, self.namespace)).result(60)
+            ca = self._ca
+        write_agent_files(out, ca, ca.issue_node(node, role, validity_days=TLSSettings.cert_validity_days))
         return AgentTLS(out)
 
     def stop(self) -> None:
         if self.child is not None:
             self.child.stop()
             self.child = None
+
+
+async def _load_ca(kubeconfig: Path, namespace: str) -> CertificateAuthority:
+    rest = await clients.from_kubeconfig_file(kubeconfig)
+    try:
+        return await ensure_ca(rest, namespace, TLSSettings.ca_secret)
+    finally:
+        await rest.close()

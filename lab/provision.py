@@ -33,6 +33,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from dpf.controller.kube.rest import KubeError
 from dpf.lab import chains
 from dpf.lab.bed.dpucluster import DPUCluster, NodeNetwork
 from dpf.lab.bed.images import build_busybox_image
@@ -212,6 +213,8 @@ class Provisioning:
         self._custom = k8s.CustomObjectsApi(host.client)
         self._relays: list[Relay] = []
         self._issuing: dict[str, threading.Thread] = {}
+        self._issuer = ControllerProcess(host.kubeconfig, NAMESPACE, self.workdir / "controller")
+        """Issues the DPU agents' certificates (the CA read once, shared by the issuing threads)."""
         self._issue_errors: list[str] = []
         self._failures: list[str] = []
         self._bfb_phases: dict[str, str] = {}
@@ -483,9 +486,8 @@ class Provisioning:
     def _issue(self, name: str) -> None:
         """The DPU agent's node certificate, for its OS to start the agent with once it has joined."""
         try:
-            ControllerProcess(self.host.kubeconfig, NAMESPACE, self.workdir / "controller").issue_node_cert(
-                name, self.certs / name)
-        except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+            self._issuer.issue_node_cert(name, self.certs / name)
+        except (KubeError, ValueError, OSError, TimeoutError) as exc:  # the agents' wait reports it, naming the DPU
             self._issue_errors.append(f"issuing the node certificate of {name}: {exc}")
 
     # -- the rolling update ------------------------------------------------------------------------------------

@@ -130,9 +130,11 @@ def upstream_namespace(kube: ControlPlane) -> Iterator[None]:
     try:
         yield
     finally:
-        for plural in LEFTOVER_KINDS:
-            kube.kubectl("patch", plural, "--all", "-n", NAMESPACE, "--type=merge", "-p",
-                         '{"metadata":{"finalizers":null}}', check=False)
+        # `kubectl patch` takes names, not `--all`: each leftover is patched by name.
+        listed = kube.kubectl("get", ",".join(LEFTOVER_KINDS), "-n", NAMESPACE, "-o", "name").stdout.split()
+        for name in listed:
+            kube.kubectl("patch", name, "-n", NAMESPACE, "--type=merge", "-p", '{"metadata":{"finalizers":null}}',
+                         check=False)  # gone meanwhile
         kube.delete_namespace(NAMESPACE)
 
 

@@ -101,7 +101,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--chart-mirror", action="append", default=[], metavar="FROM=TO",
                      help="install DPUService charts whose repoURL starts with FROM from TO instead (repeatable; the "
                           "longest FROM wins), e.g. https://helm.ngc.nvidia.com/nvidia=https://charts.lan/nvidia "
-                          "for sites that reach only a local mirror")
+                          "for sites that reach only a local mirror; a git source may be mirrored to a git:// URL")
     run.add_argument("--dpuservice-backend", choices=("helm", "argocd"), default=ServicesSettings.backend,
                      help="how DPUServices are deployed: helm (default) runs Helm against each DPU cluster itself; "
                           "argocd writes ArgoCD Applications, AppProjects and cluster Secrets in --namespace for "

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dpf.controller.gitcharts import redacted
+
 log = logging.getLogger(__name__)
 
 STDERR_LIMIT = 1500  # characters of Helm's stderr kept in an error (conditions are bounded anyway)
@@ -59,6 +61,15 @@ class Chart:
     path: str | None = None
     mirror_of: str | None = None
     """The repository the DPUService names, when `repo_url` is its mirror (`mirrored`)."""
+    commit: str | None = None
+    """A git source's revision resolved to a commit (`gitcharts`), set with `local`."""
+    local: Path | None = None
+    """A git source's chart directory in its checkout: what Helm installs."""
+
+    @property
+    def is_git(self) -> bool:
+        """A git repository: `path` and no `chart` (with `chart` ArgoCD reads the URL as a Helm repository)."""
+        return bool(self.path) and not self.chart and not self.repo_url.startswith("oci://")
 
     def mirrored(self, mirrors: Sequence[tuple[str, str]]) -> Chart:
         """This chart from the mirror of the longest (FROM, TO) prefix its repository starts with, if any."""
@@ -71,20 +82,29 @@ class Chart:
     @property
     def ref(self) -> str:
         """The chart argument to `helm upgrade`. For oci:// the reference is the repository URL plus the chart."""
+        if self.local is not None:
+            return str(self.local)
+        if self.is_git:
+            raise HelmError(f"chart {self.describe()}: the git source is not checked out")
         if self.repo_url.startswith("oci://"):
             base = self.repo_url.rstrip("/")
             return f"{base}/{self.chart}" if self.chart else base
         if not self.chart:
-            raise HelmError(f"chart {self.describe()}: spec.helmChart.source.chart is required for an http(s) "
-                            "repository (git sources with spec.helmChart.source.path are not supported)")
+            raise HelmError(f"chart {self.describe()}: spec.helmChart.source needs `chart` (a Helm repository) or "
+                            "`path` (a directory of a git repository)")
         return self.chart
 
-    def repo_args(self) -> list[str]:
-        return [] if self.repo_url.startswith("oci://") else ["--repo", self.repo_url]
+    def source_args(self) -> list[str]:
+        """Where Helm takes the chart from: a repository and a version, or nothing for a local directory."""
+        if self.local is not None:
+            return []
+        repo = [] if self.repo_url.startswith("oci://") else ["--repo", self.repo_url]
+        return ["--version", self.version, *repo]
 
     def describe(self) -> str:
-        mirror = f" (mirror of {self.mirror_of})" if self.mirror_of else ""
-        return f"{self.chart or self.path or '?'} {self.version} from {self.repo_url}{mirror}"
+        mirror = f" (mirror of {redacted(self.mirror_of)})" if self.mirror_of else ""
+        commit = f" (commit {self.commit[:12]})" if self.commit else ""
+        return f"{self.chart or self.path or '?'} {self.version}{commit} from {redacted(self.repo_url)}{mirror}"
 
 
 @contextmanager
@@ -159,7 +179,7 @@ class Helm:
         # JSON is YAML: no YAML emitter quirks for values that look like numbers or booleans.
         with private_file(json.dumps(values), ".values.json") as values_file:
             args = ["upgrade", release, chart.ref, "--install", "--namespace", namespace, "--create-namespace",
-                    "--version", chart.version, *chart.repo_args(), "--values", str(values_file),
+                    *chart.source_args(), "--values", str(values_file),
                     "--rollback-on-failure", "--wait=watcher", "--timeout", f"{int(helm_timeout)}s",
                     "--history-max", "5", *(["--description", description] if description else [])]
             await self._run(args, kubeconfig, f"helm upgrade --install {release} (chart {chart.describe()})",

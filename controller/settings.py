@@ -186,12 +186,14 @@ class ServicesSettings:
 
 
 def parse_chart_mirror(text: str) -> tuple[str, str]:
-    """`FROM=TO` → (FROM, TO): both http(s):// or oci:// URL prefixes; raises ValueError naming the fix."""
+    """`FROM=TO` → (FROM, TO): http(s):// or oci:// URL prefixes (TO may also be git:// for charts from git
+    repositories); raises ValueError naming the fix."""
     source, sep, mirror = text.partition("=")
     schemes = ("https://", "http://", "oci://")
-    if not sep or not source.startswith(schemes) or not mirror.startswith(schemes):
-        raise ValueError(f"--chart-mirror {text!r}: want FROM=TO with both an http(s):// or oci:// URL prefix, "
-                         "e.g. https://helm.ngc.nvidia.com/nvidia=https://charts.example.internal/nvidia")
+    if not sep or not source.startswith(schemes) or not mirror.startswith((*schemes, "git://")):
+        raise ValueError(f"--chart-mirror {text!r}: want FROM=TO with both an http(s):// or oci:// URL prefix (TO "
+                         "may be git:// for git sources), e.g. "
+                         "https://helm.ngc.nvidia.com/nvidia=https://charts.example.internal/nvidia")
     if source.startswith("oci://") != mirror.startswith("oci://"):
         raise ValueError(f"--chart-mirror {text!r}: an OCI registry can only be mirrored by an OCI registry, and an "
                          "http(s) chart repository by one (Helm fetches them differently)")

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -61,6 +62,7 @@ from dpf.controller import helm
 from dpf.controller.api import conditions as cond
 from dpf.controller.api.svc import DPUService
 from dpf.controller.clusters import Cluster
+from dpf.controller.gitcharts import GitCharts, GitError, chart_dir, redacted
 from dpf.controller.kube import clients, events
 from dpf.controller.kube.informer import Informer, key_of, key_of_event
 from dpf.controller.kube.rest import SECRET, Kind, KubeError, Obj, Rest
@@ -158,8 +160,9 @@ def release_name(obj: Obj, target: str) -> str:
 
 
 def desired_digest(chart: helm.Chart, values: Mapping[str, Any]) -> str:
-    payload = json.dumps({"chart": [chart.repo_url, chart.chart, chart.path, chart.version], "values": values},
-                         sort_keys=True)
+    # A git source's commit counts (a branch that moved rolls); other charts' digests stay as they were.
+    source = [chart.repo_url, chart.chart, chart.path, chart.version, *([chart.commit] if chart.commit else [])]
+    payload = json.dumps({"chart": source, "values": values}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -213,6 +216,7 @@ class DPUServiceReconciler(Reconciler):
 
     def setup(self) -> None:
         self.helm = helm.Helm(concurrency=self.ctx.settings.services.helm_concurrency, on_run=self._helm_ran)
+        self.git = GitCharts()
         self._rollouts: dict[tuple[str, str, str], Rollout] = {}  # by (namespace, name, target)
         self._deployed: dict[tuple[str, str, str], Deployed] = {}  # by (namespace, name, target)
         self._seen_state: dict[tuple[str, str, str], str] = {}  # the release state the last pass read ('' none)
@@ -331,13 +335,13 @@ class DPUServiceReconciler(Reconciler):
                                                problem_mark(PREREQS, problems)])
             return RETRY if problems else RESYNC
         targets = self._targets(obj)
-        chart = chart_of(obj, self.ctx.settings.services.chart_mirrors)
+        chart, source_problem = await self._chart(obj)
         values = helm_values(obj, step1.networks)
         digest = desired_digest(chart, values)
         prereq_problems = await self.pull_secrets.sync(key.namespace)
-        apply_problems: list[str] = []
+        apply_problems: list[str] = [source_problem] if source_problem else []
         not_ready: list[str] = []
-        for target in targets:
+        for target in targets if not source_problem else ():
             if any(p.startswith(f"cluster {target.name}: ") for p in prereq_problems):
                 continue  # its pods could not pull their images: not installed until the Secret is there
             try:
@@ -376,6 +380,22 @@ class DPUServiceReconciler(Reconciler):
         if not_ready:
             return NOT_READY_RETRY if any(t.name == IN_CLUSTER for t in targets) else WATCHED_RETRY
         return RESYNC
+
+    async def _chart(self, obj: Obj) -> tuple[helm.Chart, str]:
+        """The chart to install and "", or the chart as named and why its git source cannot be used."""
+        chart = chart_of(obj, self.ctx.settings.services.chart_mirrors)
+        if not chart.is_git:
+            return chart, ""
+        try:
+            checkout = await self.git.checkout(chart.repo_url, chart.version)
+            local = chart_dir(checkout.directory, chart.path or "")
+        except GitError as exc:
+            return chart, str(exc)
+        if not (local / "Chart.yaml").is_file():
+            return chart, (f"git repository {redacted(chart.repo_url)} at {chart.version!r} (commit "
+                           f"{checkout.commit[:12]}) has no chart at spec.helmChart.source.path {chart.path!r} "
+                           "(no Chart.yaml there)")
+        return dataclasses.replace(chart, commit=checkout.commit, local=local), ""
 
     async def _write_conditions(self, obj: Obj, marks: list[tuple[str, str, str, str]],
                                 ports: configports.Outcome | None = None) -> None:

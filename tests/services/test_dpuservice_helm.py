@@ -225,7 +225,9 @@ def test_a_chart_mirror_replaces_the_longest_matching_prefix_and_bad_mirrors_are
     assert oci.ref == "oci://registry.lan/nvidia/charts/blueman"
     unmatched = Chart("https://example.org/charts", "x", "1")
     assert unmatched.mirrored(mirrors) is unmatched
-    for bad, names in (("https://a", "FROM=TO"), ("ftp://a=https://b", "FROM=TO"),
-                       ("oci://a=https://b", "OCI registry")):
+    assert parse_chart_mirror("https://github.com/org=git://git.lan/org") == ("https://github.com/org",
+                                                                               "git://git.lan/org")
+    for bad, names in (("https://a", "FROM=TO"), ("ftp://a=https://b", "FROM=TO"), ("git://a=https://b", "FROM=TO"),
+                       ("oci://a=https://b", "OCI registry"), ("oci://a=git://b", "OCI registry")):
         with pytest.raises(ValueError, match=names):
             parse_chart_mirror(bad)

@@ -44,6 +44,7 @@ DEBIAN_PACKAGES = (
     "iperf3",
     "tcpdump",
     "python3-venv",  # Debian's python3 cannot create a virtualenv without it
+    "git",  # DPUService charts from git repositories (controller/gitcharts.py); git daemon in their test
     # A real kubelet per emulated DPU (lab/bed/kubelet.py):
     "containerd",
     "runc",

@@ -58,7 +58,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dpus-per-host", type=_positive, default=1, metavar="M",
                         help="BlueFields per server, each provisioned as a DPU (default: 1)")
     parser.add_argument("--no-update", dest="update", action="store_false",
-                        help="skip the rolling BFB update at the end of start-up")
+                        help="skip the rolling BFB update at the end of start-up (hbn_only)")
+    parser.add_argument("--use-case", choices=("hbn_only", "hbn_ovn"), default="hbn_only",
+                        help="upstream's use case to run: hbn_only (default: its BFB, flavor and DPUSet, then the "
+                             "service chaining and service pods on those DPUs, then a rolling BFB update) or hbn_ovn "
+                             "(05.2's DPUDeployment ovn-hbn applied unchanged: its DPUSet provisions the DPUs and "
+                             "its four DPUServices ovn, hbn, dts and blueman run a pod on each, charts through the "
+                             "lab's mirrors)")
     parser.set_defaults(run=_run)
 
 
@@ -73,7 +79,8 @@ def _run(args: argparse.Namespace) -> int:
     from dpf.lab.lab import Lab, LabError
 
     try:
-        with Lab(args.workdir, hosts=args.hosts, dpus_per_host=args.dpus_per_host, update=args.update) as lab:
+        with Lab(args.workdir, hosts=args.hosts, dpus_per_host=args.dpus_per_host, update=args.update,
+                 use_case=args.use_case) as lab:
             lab.start()
             lab.wait(args.duration)
     except LabError as exc:

@@ -26,13 +26,15 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from dpf.lab import chains, service_pods
+from dpf.lab import chains, hbn_ovn, service_pods
 from dpf.lab.bed.chart_repo import ChartRepo
 from dpf.lab.bed.kube import ControlPlane
+from dpf.lab.bed.netns import NetnsBed
 from dpf.lab.bed.process import ProcessFailed
 from dpf.lab.bed.supervise import RestartPolicy, Supervisor
 from dpf.lab.bed.tools import ToolMissing, tool
 from dpf.lab.controller import ControllerProcess
+from dpf.lab.hbn_ovn_demo import DEPLOYMENT, ChartSources, HbnOvnDeployment, serve_and_deploy
 from dpf.lab.provision import NAMESPACE, Provisioning, ProvisioningError
 from dpf.lab.service_pods import ServicePodError
 from dpf.lab.sfc_demo import DemoError, SfcDemo
@@ -50,8 +52,10 @@ def say(message: str) -> None:
 
 
 class Lab:
-    def __init__(self, workdir: Path, hosts: int = 2, dpus_per_host: int = 1, update: bool = True) -> None:
+    def __init__(self, workdir: Path, hosts: int = 2, dpus_per_host: int = 1, update: bool = True,
+                 use_case: str = "hbn_only") -> None:
         self.workdir = workdir
+        self.use_case = use_case
         self.hosts = hosts
         self.dpus_per_host = dpus_per_host
         self.update = update
@@ -61,6 +65,7 @@ class Lab:
         self.controller: ControllerProcess | None = None
         self.provisioning: Provisioning | None = None
         self.demo: SfcDemo | None = None
+        self.hbn_ovn: HbnOvnDeployment | None = None
         self.charts: ChartRepo | None = None
         self.supervisor = Supervisor(say, RestartPolicy())
         self._pid = os.getpid()
@@ -117,24 +122,61 @@ class Lab:
                                                             self.dpus_per_host)
             self._apply([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}])
             cluster = provisioning.start_dpu_cluster()
-            self._start_chart_repo()
-            self._start_controller(provisioning.bfb_dir)
-            assert self.controller is not None
-            provisioning.register_dpu_cluster(self._apply)
-            provisioning.start_servers(self.controller)
-            provisioning.provision(self._apply)
-            self.demo = SfcDemo(host, cluster, self.controller, list(provisioning.dpus.values()), self.workdir,
-                                self._stack, say, watched=lambda: [s.machine for s in provisioning.servers])
-            self._stack.callback(self.demo.service_pods.stop, host)  # while the controller runs to uninstall it
-            self.demo.start()
-            if self.update:
-                provisioning.rolling_update(self._apply)
-                self.demo.wait_traffic()
+            if self.use_case == "hbn_ovn":
+                self._start_hbn_ovn(provisioning)
+            else:
+                self._start_hbn_only(host, cluster, provisioning)
         except (ToolMissing, ProcessFailed, TimeoutError, DemoError, ServicePodError, ProvisioningError,
                 RuntimeError) as exc:
             raise LabError(str(exc)) from exc
         self._supervise()
         self._print_usage()
+
+    def _start_hbn_only(self, host: ControlPlane, cluster: ControlPlane, provisioning: Provisioning) -> None:
+        """Upstream's hbn_only: its BFB, flavor and DPUSet provisioned, then the service-chaining scenario on those
+        DPUs, then a rolling update of the BFB."""
+        self._start_chart_repo()
+        assert self.charts is not None
+        self._start_controller(provisioning.bfb_dir, ((service_pods.PUBLIC_REPO, self.charts.url),),
+                               self.charts.ca_file)
+        assert self.controller is not None
+        provisioning.register_dpu_cluster(self._apply)
+        provisioning.start_servers(self.controller)
+        provisioning.provision(self._apply)
+        self.demo = SfcDemo(host, cluster, self.controller, list(provisioning.dpus.values()), self.workdir,
+                            self._stack, say, watched=lambda: [s.machine for s in provisioning.servers])
+        self._stack.callback(self.demo.service_pods.stop, host)  # while the controller runs to uninstall it
+        self.demo.start()
+        if self.update:
+            provisioning.rolling_update(self._apply)
+            self.demo.wait_traffic()
+
+    def _start_hbn_ovn(self, provisioning: Provisioning) -> None:
+        """Upstream's hbn_ovn use case (05.2's DPUDeployment) on the DPUs its own DPUSet provisions."""
+        sources = ChartSources(self.workdir, self._stack)
+        say(f"chart repository at {sources.charts.url} and OCI registry at {sources.registry.host} (loopback HTTPS): "
+            f"the lab's stand-ins for {hbn_ovn.HTTP_REPO} and {hbn_ovn.OCI_REPO}, under upstream's chart names and "
+            "versions")
+        self._start_controller(provisioning.bfb_dir, sources.mirrors, sources.ca_file)
+        assert self.controller is not None
+        controller = self.controller
+        provisioning.register_dpu_cluster(self._apply)
+        bed = NetnsBed(owner="lab")
+        self._stack.callback(bed.cleanup)
+        self.hbn_ovn = HbnOvnDeployment(
+            provisioning.host, provisioning, bed, say, self._apply,
+            watched=lambda: [c for c in (controller.child, *(s.machine for s in provisioning.servers)) if c])
+        self.hbn_ovn.prepare_dpu_cluster()
+        provisioning.start_servers(controller)
+        # Deleted while the controller still runs (LIFO): its DPUServices' releases are uninstalled, in order.
+        self._stack.callback(self._delete_hbn_ovn)
+        serve_and_deploy(self.hbn_ovn, provisioning)
+
+    def _delete_hbn_ovn(self) -> None:
+        assert self.host is not None
+        say(f"deleting DPUDeployment {DEPLOYMENT} (its chains, interfaces and services first, then its DPUSet)")
+        self.host.kubectl("delete", "dpudeployment", DEPLOYMENT, "-n", NAMESPACE, "--ignore-not-found",
+                          "--wait=true", "--timeout=180s", check=False, timeout=200)
 
     def _apply(self, objects: list[dict]) -> None:
         assert self.host is not None
@@ -152,14 +194,12 @@ class Lab:
             f"{', '.join(c.name for c in self.charts.charts)}; the controller installs {service_pods.PUBLIC_REPO} "
             "charts from it")
 
-    def _start_controller(self, bfb_dir: Path) -> None:
+    def _start_controller(self, bfb_dir: Path, mirrors: tuple[tuple[str, str], ...], ca_file: Path) -> None:
         assert self.host is not None
-        assert self.charts is not None
         say("starting the dpf controller (NodeState gRPC with mTLS on a unix socket, leader of one)")
         bfb_dir.mkdir(parents=True, exist_ok=True)
         self.controller = ControllerProcess(self.host.kubeconfig, NAMESPACE, self.workdir / "controller", bfb_dir,
-                                            chart_mirrors=((service_pods.PUBLIC_REPO, self.charts.url),),
-                                            ca_file=self.charts.ca_file)
+                                            chart_mirrors=mirrors, ca_file=ca_file)
         self._stack.callback(self.controller.stop)
         self.controller.start()
         say(f"controller serving at {self.controller.endpoint}; log: {self.controller.workdir}/controller.log")
@@ -194,7 +234,7 @@ class Lab:
             f"  {tool('kubectl')} get crd\n"
             f"  {tool('kubectl')} api-resources --api-group=provisioning.dpu.nvidia.com\n"
             f"\n{self.provisioning.usage() if self.provisioning else ''}\n"
-            f"\n{self.demo.usage() if self.demo else ''}\n"
+            f"\n{self.demo.usage() if self.demo else ''}{self.hbn_ovn.usage() if self.hbn_ovn else ''}\n"
             f"\n{self._fault_usage()}\n"
             "\nPress Ctrl-C to stop the lab.\n",
             flush=True,

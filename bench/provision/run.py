@@ -68,7 +68,7 @@ from dpf.lab.emulator.serve import BfbHttpServer  # noqa: E402
 
 NAMESPACE = "bench"
 BFB_FILE = "bf-bundle-2.9.1-30_24.11_ubuntu-22.04_prod.bfb"
-EXAMPLE = ROOT / "tests" / "api" / "examples" / "hbn_only.yaml"
+EXAMPLE = ROOT / "lab" / "manifests" / "upstream" / "hbn_only.yaml"
 GROUP, VERSION = "provisioning.dpu.nvidia.com", "v1alpha1"
 REBOOT_COMMAND = "provisioning.dpu.nvidia.com/reboot-command"
 TICKS = os.sysconf("SC_CLK_TCK")

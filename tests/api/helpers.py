@@ -15,7 +15,7 @@ from kubernetes.client.rest import ApiException
 from dpf.controller.api import kind_by_name
 from dpf.lab.bed.kube import ControlPlane
 
-EXAMPLES = Path(__file__).parent / "examples"
+EXAMPLES = Path(__file__).parents[2] / "lab" / "manifests" / "upstream"
 UPSTREAM_NAMESPACES = ("dpf-operator-system", "dpu-cplane-tenant1")
 
 

@@ -1,6 +1,6 @@
 """The upstream use-case guides' manifests apply unchanged, the way the guides apply them.
 
-The guides run `cat manifests/... | envsubst | kubectl apply -f -`; the fixtures under examples/ are those
+The guides run `cat manifests/... | envsubst | kubectl apply -f -`; the fixtures under lab/manifests/upstream/ are those
 manifests with the $VARS substituted, and only the namespace is moved into the test's own.
 """
 

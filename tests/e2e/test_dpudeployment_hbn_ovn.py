@@ -1,13 +1,8 @@
-"""Upstream's hbn_ovn 05.2 (`tests/api/examples/hbn_ovn_dpudeployment.yaml`: DPUDeployment `ovn-hbn` with services
-ovn, hbn, dts and blueman from templates and configurations, three chains, the interfaces, IPAMs and credential
-request it reuses from 05.1) applied unchanged but for the BFB's url, plus the flavor upstream's operator ships
-built in (`lab/manifests/hbn_ovn_flavor.yaml`), on DPUs the DPUDeployment's own DPUSet provisions
-(`lab/provision.py`: emulated servers, host agents, each DPU's OS with OVS running the flavor's script, containerd
-+ kubelet + Multus joined to the DPU cluster, and its DPU agent). The charts come from upstream's repositories as
-the manifests name them, through the controller's chart mirrors (`lab/hbn_ovn.py`): the lab's stand-ins from its
-http chart repository and, for ovn-kubernetes-chart, from its OCI registry.
-Beside them, what upstream's operator installs in the DPU cluster (NADs mybrhbn and iprequest, `lab/hbn_ovn.py`)
-and the cables: each DPU's uplinks p0/p1 wired to fabric namespaces, as the lab does.
+"""Upstream's hbn_ovn 05.2 end to end, as `dpf lab --use-case hbn_ovn` runs it (`lab/hbn_ovn_demo.py`): the
+DPUDeployment `ovn-hbn` (`lab/manifests/upstream/hbn_ovn_dpudeployment.yaml`, services ovn, hbn, dts and blueman)
+applied unchanged but for the BFB's url, plus upstream's built-in flavor, on DPUs the DPUDeployment's own DPUSet
+provisions (emulated servers, host agents, each DPU's OS with OVS running the flavor's script, containerd + kubelet
++ Multus joined to the DPU cluster, and its DPU agent), the charts through the controller's chart mirrors.
 
 Asserted: every DPU runs a real pod of each of the four DPUServices; HBN's pod has its three chain interfaces and
 the two addresses it requests from the DPUServiceIPAM pools; br-ovn (from the flavor) is patched to br-sfc; the
@@ -23,39 +18,41 @@ import ipaddress
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from dpf.controller.helm import find_helm
-from dpf.lab import chains, dpuservice_pods, hbn_ovn
-from dpf.lab.bed.chart_repo import ChartRepo
+from dpf.lab import chains, dpuservice_pods
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.netns import NetnsBed
-from dpf.lab.bed.oci_registry import OciRegistry
 from dpf.lab.bed.process import wait_until
 from dpf.lab.controller import ControllerProcess
-from dpf.lab.dpus import EmulatedDpu
-from dpf.lab.provision import BFB_FILE, NAMESPACE, Provisioning
-from tests.api.helpers import example_documents
+from dpf.lab.hbn_ovn_demo import (
+    CHILD_PLURALS,
+    DEPLOYMENT,
+    PROVISIONING,
+    SERVICES,
+    SVC,
+    ChartSources,
+    HbnOvnDeployment,
+    HostView,
+    conditions,
+    fresh_and_ready,
+    owned,
+    serve_and_deploy,
+)
+from dpf.lab.provision import NAMESPACE, Provisioning
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns, kubelet and OVS"),
               pytest.mark.timeout(1200)]
 
 HOSTS = 1
-DEPLOYMENT = "ovn-hbn"
-SERVICES = ("ovn", "hbn", "dts", "blueman")
 HBN_INTERFACES = ("p0_if", "p1_if", "pf2dpu2_if")
-READY_TIMEOUT = 300.0  # four Helm releases and their pods on every DPU, on a loaded 2-core machine
 DELETE_TIMEOUT = 300.0
-SVC = ("svc.dpu.nvidia.com", "v1alpha1")
-PROVISIONING = ("provisioning.dpu.nvidia.com", "v1alpha1")
-CHILD_PLURALS = ("dpuservicechains", "dpuserviceinterfaces", "dpuservices")
 LEFTOVER_KINDS = ("dpudeployments", "dpuservicechains", "dpuserviceinterfaces", "dpuservices", "dpuserviceipams",
                   "dpuservicecredentialrequests", "dpuservicetemplates", "dpuserviceconfigurations", "dpusets",
                   "dpus", "bfbs", "dpuflavors", "dpuclusters")
@@ -65,49 +62,9 @@ def say(message: str) -> None:
     print(f"[hbn_ovn] {message}", flush=True)
 
 
-def upstream_manifests(bfb_url: str) -> list[dict[str, Any]]:
-    """05.2's objects as upstream wrote them, the BFB's url on the lab's file server (the one change)."""
-    docs = example_documents("hbn_ovn_dpudeployment.yaml", NAMESPACE)
-    for doc in docs:
-        if doc["kind"] == "BFB":
-            doc["spec"]["url"] = bfb_url
-    return docs
-
-
-def conditions(obj: dict[str, Any] | None) -> dict[str, str]:
-    return {c["type"]: c["status"] for c in ((obj or {}).get("status") or {}).get("conditions") or ()}
-
-
-def fresh_and_ready(obj: dict[str, Any] | None) -> bool:
-    status = (obj or {}).get("status") or {}
-    return obj is not None and status.get("observedGeneration") == obj["metadata"].get("generation") and \
-        conditions(obj).get("Ready") == "True"
-
-
 def names(items: list[Any]) -> list[str]:
     """The names of listed Kubernetes client objects."""
     return [item.metadata.name for item in items if item.metadata is not None and item.metadata.name]
-
-
-def owned(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [o for o in items if (o["metadata"].get("labels") or {}).get("svc.dpu.nvidia.com/owned-by-dpudeployment")
-            == f"{NAMESPACE}_{DEPLOYMENT}"]
-
-
-class HostView:
-    def __init__(self, kube: ControlPlane) -> None:
-        self.custom = k8s.CustomObjectsApi(kube.client)
-
-    def list(self, plural: str, group: tuple[str, str] = SVC) -> list[dict[str, Any]]:
-        return list(cast(dict, self.custom.list_namespaced_custom_object(*group, NAMESPACE, plural))["items"])
-
-    def get(self, plural: str, name: str, group: tuple[str, str] = SVC) -> dict[str, Any] | None:
-        try:
-            return cast(dict, self.custom.get_namespaced_custom_object(*group, NAMESPACE, plural, name))
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
 
 
 @contextlib.contextmanager
@@ -152,55 +109,25 @@ def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_go
         provisioning = Provisioning(kube, tmp_path, stack, say, hosts=HOSTS, bfb_size=16 << 20, flash_rate=None)
         stack.callback(delete_host_nodes, kube, provisioning)
         cluster = provisioning.start_dpu_cluster()
-        charts = ChartRepo(tmp_path / "chart-repo", hbn_ovn.http_charts())
-        stack.callback(charts.stop)
-        charts.start()
-        registry = stack.enter_context(OciRegistry(tmp_path / "registry"))
-        hbn_ovn.push_oci_charts(registry, find_helm())
+        sources = ChartSources(tmp_path, stack)
         controller = ControllerProcess(kube.kubeconfig, NAMESPACE, tmp_path / "controller", provisioning.bfb_dir,
-                                       chart_mirrors=hbn_ovn.mirrors(charts, registry),
-                                       ca_file=hbn_ovn.ca_bundle(tmp_path / "ca.crt", charts, registry))
+                                       chart_mirrors=sources.mirrors, ca_file=sources.ca_file)
         provisioning.bfb_dir.mkdir(parents=True, exist_ok=True)
         stack.callback(controller.stop)
         controller.start(log_level=os.environ.get("DPF_TEST_LOG_LEVEL", "info"))
 
-        def apply(objects: list[dict[str, Any]], plane: ControlPlane = kube) -> None:
-            plane.kubectl("apply", "--server-side", "-f", "-", input=chains.to_yaml(objects))
+        def apply(objects: list[dict[str, Any]]) -> None:
+            kube.kubectl("apply", "--server-side", "-f", "-", input=chains.to_yaml(objects))
 
         provisioning.register_dpu_cluster(apply)
-        cluster.install_crds(chains.MANIFESTS / "crds")
-        apply(hbn_ovn.system_nads(NAMESPACE), cluster)  # upstream's operator deploys these into the DPU cluster
+        deployment_run = HbnOvnDeployment(kube, provisioning, netns, say, apply,
+                                          watched=lambda: [c for c in (controller.child, *(s.machine for s in
+                                                                                          provisioning.servers)) if c])
+        deployment_run.prepare_dpu_cluster()
         provisioning.start_servers(controller)
-        files = provisioning.serve_bfbs()
-
-        started = time.monotonic()
-        apply([hbn_ovn.flavor(NAMESPACE), *upstream_manifests(files.url(BFB_FILE))])
-        provisioning.watch(started, lambda dpus: len(dpus) == provisioning.expected and
-                           all(d.phases and d.phases[-1][0] == "Ready" for d in dpus.values()),
-                           f"the {provisioning.expected} DPUs of DPUSet {DEPLOYMENT}-dpuset1 Ready")
-        provisioning.wait_agents()
+        serve_and_deploy(deployment_run, provisioning)
         dpus = list(provisioning.dpus.values())
         nodes = [d.name for d in dpus]
-        for i, view in enumerate(dpus):
-            # The cables: each DPU's uplinks p0/p1 (the physical interfaces) as veths to fabric namespaces, as the
-            # lab wires its provisioned DPUs (`lab/sfc_demo.py`); the flavor's script already put p0 on br-sfc.
-            dpu = EmulatedDpu(view.name, netns, view.workdir, short=f"d{i}", ovs=view.ovs())
-            for port in ("p0", "p1"):
-                dpu.uplink(port, f"10.9{i}.{port[1]}.1/24", f"d{i}f{port[1]}")
-
-        def deployment_ready() -> bool:
-            return fresh_and_ready(host.get("dpudeployments", DEPLOYMENT))
-
-        try:
-            wait_until(deployment_ready, READY_TIMEOUT, f"DPUDeployment {DEPLOYMENT} Ready", interval=0.5,
-                       while_alive=[controller.child, *(s.machine for s in provisioning.servers)])
-        except TimeoutError as exc:
-            state = {kind: {o["metadata"]["name"]: [f"{c['type']}={c['status']} {c.get('message', '')}"
-                                                    for c in (o.get("status") or {}).get("conditions") or ()
-                                                    if c["status"] != "True"]
-                            for o in host.list(kind)} for kind in ("dpudeployments", *CHILD_PLURALS)}
-            raise AssertionError(f"{exc}: {state}\ncontroller log: {controller.workdir / 'controller.log'}") from None
-        took = time.monotonic() - started
         deployment = host.get("dpudeployments", DEPLOYMENT)
         assert conditions(deployment), deployment
         assert set(conditions(deployment).values()) == {"True"}, conditions(deployment)
@@ -245,7 +172,6 @@ def test_upstream_hbn_ovn_dpudeployment_reaches_ready_on_provisioned_dpus_and_go
             assert fresh_and_ready(host.get("dpuserviceinterfaces", name)), name
         chain = host.get("dpuservicechains", DEPLOYMENT)
         assert fresh_and_ready(chain), conditions(chain)
-        say(f"DPUDeployment {DEPLOYMENT} Ready {took:.1f}s after it was applied (DPUs provisioned by its DPUSet)")
 
         # Delete: chain, interfaces and services go first (their releases uninstalled), only then the DPUSet.
         dpuset = f"{DEPLOYMENT}-dpuset1"

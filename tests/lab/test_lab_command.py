@@ -378,4 +378,6 @@ def test_lab_help_explains_itself() -> None:
     assert "Restart=on-failure" in out
     assert "kill -9 $(pgrep -f 'agent dpu --node worker1')" in out, "how to try a fault"
     assert "--hosts N" in out
+    assert "--use-case {hbn_only,hbn_ovn}" in out
     assert "--dpus-per-host M" in out
+

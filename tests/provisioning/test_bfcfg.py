@@ -17,7 +17,7 @@ from dpf.controller.api.provisioning import DPUFlavorSpec
 from dpf.controller.provisioning.bfcfg import MAX_BFCFG_BYTES, BfCfgTooLarge, render_bfcfg
 from dpf.lab.emulator.bfcfg import BfCfg, parse_bfcfg
 
-EXAMPLES = Path(__file__).parents[1] / "api" / "examples"
+EXAMPLES = Path(__file__).parents[2] / "lab" / "manifests" / "upstream"
 GOLDEN = Path(__file__).parent / "golden" / "hbn-bfcfg.cfg"
 DPU = "worker-1-0000-08-00"
 JOIN = ("kubeadm join 10.0.0.1:6443 --token abcdef.0123456789abcdef "

@@ -1,4 +1,4 @@
-"""Seeded mutations of real SFC objects: upstream's examples (`tests/api/examples/`) and the lab's manifests
+"""Seeded mutations of real SFC objects: upstream's examples (`lab/manifests/upstream/`) and the lab's manifests
 (`lab/chains.py`, `lab/service_pods.py`), DPUServiceInterface / DPUServiceChain / DPUServiceIPAM.
 
 Each base object is first made to fit one bed without touching anything else there: its nodeSelector picks the
@@ -26,7 +26,7 @@ import yaml
 from dpf.lab import chains, service_pods
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = REPO / "tests" / "api" / "examples"
+EXAMPLES = REPO / "lab" / "manifests" / "upstream"
 CRDS = REPO / "packaging" / "crds"
 KINDS = {"DPUServiceInterface": "dpuserviceinterfaces", "DPUServiceChain": "dpuservicechains",
          "DPUServiceIPAM": "dpuserviceipams"}

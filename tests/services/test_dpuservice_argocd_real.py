@@ -1,0 +1,141 @@
+"""DPUService with the ArgoCD backend against ArgoCD itself (v3.6.2: its application controller, repo server and a
+Redis, lab/bed/argocd.py), a host control plane with ArgoCD's own CRDs, a DPU cluster with kube-controller-manager's
+DaemonSet controller (real DaemonSet status, so ArgoCD's health is its own reading) and the test chart served over
+loopback HTTPS.
+
+What a user sees: ArgoCD renders the chart with the values the controller put in the Application and syncs it into
+the DPU cluster (Synced/Healthy written by ArgoCD), the DPUService goes Ready; a changed value rolls the DaemonSet;
+deleting the DPUService makes ArgoCD delete what it deployed (its cascading finalizer) and the DPUService goes.
+The DPU cluster has no Nodes: its DaemonSet wants 0 pods, which ArgoCD's health reads as Healthy once the DaemonSet
+controller observed it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from dpf.controller import argocd
+from dpf.controller.kube.rest import Obj, Rest
+from dpf.controller.manager import Controller
+from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL
+from dpf.controller.reconcilers.kinds import NAMESPACE
+from dpf.controller.settings import ServicesSettings
+from dpf.lab.bed.argocd import ArgoCD
+from dpf.lab.bed.kube import ControlPlane
+from tests.controlplane.harness import controller_settings, eventually, host_rest, run, started
+from tests.services.conftest import condition, ready
+from tests.services.test_dpuservice_argocd import inline_kubeconfig, register_dpu_cluster
+from tests.services.test_dpuservice_helm import dpuservice
+
+# ArgoCD's first sync: the repo server fetching the index and the chart and running `helm template`, the
+# application controller listing the DPU cluster's every API for its cluster cache, then the DaemonSet controller's
+# first status; ~15 s idle, several times that on the shared 2-core machine.
+ARGO_SLOW = 150.0
+TRACKING = "argocd.argoproj.io/tracking-id"  # what ArgoCD stamps on every object it applies
+
+
+async def synced_healthy(rest: Rest, namespace: str, name: str, revision: str = "") -> Obj | None:
+    """The Application when ArgoCD itself reports it Synced and Healthy (at `revision`, the chart version)."""
+    app = await rest.get(argocd.APPLICATION, name, namespace)
+    status = (app or {}).get("status") or {}
+    sync, health = status.get("sync") or {}, status.get("health") or {}
+    if (sync.get("status"), health.get("status")) != ("Synced", "Healthy"):
+        return None
+    return app if not revision or sync.get("revision") == revision else None
+
+
+async def daemonset(rest: Rest, namespace: str, name: str, image: str) -> Obj | None:
+    ds = await rest.get(DAEMON_SET, name, namespace)
+    return ds if ds and ds["spec"]["template"]["spec"]["containers"][0]["image"] == image else None
+
+
+async def gone(rest: Rest, kind: Any, name: str, namespace: str) -> bool:
+    return await rest.get(kind, name, namespace) is None
+
+
+def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_deletes_it(
+        tmp_path: Path, chart_repo: str) -> None:
+    timings: dict[str, float] = {}
+    rss: dict[str, float] = {}
+    operator, service_ns = "dpf-operator-system", "argo-real"
+    ca = tmp_path / "chart-repo" / "pki" / "ca.crt"  # the chart_repo fixture's CA
+    dpu_controllers = ("garbagecollector", "namespace", "daemonset")  # GC: Argo deletes in the foreground
+    with ControlPlane(tmp_path / "host", name="argoreal") as host, \
+            ControlPlane(tmp_path / "dpu", name="argodpu", controllers=dpu_controllers) as dpu_kube:
+        begin = time.monotonic()
+        with ArgoCD(tmp_path / "argocd", host, operator, env={"SSL_CERT_FILE": str(ca)}) as argo:
+            timings["argocd start"] = time.monotonic() - begin
+
+            async def scenario() -> None:
+                rest, dpu = await host_rest(host.kubeconfig), await host_rest(dpu_kube.kubeconfig)
+                await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
+                                              "metadata": {"name": service_ns}})
+                settings = dataclasses.replace(controller_settings(host.kubeconfig, operator),
+                                               services=ServicesSettings(backend="argocd"))
+                settings = dataclasses.replace(settings, kube=dataclasses.replace(settings.kube,
+                                                                                  watch_namespace=None))
+                controller = await started(Controller(settings))
+                try:
+                    await register_dpu_cluster(rest, operator, inline_kubeconfig(dpu_kube.kubeconfig), "one")
+                    await eventually(lambda: len(controller.clusters.dpu) == 1, "the DPU cluster connected")
+
+                    begin = time.monotonic()
+                    await rest.create(DPU_SERVICE, dpuservice(service_ns, "tiny", chart_repo), service_ns)
+                    app = await eventually(lambda: synced_healthy(rest, operator, "one-tiny", "0.1.0"),
+                                           "ArgoCD reporting Application one-tiny Synced and Healthy", ARGO_SLOW)
+                    assert app["status"]["operationState"]["phase"] == "Succeeded", app["status"]
+                    assert [(r["kind"], r["name"], r["namespace"]) for r in app["status"]["resources"]] == [
+                        ("DaemonSet", "one-tiny", service_ns)]
+                    obj = await eventually(lambda: ready(rest, service_ns, "tiny"), "the DPUService Ready", 60)
+                    timings["install"] = time.monotonic() - begin
+                    for type_ in ("ApplicationPrereqsReconciled", "ApplicationsReconciled", "ApplicationsReady"):
+                        assert condition(obj, type_)["status"] == "True", condition(obj, type_)
+
+                    # ArgoCD applied the chart with the values the controller merged in (release = Application name).
+                    ds = await dpu.get(DAEMON_SET, "one-tiny", service_ns)
+                    assert ds is not None
+                    assert TRACKING in ds["metadata"]["annotations"], "ArgoCD applied it"
+                    template = ds["spec"]["template"]
+                    assert template["metadata"]["labels"][SERVICE_LABEL] == "svc-tiny"  # the serviceDaemonSet block
+                    assert template["metadata"]["labels"]["team"] == "net"
+                    assert template["metadata"]["annotations"]["note"] == "hbn"
+                    assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+                    terms = template["spec"]["affinity"]["nodeAffinity"][
+                        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+                    assert terms[0]["matchExpressions"][0]["key"] == "dpu.nvidia.com/role"
+                    assert template["spec"]["containers"][0]["image"] == "tiny:1"
+                    assert ds["status"]["desiredNumberScheduled"] == 0  # no Nodes: rolled out at 0
+
+                    # A changed value: the controller updates the Application, ArgoCD rolls the DaemonSet.
+                    begin = time.monotonic()
+                    await rest.merge_patch(DPU_SERVICE, "tiny",
+                                           {"spec": {"helmChart": {"values": {"image": "tiny:2"}}}}, service_ns)
+                    await eventually(lambda: daemonset(dpu, service_ns, "one-tiny", "tiny:2"),
+                                     "ArgoCD rolling the DaemonSet to tiny:2", ARGO_SLOW)
+                    await eventually(lambda: ready(rest, service_ns, "tiny"), "Ready after the change", ARGO_SLOW)
+                    app = await synced_healthy(rest, operator, "one-tiny")
+                    assert app is not None, "Ready while ArgoCD no longer reports Synced and Healthy"
+                    timings["change"] = time.monotonic() - begin
+                    rss.update(argo.rss_mb())
+
+                    # Delete: ArgoCD's finalizer deletes the DaemonSet, then the Application and the DPUService go.
+                    begin = time.monotonic()
+                    await rest.delete(DPU_SERVICE, "tiny", service_ns)
+                    await eventually(lambda: gone(dpu, DAEMON_SET, "one-tiny", service_ns),
+                                     "ArgoCD deleting the DaemonSet", ARGO_SLOW)
+                    await eventually(lambda: gone(rest, argocd.APPLICATION, "one-tiny", operator),
+                                     "the Application gone", ARGO_SLOW)
+                    await eventually(lambda: gone(rest, DPU_SERVICE, "tiny", service_ns), "the DPUService gone",
+                                     ARGO_SLOW)
+                    timings["delete"] = time.monotonic() - begin
+                finally:
+                    await controller.stop()
+                    for client in (rest, dpu):
+                        await client.close()
+
+            run(scenario(), timeout=600)
+    print(f"dpuservice argocd (real) timings: {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}; "
+          f"RSS MB: {', '.join(f'{k} {v:.0f}' for k, v in rss.items())}")

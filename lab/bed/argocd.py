@@ -21,6 +21,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import subprocess
 import urllib.request
@@ -123,7 +124,11 @@ class ArgoCD:
         binary = Path(tool("argocd"))
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            self.crds = self.host.install_crds(crd_dir())
+            crds = self.directory / "crds"  # the CRDs only: the module's directory also holds a kustomization.yaml
+            crds.mkdir(exist_ok=True)
+            for name in ("application", "applicationset", "appproject"):
+                shutil.copyfile(crd_dir() / f"{name}-crd.yaml", crds / f"{name}-crd.yaml")
+            self.crds = self.host.install_crds(crds)
             self.host.kubectl("apply", "--server-side", "-f", "-",
                               input="\n---\n".join(json.dumps(o) for o in settings_objects(self.namespace)))
             redis = self._child("redis", [
@@ -133,7 +138,10 @@ class ArgoCD:
                        interval=0.05, while_alive=[redis])
             redis_addr = f"127.0.0.1:{self.redis_port}"
             repo = self._child("argocd-repo-server", [
+                # `--client-ca-path ""`: its default (a pod's mount path) is non-empty, and v3.6.2 refuses to start
+                # with --disable-tls and any client CA path ("cannot be used when --disable-tls is enabled").
                 str(binary), "--address", "127.0.0.1", "--port", str(self.repo_port), "--disable-tls",
+                "--client-ca-path", "",
                 "--metrics-address", "127.0.0.1", "--metrics-port", str(self.repo_metrics_port),
                 "--redis", redis_addr, "--logformat", "text", "--loglevel", "info"])
             controller = self._child("argocd-application-controller", [

@@ -66,8 +66,12 @@ async def register_dpu_cluster(rest: Rest, namespace: str, kubeconfig: bytes, na
 
 
 async def argo_status(rest: Rest, namespace: str, name: str, sync: str, health: str) -> None:
-    """What ArgoCD's application controller writes (status is part of the object in Argo's CRD)."""
-    await rest.merge_patch(argocd.APPLICATION, name, {"status": {"sync": {"status": sync},
+    """What ArgoCD's application controller writes (status is part of the object in Argo's CRD), with the source
+    and destination it compared: the Application's current ones."""
+    app = await rest.get(argocd.APPLICATION, name, namespace)
+    assert app is not None, name
+    compared = {"source": app["spec"]["source"], "destination": app["spec"]["destination"]}
+    await rest.merge_patch(argocd.APPLICATION, name, {"status": {"sync": {"status": sync, "comparedTo": compared},
                                                                  "health": {"status": health}}}, namespace)
 
 

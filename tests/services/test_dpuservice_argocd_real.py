@@ -38,11 +38,13 @@ TRACKING = "argocd.argoproj.io/tracking-id"  # what ArgoCD stamps on every objec
 
 
 async def synced_healthy(rest: Rest, namespace: str, name: str, revision: str = "") -> Obj | None:
-    """The Application when ArgoCD itself reports it Synced and Healthy (at `revision`, the chart version)."""
+    """The Application when ArgoCD itself reports it Synced and Healthy and its last sync operation Succeeded (at
+    `revision`, the chart version). Synced+Healthy can come while the operation still reads Running."""
     app = await rest.get(argocd.APPLICATION, name, namespace)
     status = (app or {}).get("status") or {}
     sync, health = status.get("sync") or {}, status.get("health") or {}
-    if (sync.get("status"), health.get("status")) != ("Synced", "Healthy"):
+    phase = (status.get("operationState") or {}).get("phase")
+    if (sync.get("status"), health.get("status"), phase) != ("Synced", "Healthy", "Succeeded"):
         return None
     return app if not revision or sync.get("revision") == revision else None
 
@@ -86,7 +88,6 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
                     await rest.create(DPU_SERVICE, dpuservice(service_ns, "tiny", chart_repo), service_ns)
                     app = await eventually(lambda: synced_healthy(rest, operator, "one-tiny", "0.1.0"),
                                            "ArgoCD reporting Application one-tiny Synced and Healthy", ARGO_SLOW)
-                    assert app["status"]["operationState"]["phase"] == "Succeeded", app["status"]
                     assert [(r["kind"], r["name"], r["namespace"]) for r in app["status"]["resources"]] == [
                         ("DaemonSet", "one-tiny", service_ns)]
                     obj = await eventually(lambda: ready(rest, service_ns, "tiny"), "the DPUService Ready", 60)
@@ -113,11 +114,15 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
                     begin = time.monotonic()
                     await rest.merge_patch(DPU_SERVICE, "tiny",
                                            {"spec": {"helmChart": {"values": {"image": "tiny:2"}}}}, service_ns)
-                    await eventually(lambda: daemonset(dpu, service_ns, "one-tiny", "tiny:2"),
-                                     "ArgoCD rolling the DaemonSet to tiny:2", ARGO_SLOW)
-                    await eventually(lambda: ready(rest, service_ns, "tiny"), "Ready after the change", ARGO_SLOW)
+                    # Ready at the new generation means ArgoCD deployed the change, not that its status of the
+                    # previous values still reads Synced and Healthy (the race controller/argocd.py readiness closes).
+                    obj = await eventually(lambda: ready(rest, service_ns, "tiny"), "Ready after the change",
+                                           ARGO_SLOW)
+                    assert await daemonset(dpu, service_ns, "one-tiny", "tiny:2"), \
+                        f"the DPUService was Ready before ArgoCD rolled the change: {obj['status']}"
                     app = await synced_healthy(rest, operator, "one-tiny")
                     assert app is not None, "Ready while ArgoCD no longer reports Synced and Healthy"
+                    assert app["status"]["sync"]["comparedTo"]["source"]["helm"]["valuesObject"]["image"] == "tiny:2"
                     timings["change"] = time.monotonic() - begin
                     rss.update(argo.rss_mb())
 

@@ -7,11 +7,12 @@ when an Application with `resources-finalizer.argocd.argoproj.io` is deleted. No
 ApplicationSet or notifications controller: nothing here talks to them.
 
 The binary is ArgoCD's multi-call `argocd` (packaging/upstream/argocd, v3.6.2; ARGOCD_BINARY_NAME picks the
-component). `start()` installs ArgoCD's own CRDs from its Go module (`manifests/crds` in the module cache, where
-the install step's build left it) and the settings the application controller reads (`argocd-cm` and
-`argocd-secret`, labelled `app.kubernetes.io/part-of: argocd`, which is how ArgoCD's settings informer finds them)
-into `namespace` of the host cluster, then the three processes. The application controller's namespace is
-`--namespace`: only Applications, AppProjects and cluster Secrets there are seen. Redis keeps nothing on disk.
+component). `start()` installs ArgoCD's own Application and AppProject CRDs from its Go module (`manifests/crds`
+in the module cache, where the install step's build left it) and the settings the application controller reads
+(`argocd-cm` and `argocd-secret`, labelled `app.kubernetes.io/part-of: argocd`, which is how ArgoCD's settings
+informer finds them) into `namespace` of the host cluster, then the three processes. The application controller's
+namespace is `--namespace`: only Applications, AppProjects and cluster Secrets there are seen. Redis keeps nothing
+on disk.
 """
 
 from __future__ import annotations
@@ -124,9 +125,11 @@ class ArgoCD:
         binary = Path(tool("argocd"))
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            crds = self.directory / "crds"  # the CRDs only: the module's directory also holds a kustomization.yaml
+            # Application and AppProject only: the module's directory also holds a kustomization.yaml, and the
+            # ApplicationSet CRD (1.5 MB, ~10 s to apply here) is for a controller not run here.
+            crds = self.directory / "crds"
             crds.mkdir(exist_ok=True)
-            for name in ("application", "applicationset", "appproject"):
+            for name in ("application", "appproject"):
                 shutil.copyfile(crd_dir() / f"{name}-crd.yaml", crds / f"{name}-crd.yaml")
             self.crds = self.host.install_crds(crds)
             self.host.kubectl("apply", "--server-side", "-f", "-",
@@ -150,7 +153,9 @@ class ArgoCD:
                 "--metrics-port", str(self.controller_metrics_port), "--logformat", "text", "--loglevel", "info"],
                 # Argo's `in-cluster` (deployInCluster) is the host cluster: its kubeconfig, as upstream's Procfile
                 # runs the controller outside a pod.
-                extra={"ARGOCD_FAKE_IN_CLUSTER": "true", "KUBECONFIG": str(self.host.kubeconfig)})
+                # One replica, as upstream's install manifests set it (unset, the in-cluster cluster has no shard).
+                extra={"ARGOCD_FAKE_IN_CLUSTER": "true", "KUBECONFIG": str(self.host.kubeconfig),
+                       "ARGOCD_CONTROLLER_REPLICAS": "1"})
             # ?full=true: the repo server dials its own gRPC endpoint, so "up" means it serves manifests.
             wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.repo_metrics_port}/healthz?full=true"),
                        START_TIMEOUT, "argocd-repo-server's /healthz?full=true", interval=0.2, while_alive=[repo])

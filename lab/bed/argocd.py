@@ -153,7 +153,7 @@ class ArgoCD:
                 "--metrics-port", str(self.controller_metrics_port), "--logformat", "text", "--loglevel", "info"],
                 # Argo's `in-cluster` (deployInCluster) is the host cluster: its kubeconfig, as upstream's Procfile
                 # runs the controller outside a pod.
-                # One replica, as upstream's install manifests set it (unset, the in-cluster cluster has no shard).
+                # One replica, as upstream's install manifests set it.
                 extra={"ARGOCD_FAKE_IN_CLUSTER": "true", "KUBECONFIG": str(self.host.kubeconfig),
                        "ARGOCD_CONTROLLER_REPLICAS": "1"})
             # ?full=true: the repo server dials its own gRPC endpoint, so "up" means it serves manifests.

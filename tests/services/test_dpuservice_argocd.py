@@ -1,7 +1,7 @@
 """DPUService with the ArgoCD backend (`--dpuservice-backend argocd`) against a real host apiserver and a real DPU
 apiserver (the session's, registered twice as DPUClusters `one` and `two`).
 
-ArgoCD itself does not run here (docs/dpuservice.md says why), so these tests check what the controller writes,
+ArgoCD itself runs in test_dpuservice_argocd_real.py; these tests check what the controller writes,
 object by object and field by field against upstream DPF's (`internal/argocd/utils.go`), through the apiserver
 with test-only Argo CRDs (tests/services/crds/). The test stands in for ArgoCD where it would act: it writes
 Application status (sync/health) and removes ArgoCD's finalizer when a deletion is to finish.

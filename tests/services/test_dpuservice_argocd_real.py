@@ -120,9 +120,14 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
                                            ARGO_SLOW)
                     assert await daemonset(dpu, service_ns, "one-tiny", "tiny:2"), \
                         f"the DPUService was Ready before ArgoCD rolled the change: {obj['status']}"
-                    app = await synced_healthy(rest, operator, "one-tiny")
-                    assert app is not None, "Ready while ArgoCD no longer reports Synced and Healthy"
-                    assert app["status"]["sync"]["comparedTo"]["source"]["helm"]["valuesObject"]["image"] == "tiny:2"
+                    app = await rest.get(argocd.APPLICATION, "one-tiny", operator)
+                    assert app is not None
+                    status = app["status"]
+                    assert (status["sync"]["status"], status["health"]["status"]) == ("Synced", "Healthy"), status
+                    assert status["sync"]["comparedTo"]["source"]["helm"]["valuesObject"]["image"] == "tiny:2"
+                    # ArgoCD's sync operation may still read Running for a moment after it reports Synced.
+                    await eventually(lambda: synced_healthy(rest, operator, "one-tiny"),
+                                     "ArgoCD's sync of the change Succeeded", ARGO_SLOW)
                     timings["change"] = time.monotonic() - begin
                     rss.update(argo.rss_mb())
 

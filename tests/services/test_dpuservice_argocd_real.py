@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dpf.controller import argocd
+from dpf.controller.helm import find_helm
 from dpf.controller.kube.rest import Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL
@@ -25,8 +26,9 @@ from dpf.controller.reconcilers.kinds import NAMESPACE
 from dpf.controller.settings import ServicesSettings
 from dpf.lab.bed.argocd import ArgoCD
 from dpf.lab.bed.kube import ControlPlane
+from dpf.lab.bed.oci_registry import OciRegistry
 from tests.controlplane.harness import controller_settings, eventually, host_rest, run, started
-from tests.services.conftest import condition, ready
+from tests.services.conftest import CHART, condition, ready
 from tests.services.test_dpuservice_argocd import inline_kubeconfig, register_dpu_cluster
 from tests.services.test_dpuservice_helm import dpuservice
 
@@ -63,12 +65,16 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
     timings: dict[str, float] = {}
     rss: dict[str, float] = {}
     operator, service_ns = "dpf-operator-system", "argo-real"
-    ca = tmp_path / "chart-repo" / "pki" / "ca.crt"  # the chart_repo fixture's CA
     dpu_controllers = ("garbagecollector", "namespace", "daemonset")  # GC: Argo deletes in the foreground
     with ControlPlane(tmp_path / "host", name="argoreal") as host, \
-            ControlPlane(tmp_path / "dpu", name="argodpu", controllers=dpu_controllers) as dpu_kube:
+            ControlPlane(tmp_path / "dpu", name="argodpu", controllers=dpu_controllers) as dpu_kube, \
+            OciRegistry(tmp_path / "registry") as registry:
+        registry.push_chart(find_helm(), CHART, "nvidia/doca")
+        # One bundle with both CAs (the chart_repo fixture's and the registry's), as the lab gives its controller.
+        bundle = tmp_path / "cas.pem"
+        bundle.write_bytes((tmp_path / "chart-repo" / "pki" / "ca.crt").read_bytes() + registry.ca_file.read_bytes())
         begin = time.monotonic()
-        with ArgoCD(tmp_path / "argocd", host, operator, env={"SSL_CERT_FILE": str(ca)}) as argo:
+        with ArgoCD(tmp_path / "argocd", host, operator, env={"SSL_CERT_FILE": str(bundle)}) as argo:
             timings["argocd start"] = time.monotonic() - begin
 
             async def scenario() -> None:
@@ -110,6 +116,18 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
                     assert template["spec"]["containers"][0]["image"] == "tiny:1"
                     assert ds["status"]["desiredNumberScheduled"] == 0  # no Nodes: rolled out at 0
 
+                    # An OCI source: the Application names the registry without oci:// (upstream's shape), which
+                    # ArgoCD takes for an OCI Helm registry and pulls with `helm pull oci://`.
+                    begin = time.monotonic()
+                    await rest.create(DPU_SERVICE, dpuservice(service_ns, "ocitiny", registry.url("nvidia/doca")),
+                                      service_ns)
+                    app = await eventually(lambda: synced_healthy(rest, operator, "one-ocitiny", "0.1.0"),
+                                           "ArgoCD reporting Application one-ocitiny Synced and Healthy", ARGO_SLOW)
+                    assert app["spec"]["source"]["repoURL"] == f"{registry.host}/nvidia/doca"
+                    await eventually(lambda: ready(rest, service_ns, "ocitiny"), "the OCI DPUService Ready", 60)
+                    assert await daemonset(dpu, service_ns, "one-ocitiny", "tiny:1")
+                    timings["install from OCI"] = time.monotonic() - begin
+
                     # A changed value: the controller updates the Application, ArgoCD rolls the DaemonSet.
                     begin = time.monotonic()
                     await rest.merge_patch(DPU_SERVICE, "tiny",
@@ -136,11 +154,17 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
                     await rest.delete(DPU_SERVICE, "tiny", service_ns)
                     await eventually(lambda: gone(dpu, DAEMON_SET, "one-tiny", service_ns),
                                      "ArgoCD deleting the DaemonSet", ARGO_SLOW)
+                    assert await dpu.get(DAEMON_SET, "one-ocitiny", service_ns) is not None, "only tiny's went"
                     await eventually(lambda: gone(rest, argocd.APPLICATION, "one-tiny", operator),
                                      "the Application gone", ARGO_SLOW)
                     await eventually(lambda: gone(rest, DPU_SERVICE, "tiny", service_ns), "the DPUService gone",
                                      ARGO_SLOW)
                     timings["delete"] = time.monotonic() - begin
+                    await rest.delete(DPU_SERVICE, "ocitiny", service_ns)
+                    await eventually(lambda: gone(dpu, DAEMON_SET, "one-ocitiny", service_ns),
+                                     "ArgoCD deleting the OCI DPUService's DaemonSet", ARGO_SLOW)
+                    await eventually(lambda: gone(rest, DPU_SERVICE, "ocitiny", service_ns),
+                                     "the OCI DPUService gone", ARGO_SLOW)
                 finally:
                     await controller.stop()
                     for client in (rest, dpu):

@@ -4,8 +4,10 @@ DaemonSet controller (real DaemonSet status, so ArgoCD's health is its own readi
 loopback HTTPS.
 
 What a user sees: ArgoCD renders the chart with the values the controller put in the Application and syncs it into
-the DPU cluster (Synced/Healthy written by ArgoCD), the DPUService goes Ready; a changed value rolls the DaemonSet;
-deleting the DPUService makes ArgoCD delete what it deployed (its cascading finalizer) and the DPUService goes.
+the DPU cluster (Synced/Healthy written by ArgoCD), the DPUService goes Ready; the same from an OCI registry
+(upstream's scheme-less repoURL) and with deployInCluster (Argo's `in-cluster`, the host); a changed value rolls the
+DaemonSet and Ready waits for it; deleting a DPUService makes ArgoCD delete what it deployed (its cascading
+finalizer) and the DPUService goes.
 The DPU cluster has no Nodes: its DaemonSet wants 0 pods, which ArgoCD's health reads as Healthy once the DaemonSet
 controller observed it.
 """
@@ -66,7 +68,8 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
     rss: dict[str, float] = {}
     operator, service_ns = "dpf-operator-system", "argo-real"
     dpu_controllers = ("garbagecollector", "namespace", "daemonset")  # GC: Argo deletes in the foreground
-    with ControlPlane(tmp_path / "host", name="argoreal") as host, \
+    # The host too runs the DaemonSet controller: a deployInCluster DPUService's DaemonSet is in the host cluster.
+    with ControlPlane(tmp_path / "host", name="argoreal", controllers=dpu_controllers) as host, \
             ControlPlane(tmp_path / "dpu", name="argodpu", controllers=dpu_controllers) as dpu_kube, \
             OciRegistry(tmp_path / "registry") as registry:
         registry.push_chart(find_helm(), CHART, "nvidia/doca")
@@ -128,6 +131,20 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
                     assert await daemonset(dpu, service_ns, "one-ocitiny", "tiny:1")
                     timings["install from OCI"] = time.monotonic() - begin
 
+                    # deployInCluster: Argo's `in-cluster` (here the host, through the bed's kubeconfig), project
+                    # doca-platform-project-host.
+                    begin = time.monotonic()
+                    in_host = dpuservice(service_ns, "hosttiny", chart_repo)
+                    in_host["spec"]["deployInCluster"] = True
+                    await rest.create(DPU_SERVICE, in_host, service_ns)
+                    await eventually(lambda: synced_healthy(rest, operator, "in-cluster-hosttiny", "0.1.0"),
+                                     "ArgoCD reporting Application in-cluster-hosttiny Synced and Healthy", ARGO_SLOW)
+                    await eventually(lambda: ready(rest, service_ns, "hosttiny"), "the in-cluster DPUService Ready",
+                                     60)
+                    assert await daemonset(rest, service_ns, "in-cluster-hosttiny", "tiny:1")
+                    assert await dpu.get(DAEMON_SET, "in-cluster-hosttiny", service_ns) is None
+                    timings["install in-cluster"] = time.monotonic() - begin
+
                     # A changed value: the controller updates the Application, ArgoCD rolls the DaemonSet.
                     begin = time.monotonic()
                     await rest.merge_patch(DPU_SERVICE, "tiny",
@@ -160,6 +177,9 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
                     await eventually(lambda: gone(rest, DPU_SERVICE, "tiny", service_ns), "the DPUService gone",
                                      ARGO_SLOW)
                     timings["delete"] = time.monotonic() - begin
+                    await rest.delete(DPU_SERVICE, "hosttiny", service_ns)
+                    await eventually(lambda: gone(rest, DAEMON_SET, "in-cluster-hosttiny", service_ns),
+                                     "ArgoCD deleting the in-cluster DaemonSet", ARGO_SLOW)
                     await rest.delete(DPU_SERVICE, "ocitiny", service_ns)
                     await eventually(lambda: gone(dpu, DAEMON_SET, "one-ocitiny", service_ns),
                                      "ArgoCD deleting the OCI DPUService's DaemonSet", ARGO_SLOW)

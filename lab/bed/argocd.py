@@ -59,8 +59,12 @@ def crd_dir() -> Path:
     """ArgoCD's CRDs (application, appproject, applicationset) in the Go module cache, where building
     packaging/upstream/argocd put the module."""
     env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": ""}
-    cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True, cwd="/",
-                           env=env).stdout.strip()
+    try:
+        cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True, cwd="/",
+                               env=env).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise ArgoCDMissing(f"`go env GOMODCACHE` failed ({exc}): ArgoCD's CRDs are read from the Go module cache "
+                            "the install step's build filled; run `./dev setup` with Go on PATH") from exc
     directory = Path(cache) / f"{ARGO_MODULE}@{argo_version()}" / "manifests" / "crds"
     if not directory.is_dir():
         raise ArgoCDMissing(f"{directory} not found: the argo-cd module is not in this machine's module cache; run "

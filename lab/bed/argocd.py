@@ -156,8 +156,8 @@ class ArgoCD:
                 "--redis", redis_addr, "--repo-server", f"127.0.0.1:{self.repo_port}", "--repo-server-plaintext",
                 "--metrics-port", str(self.controller_metrics_port), "--logformat", "text", "--loglevel", "info"],
                 # Argo's `in-cluster` (deployInCluster) is the host cluster: its kubeconfig, as upstream's Procfile
-                # runs the controller outside a pod.
-                # One replica, as upstream's install manifests set it.
+                # runs the controller outside a pod. One replica, as upstream's install manifests set it. (Its
+                # metrics and /healthz listen on 0.0.0.0: v3.6.2 has no flag for the address.)
                 extra={"ARGOCD_FAKE_IN_CLUSTER": "true", "KUBECONFIG": str(self.host.kubeconfig),
                        "ARGOCD_CONTROLLER_REPLICAS": "1"})
             # ?full=true: the repo server dials its own gRPC endpoint, so "up" means it serves manifests.

@@ -127,11 +127,25 @@ def cluster_secret(namespace: str, dpucluster_namespace: str, dpucluster_name: s
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
 
 
-def readiness(app: Obj | None) -> str:
-    """'' when ArgoCD reports the Application Synced and Healthy, else why not (upstream's ApplicationsReady)."""
+def readiness(app: Obj | None, desired: Obj | None = None) -> str:
+    """'' when ArgoCD reports the Application Synced and Healthy, else why not (upstream's ApplicationsReady).
+
+    With `desired` (the Application as just written), Synced counts only if ArgoCD compared that spec: its
+    `status.sync.comparedTo` names the source and destination it compared. Right after a change ArgoCD's status is
+    still that of the previous spec (Synced, Healthy), and reading it alone made a DPUService Ready before ArgoCD
+    had even rendered the new values (found running ArgoCD v3.6.2, tests/services/test_dpuservice_argocd_real.py).
+    """
     if app is None:
         return "Application is not yet deployed."
     status = app.get("status") or {}
     sync = (status.get("sync") or {}).get("status") or "Unknown"
     health = (status.get("health") or {}).get("status") or "Unknown"
-    return "" if (sync, health) == ("Synced", "Healthy") else f"sync {sync}, health {health}"
+    if (sync, health) != ("Synced", "Healthy"):
+        return f"sync {sync}, health {health}"
+    if desired is not None:
+        compared = (status.get("sync") or {}).get("comparedTo") or {}
+        for field in ("source", "destination"):
+            have = compared.get(field) or {}
+            if any(have.get(k) != v for k, v in desired["spec"][field].items()):
+                return f"ArgoCD has not yet compared the current {field} (its Synced, Healthy are of a previous one)"
+    return ""

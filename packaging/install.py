@@ -51,6 +51,7 @@ DEBIAN_PACKAGES = (
     "busybox-static",  # rootfs of the local pod and sandbox image (lab/bed/images.py)
     "conntrack",  # kubelet and kube-proxy expect these on a node
     "socat",
+    "redis-server",  # ArgoCD's cache (lab/bed/argocd.py: the DPUService argocd backend run against real ArgoCD)
 )
 
 
@@ -171,7 +172,10 @@ def _build_module(module: Path, spec: dict[str, Any], out: Path) -> None:
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    env = {**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
+    # The local Go unless build.json pins a newer "toolchain" (argo-cd needs Go 1.27), which `go` then fetches once
+    # through the module proxy (GOPROXY) into the module cache.
+    toolchain = spec.get("toolchain", "local")
+    env = {**os.environ, "GOTOOLCHAIN": toolchain, "CGO_ENABLED": "0", "GOFLAGS": "-mod=readonly -buildvcs=false"}
     started = time.monotonic()
     say(f"go: {module.name}: not cached, building {', '.join(spec['binaries'])} (once; kube-apiserver takes minutes)")
     for name, package in spec["binaries"].items():
@@ -215,7 +219,7 @@ def ensure_go_components(only: str | None = None) -> None:
             say(f"go: {module.name}: {', '.join(spec['binaries'])} (cache hit)")
         else:
             found, version = go_version()
-            if version < MIN_GO:
+            if version < MIN_GO and "toolchain" not in spec:
                 raise InstallError(f"Go {MIN_GO[0]}.{MIN_GO[1]}+ is required to build {module.name}, found {found}")
             build_module(module, out)
         for name in spec["binaries"]:

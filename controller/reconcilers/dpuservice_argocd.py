@@ -189,8 +189,8 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         clusters = self._dpuclusters()
         prereq_problems = await self._prereqs(obj, clusters) + await self.pull_secrets.sync(key.namespace)
         targets = [argocd.IN_CLUSTER] if spec.get("deployInCluster") else [c["metadata"]["name"] for c in clusters]
-        apply_problems = await self._applications(obj, targets, bool(spec.get("paused")), step1.networks)
-        not_ready = self._not_ready(obj, targets)
+        apply_problems, desired = await self._applications(obj, targets, bool(spec.get("paused")), step1.networks)
+        not_ready = self._not_ready(obj, desired)
         ports = await configports.reconcile(self.rest, [] if spec.get("deployInCluster") else [
             self.ctx.clusters.dpu[f"{c['metadata']['namespace']}/{c['metadata']['name']}"] for c in clusters],
             obj, self.ctx.settings.kube.field_manager)
@@ -279,16 +279,18 @@ class ArgoCDDPUServiceReconciler(Reconciler):
             await self.rest.apply(kind, desired, self.ctx.settings.kube.field_manager)
 
     # ---- Applications -----------------------------------------------------------------------------------
-    async def _applications(self, obj: Obj, targets: list[str], paused: bool, networks: str | None) -> list[str]:
+    async def _applications(self, obj: Obj, targets: list[str], paused: bool,
+                            networks: str | None) -> tuple[list[str], dict[str, Obj]]:
+        """Apply each target's Application; returns the problems and the Applications as wanted, by name."""
         assert self.apps is not None
         meta = obj["metadata"]
         chart, values = chart_of(obj, self.ctx.settings.services.chart_mirrors), helm_values(obj, networks)
         problems: list[str] = []
-        wanted = set()
+        wanted: dict[str, Obj] = {}
         for target in targets:
             desired = argocd.application(obj, self.namespace, target, chart, values, paused)
             name = desired["metadata"]["name"]
-            wanted.add(name)
+            wanted[name] = desired
             current = self.apps.get(self.namespace, name)
             if not _app_differs(current, desired):
                 continue
@@ -302,14 +304,16 @@ class ArgoCDDPUServiceReconciler(Reconciler):
                     await self._delete_app(app)
                 except KubeError as exc:
                     problems.append(f"deleting Application {self.namespace}/{app['metadata']['name']}: {exc}")
-        return problems
+        return problems, wanted
 
-    def _not_ready(self, obj: Obj, targets: list[str]) -> list[str]:
+    def _not_ready(self, obj: Obj, desired: dict[str, Obj]) -> list[str]:
+        """Why each wanted Application is not ready, judged against the spec just written (not the informer's
+        copy, which may not have our write yet), and every unwanted one still there."""
         assert self.apps is not None
         meta = obj["metadata"]
-        names = [argocd.application_name(t, meta["name"]) for t in targets]
+        names = sorted(desired)
         out = [f"{self.namespace}/{n}: {why}" for n in names
-               if (why := argocd.readiness(self.apps.get(self.namespace, n)))]
+               if (why := argocd.readiness(self.apps.get(self.namespace, n), desired[n]))]
         out += [f"{self.namespace}/{a['metadata']['name']}: no longer wanted, being deleted"
                 for a in self._apps_of(meta["namespace"], meta["name"]) if a["metadata"]["name"] not in names]
         return out

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Built from the pinned wrapper modules in packaging/upstream/ by packaging/install.py.
 GO_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "kubelet", "etcd", "cnitool",
-            "multus")
+            "multus", "argocd")
 
 
 class ToolMissing(RuntimeError):

@@ -1,7 +1,7 @@
 """DPUService with the ArgoCD backend (`--dpuservice-backend argocd`) against a real host apiserver and a real DPU
 apiserver (the session's, registered twice as DPUClusters `one` and `two`).
 
-ArgoCD itself does not run here (docs/dpuservice.md says why), so these tests check what the controller writes,
+ArgoCD itself runs in test_dpuservice_argocd_real.py; these tests check what the controller writes,
 object by object and field by field against upstream DPF's (`internal/argocd/utils.go`), through the apiserver
 with test-only Argo CRDs (tests/services/crds/). The test stands in for ArgoCD where it would act: it writes
 Application status (sync/health) and removes ArgoCD's finalizer when a deletion is to finish.
@@ -66,8 +66,12 @@ async def register_dpu_cluster(rest: Rest, namespace: str, kubeconfig: bytes, na
 
 
 async def argo_status(rest: Rest, namespace: str, name: str, sync: str, health: str) -> None:
-    """What ArgoCD's application controller writes (status is part of the object in Argo's CRD)."""
-    await rest.merge_patch(argocd.APPLICATION, name, {"status": {"sync": {"status": sync},
+    """What ArgoCD's application controller writes (status is part of the object in Argo's CRD), with the source
+    and destination it compared: the Application's current ones."""
+    app = await rest.get(argocd.APPLICATION, name, namespace)
+    assert app is not None, name
+    compared = {"source": app["spec"]["source"], "destination": app["spec"]["destination"]}
+    await rest.merge_patch(argocd.APPLICATION, name, {"status": {"sync": {"status": sync, "comparedTo": compared},
                                                                  "health": {"status": health}}}, namespace)
 
 

@@ -205,6 +205,34 @@ def prune_stale(parent: Path, keep: set[Path], pattern: str = "*") -> None:
             say(f"cache: removed {entry} (unused for {STALE_DAYS}+ days, {size / 1e6:.0f} MB)")
 
 
+def ensure_module_files(module: Path, spec: dict[str, Any], out: Path) -> list[str]:
+    """Copy the files `files.json` names out of the pinned upstream module into the build cache beside its binaries
+    (once), so that the bed reads them from the tools directory, never from the Go module cache. Returns the
+    top-level names to link into the tools directory."""
+    listing = module / "files.json"
+    if not listing.exists():
+        return []
+    wanted: dict[str, str] = json.loads(listing.read_text())["files"]
+    missing = {dest: source for dest, source in wanted.items() if not (out / dest).exists()}
+    if missing:
+        env = {**os.environ, "GOTOOLCHAIN": spec.get("toolchain", "local"), "GOFLAGS": "-mod=readonly"}
+        name = json.loads(listing.read_text())["module"]
+        result = subprocess.run(["go", "mod", "download", "-json", name], cwd=module, env=env, capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            raise InstallError(f"go mod download {name} (for {listing.relative_to(REPO)}) failed:\n"
+                               f"{(result.stderr or result.stdout)[-2000:]}")
+        source_dir = Path(json.loads(result.stdout)["Dir"])
+        for dest, source in missing.items():
+            target = out / dest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staged = target.with_name(target.name + ".partial")
+            shutil.copyfile(source_dir / source, staged)
+            staged.replace(target)  # atomic: a half-copied file is never taken for a present one
+        say(f"go: {module.name}: {len(missing)} file(s) of {name} kept beside the binaries")
+    return sorted({dest.split("/", 1)[0] for dest in wanted})
+
+
 def ensure_go_components(only: str | None = None) -> None:
     """Build (or take from the cache) and link every upstream module, or just `only`. Modules whose build.json
     says `"on_demand": true` (kwok, for the provisioning bench) are built only when named."""
@@ -222,7 +250,8 @@ def ensure_go_components(only: str | None = None) -> None:
             if version < MIN_GO and "toolchain" not in spec:
                 raise InstallError(f"Go {MIN_GO[0]}.{MIN_GO[1]}+ is required to build {module.name}, found {found}")
             build_module(module, out)
-        for name in spec["binaries"]:
+        linked = list(spec["binaries"]) + ensure_module_files(module, spec, out)
+        for name in linked:
             staged = TOOLS_DIR / f".{name}.new"
             staged.unlink(missing_ok=True)
             staged.symlink_to(out / name)

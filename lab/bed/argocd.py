@@ -7,8 +7,8 @@ when an Application with `resources-finalizer.argocd.argoproj.io` is deleted. No
 ApplicationSet or notifications controller: nothing here talks to them.
 
 The binary is ArgoCD's multi-call `argocd` (packaging/upstream/argocd, v3.6.2; ARGOCD_BINARY_NAME picks the
-component). `start()` installs ArgoCD's own Application and AppProject CRDs from its Go module (`manifests/crds`
-in the module cache, where the install step's build left it) and the settings the application controller reads
+component). `start()` installs ArgoCD's own Application and AppProject CRDs (the module's `manifests/crds`, which
+the install step keeps beside the binary: `files.json` there) and the settings the application controller reads
 (`argocd-cm` and `argocd-secret`, labelled `app.kubernetes.io/part-of: argocd`, which is how ArgoCD's settings
 informer finds them) into `namespace` of the host cluster, then the three processes. The application controller's
 namespace is `--namespace`: only Applications, AppProjects and cluster Secrets there are seen. Redis keeps nothing
@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import secrets
 import shutil
 import socket
-import subprocess
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,10 +30,8 @@ from pathlib import Path
 from dpf.controller.helm import find_helm
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.process import Child, free_port, wait_until
-from dpf.lab.bed.tools import REPO, tool
+from dpf.lab.bed.tools import tool, tools_dir
 
-MODULE = REPO / "packaging" / "upstream" / "argocd"
-ARGO_MODULE = "github.com/argoproj/argo-cd/v3"
 # Each component's own start: redis in well under a second; the repo server and the application controller
 # (a 300 MB binary, and the controller's informers listing the host cluster) take a few seconds on a loaded
 # 2-core machine.
@@ -47,28 +43,12 @@ class ArgoCDMissing(RuntimeError):
     pass
 
 
-def argo_version() -> str:
-    """The argo-cd/v3 version packaging/upstream/argocd/go.mod pins."""
-    found = re.search(rf"^\s*{re.escape(ARGO_MODULE)} (v\S+)", (MODULE / "go.mod").read_text(), re.M)
-    if not found:
-        raise ArgoCDMissing(f"{MODULE / 'go.mod'} does not require {ARGO_MODULE}")
-    return found.group(1)
-
-
 def crd_dir() -> Path:
-    """ArgoCD's CRDs (application, appproject, applicationset) in the Go module cache, where building
-    packaging/upstream/argocd put the module."""
-    env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": ""}
-    try:
-        cache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True, cwd="/",
-                               env=env).stdout.strip()
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise ArgoCDMissing(f"`go env GOMODCACHE` failed ({exc}): ArgoCD's CRDs are read from the Go module cache "
-                            "the install step's build filled; run `./dev setup` with Go on PATH") from exc
-    directory = Path(cache) / f"{ARGO_MODULE}@{argo_version()}" / "manifests" / "crds"
+    """ArgoCD's CRDs, which the install step copies out of the pinned argo-cd module beside the binary
+    (packaging/upstream/argocd/files.json) and links into the tools directory."""
+    directory = tools_dir() / "argocd-crds"
     if not directory.is_dir():
-        raise ArgoCDMissing(f"{directory} not found: the argo-cd module is not in this machine's module cache; run "
-                            f"`cd {MODULE} && GOTOOLCHAIN=go1.27.3 go mod download {ARGO_MODULE}`")
+        raise ArgoCDMissing(f"{directory} not found: run `./dev setup` (copies ArgoCD's CRDs from its module)")
     return directory
 
 

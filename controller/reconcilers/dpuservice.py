@@ -73,7 +73,7 @@ from dpf.controller.reconcilers import dpuservice_prereqs as prereqs
 from dpf.controller.reconcilers import objects
 from dpf.controller.reconcilers.base import Reconciler
 from dpf.controller.reconcilers.keys import ObjectKey
-from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE, NODE, SVC, V1ALPHA1
+from dpf.controller.reconcilers.kinds import DPU_CLUSTER, DPU_SERVICE_INTERFACE, SVC, V1ALPHA1
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +234,7 @@ class DPUServiceReconciler(Reconciler):
         self.pull_secrets = prereqs.PullSecretMirror(self.ctx.clusters.host.rest, self.ctx.clusters.dpu.values,
                                                      self.ctx.settings.kube, self._enqueue_namespace)
         self.ctx.clusters.on_dpu_added(lambda _cluster: self._enqueue_all())
-        self.ctx.clusters.need_dpu_kind(NODE)  # configPorts: the EndpointSlice lists the DPU Nodes
-        self.ctx.clusters.on_dpu_added(lambda c: c.informer(NODE).add_handler(self._on_dpu_node))
-
-    def _on_dpu_node(self, _type: str, old: Obj | None, new: Obj | None) -> None:
-        if configports.node_changed(old, new):
-            for obj in self.services.list():
-                if configports.spec_of(obj) is not None:
-                    self._enqueue(*key_of(obj))
+        configports.follow_dpu_nodes(self.ctx.clusters, self.services, self._enqueue)
 
     def _helm_ran(self, command: str, seconds: float, ok: bool) -> None:
         self.ctx.metrics.helm_runs.labels(command, "success" if ok else "failure").observe(seconds)

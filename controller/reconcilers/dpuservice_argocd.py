@@ -82,6 +82,7 @@ class ArgoCDDPUServiceReconciler(Reconciler):
         self.claims = claims.InterfaceClaims(self.rest, self.services, self.interfaces, self._enqueue)
         self.pull_secrets = prereqs.PullSecretMirror(self.rest, self.ctx.clusters.dpu.values, self.ctx.settings.kube,
                                                      self._enqueue_namespace)
+        configports.follow_dpu_nodes(self.ctx.clusters, self.services, self._enqueue)
         # Our own informer, not the host Cluster's: it watches only our Applications in our namespace, and it is
         # started once the CRD is found (a missing CRD must not hold the controller's readiness).
         self.apps: Informer | None = None

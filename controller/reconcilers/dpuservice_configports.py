@@ -24,11 +24,12 @@ Failures are returned as problems naming the object and the cause (the caller's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpf.controller.clusters import Cluster
+from dpf.controller.clusters import Cluster, ClusterSet
+from dpf.controller.kube.informer import Informer, key_of
 from dpf.controller.kube.rest import Kind, KubeError, Obj, Rest
 from dpf.controller.kube.selectors import matches
 from dpf.controller.reconcilers import objects
@@ -280,6 +281,19 @@ async def remove(host: Rest, obj: Obj) -> None:
         current = await host.get(kind, meta["name"], meta["namespace"])
         if current is not None and _ours(current, obj):
             await host.delete(kind, meta["name"], meta["namespace"], uid=current["metadata"]["uid"])
+
+
+def follow_dpu_nodes(clusters: ClusterSet, services: Informer, enqueue: Callable[[str, str], None]) -> None:
+    """Enqueue every DPUService with configPorts when a DPU Node changes what its EndpointSlice lists (both backends:
+    a Node that joins, goes or changes its labels or addresses is seen at once, not at the next resync)."""
+    def on_node(_type: str, old: Obj | None, new: Obj | None) -> None:
+        if node_changed(old, new):
+            for obj in services.list():
+                if spec_of(obj) is not None:
+                    enqueue(*key_of(obj))
+
+    clusters.need_dpu_kind(NODE)  # watched, not a sync gate: a late Node cache only delays the slice
+    clusters.on_dpu_added(lambda cluster: cluster.informer(NODE).add_handler(on_node))
 
 
 def node_changed(old: Obj | None, new: Obj | None) -> bool:

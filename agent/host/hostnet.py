@@ -37,12 +37,12 @@ from pathlib import Path
 from pyroute2.netlink.exceptions import NetlinkError
 
 from dpf.agent.host.detect import (
-    BOOT_ID,
     PCI_DEVICES,
     bluefield_model,
     link_kind,
     normalize_pci_address,
     pci_slot,
+    read_boot_id,
 )
 from dpf.agent.host.rtnl import IFF_UP, THREAD_NETNS, Rtnl
 from dpf.proto.v1 import provisioning_pb2 as pb
@@ -183,7 +183,7 @@ class HostNetworkConfigurator:
         pf0 = _Pf(self._sysroot / PCI_DEVICES / address)
         pf1 = _Pf(self._sysroot / PCI_DEVICES / f"{pci_slot(address)}.1")
         pf1_vfs = pf1.numvfs() if (pf1.path / "sriov_numvfs").exists() else -1
-        return ((self._sysroot / BOOT_ID).read_text(), os.stat(THREAD_NETNS).st_ino, pf0.numvfs(), pf1_vfs,
+        return (read_boot_id(self._sysroot), os.stat(THREAD_NETNS).st_ino, pf0.numvfs(), pf1_vfs,
                 pf0.vf_netdev(0))
 
     def release(self, pci_address: str, spec: pb.HostNetwork) -> None:

@@ -1,8 +1,9 @@
 """A DPU's host network after it is ready, as a host's admin sees it: `dpf agent host` (its own process in the
 emulated host's network namespace, real configurator and detection) keeps VF0 in br-dpu and the VF count set,
-and repairs drift within the documented bound (`--host-network-recheck` for what only netlink sees, the next poll
-for a reset `sriov_numvfs`), while it keeps one netlink socket instead of opening one per pass (a pass per DPU
-every few seconds with a fresh pyroute2 IPRoute was most of the agent's CPU at 50 DPUs per host).
+and repairs drift within the documented bound (`--host-network-recheck` for what only netlink sees, the next
+poll for a reset `sriov_numvfs` or a host reboot), while it keeps one netlink socket instead of opening one per
+pass (a pass per DPU every few seconds with a fresh pyroute2 IPRoute was most of the agent's CPU at 50 DPUs per
+host).
 """
 
 from __future__ import annotations
@@ -110,6 +111,14 @@ def test_a_ready_host_network_is_kept_and_repaired_over_one_netlink_socket(tmp_p
                              (emulator.root / PF0 / "sriov_numvfs").read_text().strip() == "4",
                              "new VFs made and the new VF0 in br-dpu", timeout=SLACK, detail=state)
             await eventually(programmed, "the host network ready again", timeout=SLACK, detail=state)
+
+            # A host reboot (power reset: a new boot id, SR-IOV back to 0 VFs): restored at the next poll.
+            before, boot_id = vf0_index(netns), emulator.boot_id
+            assert (await emulator.power("reset"))["ok"]
+            assert emulator.boot_id != boot_id
+            await eventually(lambda: vf0_index(netns) not in (None, before) and in_bridge(netns) and
+                             (emulator.root / PF0 / "sriov_numvfs").read_text().strip() == "4",
+                             "the VFs restored after the reboot, VF0 in br-dpu", timeout=SLACK, detail=state)
 
             # Every repair went over the socket the agent already had: none opened per pass.
             assert netlink_sockets(agent.pid) == sockets

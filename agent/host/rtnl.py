@@ -16,6 +16,7 @@ sub-millisecond, and several DPU workers share the object.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -45,8 +46,6 @@ class Rtnl:
         self._sockets: dict[int, socket.socket] = {}
         self._marshal = MarshalRtnl()
         self._seq = 0
-        self.opened = 0
-        """Sockets opened so far (one per namespace, plus one per re-open after an error)."""
         # Closed when this object goes even without close(): a kept socket would keep its namespace alive.
         self._finalizer = weakref.finalize(self, _close_all, self._sockets)
 
@@ -69,7 +68,7 @@ class Rtnl:
         try:
             return self._request(msg, RTM_GETLINK, NLM_F_REQUEST)[0]
         except NetlinkError as e:
-            if e.code == 19:  # ENODEV
+            if e.code == errno.ENODEV:
                 return None
             raise
 
@@ -98,7 +97,7 @@ class Rtnl:
     def _request(self, msg: Any, msg_type: int, flags: int) -> list[Any]:
         with self._lock:
             if not self._finalizer.alive:
-                raise OSError(9, "rtnetlink: closed")  # EBADF
+                raise OSError(errno.EBADF, "rtnetlink: closed")
             netns = os.stat(THREAD_NETNS).st_ino
             sock = self._sockets.get(netns) or self._open(netns)
             self._seq = self._seq % 0xFFFFFFFF + 1
@@ -123,7 +122,6 @@ class Rtnl:
             sock.close()
             raise
         self._sockets[netns] = sock
-        self.opened += 1
         return sock
 
     def _replies(self, sock: socket.socket, seq: int, dump: bool) -> list[Any]:

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dpf.agent.cni.links import in_netns
+from dpf.agent.host.rtnl import Rtnl
 from dpf.lab.bed.process import Child
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
@@ -129,3 +131,27 @@ def test_a_ready_host_network_is_kept_and_repaired_over_one_netlink_socket(tmp_p
             emulator.stop()
 
     run(scenario(), timeout=240)
+
+
+def test_the_kept_socket_answers_in_the_namespace_of_the_calling_thread() -> None:
+    """The provisioning bench runs many hosts' agents in one process, each call entering its host's namespace on
+    a pool thread: one kept `Rtnl` must answer from the caller's namespace, not from wherever it first opened."""
+    names = [f"dpf-t{os.getpid()}-rtnl{i}" for i in range(2)]
+    rtnl = Rtnl()
+    try:
+        for i, name in enumerate(names):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+            ip(name, "link", "add", f"br-{i}", "type", "bridge")
+            ip(name, "addr", "add", f"192.0.2.{i + 1}/24", "dev", f"br-{i}")
+        for _ in range(2):  # each namespace twice: the second time over the socket kept from the first
+            for i, name in enumerate(names):
+                with in_netns(f"/run/netns/{name}"):
+                    assert rtnl.link(f"br-{1 - i}") is None
+                    bridge = rtnl.link(f"br-{i}")
+                    assert bridge is not None
+                    assert [a.get_attr("IFA_ADDRESS") for a in rtnl.ipv4_addresses(bridge["index"])] == \
+                        [f"192.0.2.{i + 1}"]
+    finally:
+        rtnl.close()
+        for name in names:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -33,7 +33,8 @@ For each DPU the controller provisions on this host (a dpf.v1.DPUProvisioning re
     "DPU is ready" (FAILED with the DPU's ERR line, or at the install's timeout). An install is flashed once;
     a completed one is remembered in --state-dir, so an agent restart never flashes it again;
   - on reboot: runs `<--power-command> chassis power cycle|reset` once per request;
-  - on host network: sets sriov_numvfs and puts PF0's VF0 into the OOB bridge; undone when the DPU goes.
+  - on host network: sets sriov_numvfs and puts PF0's VF0 into the OOB bridge, and keeps it so (a reset VF
+    count or a reboot at the next poll, other drift within --host-network-recheck); undone when the DPU goes.
 It also reports the host's BlueFields, the OOB bridge's state and its boot id (HostInfo), from which the
 controller sets the host Node's feature.node.kubernetes.io/dpu-* labels.
 
@@ -63,7 +64,17 @@ def register(kinds: argparse._SubParsersAction) -> None:
                         help="seconds an install may take from the stream's start to 'DPU is ready' when the "
                              "controller gives none")
     parser.add_argument("--poll-interval", type=float, default=3.0,
-                        help="seconds between host detections and re-checks (rshim, boot id, host network)")
+                        help="seconds between re-checks: rshim, boot id, the host's devices (PCI functions, "
+                             "rshims), each DPU's VF count and VF0; a host network not ready yet is retried "
+                             "at this pace")
+    parser.add_argument("--host-network-recheck", type=float, default=30.0,
+                        help="once a DPU's host network is ready, seconds between full passes over it (VF0's "
+                             "bridge, MTU and state over netlink): drift only netlink sees is repaired within "
+                             "this; a new spec, a reboot or a reset VF count is acted on at the next poll")
+    parser.add_argument("--host-info-recheck", type=float, default=30.0,
+                        help="once the host's detection is stable, seconds between full detections (PF "
+                             "netdev names, PSIDs, the OOB bridge's address); a reboot or a device or rshim "
+                             "coming or going is reported at the next poll")
     parser.set_defaults(run=_run, role="host")
 
 
@@ -78,7 +89,9 @@ def settings(args: argparse.Namespace) -> HostAgentSettings:
     return HostAgentSettings(agent=agent, sysroot=args.sysroot, bfb_dir=args.bfb_dir,
                              records=args.state_dir / "provisioning.json", oob_bridge=args.oob_bridge,
                              power_command=args.power_command, fetch_from_controller=not args.no_bfb_download,
-                             install_timeout=args.install_timeout, poll_interval=args.poll_interval)
+                             install_timeout=args.install_timeout, poll_interval=args.poll_interval,
+                             host_network_recheck=args.host_network_recheck,
+                             host_info_recheck=args.host_info_recheck)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -12,19 +12,22 @@ A DPU is the function 0 of a BlueField physical function pair; function 1 (PF1) 
 The rshim of a DPU is matched on the PCI slot (domain:bus:device) of `DEV_NAME`: the real rshim names its own
 function there (`pcie-0000:08:00.2`), the emulator PF0 (`pcie-0000:08:00.0`).
 
-The OOB bridge check uses netlink in the calling thread's network namespace.
+The OOB bridge check uses netlink in the calling thread's network namespace (`rtnl.py`: the host agent passes
+the socket it keeps; without one a call opens and closes its own).
+
+`probe` is the cheap part (no file contents but the boot id, no netlink): what changes when a device, VF or rshim
+comes or goes or the host reboots. The host agent re-runs the full `detect` when the probe changes, and
+otherwise on a slower cadence (`agent/host/main.py`).
 """
 
 from __future__ import annotations
 
-import errno
-import socket
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from dpf.agent.host.rtnl import Rtnl
 from dpf.proto.v1 import provisioning_pb2 as pb
 
 VENDOR_MELLANOX = 0x15B3
@@ -33,7 +36,7 @@ PCI_DEVICES = Path("sys/bus/pci/devices")
 BOOT_ID = Path("proc/sys/kernel/random/boot_id")
 
 
-def detect(sysroot: Path, oob_bridge: str = "br-dpu") -> pb.HostInfo:
+def detect(sysroot: Path, oob_bridge: str = "br-dpu", rtnl: Rtnl | None = None) -> pb.HostInfo:
     """What the host agent reports as `HostInfo`: boot id, BlueFields ordered by PCI address, OOB bridge state."""
     rshims = _rshims_by_slot(sysroot)
     devices = []
@@ -46,7 +49,19 @@ def detect(sysroot: Path, oob_bridge: str = "br-dpu") -> pb.HostInfo:
             pf0_name=_first_netdev(function), rshim=rshims.get(pci_slot(function.name), ""),
             psid=_psid(function)))
     return pb.HostInfo(boot_id=read_boot_id(sysroot), devices=devices,
-                       oob_bridge_configured=bridge_has_ipv4(oob_bridge))
+                       oob_bridge_configured=bridge_has_ipv4(oob_bridge, rtnl))
+
+
+def probe(sysroot: Path) -> tuple[str, ...]:
+    """The boot id, the PCI functions and the rshim devices by name: three cheap reads that differ whenever a
+    BlueField, a VF or an rshim comes or goes, or the host reboots."""
+    def names(directory: Path, prefix: str = "") -> str:
+        try:
+            return " ".join(sorted(n for n in os.listdir(directory) if n.startswith(prefix)))
+        except FileNotFoundError:
+            return ""
+
+    return read_boot_id(sysroot), names(sysroot / PCI_DEVICES), names(sysroot / "dev", "rshim")
 
 
 def read_boot_id(sysroot: Path) -> str:
@@ -85,23 +100,15 @@ def bluefield_model(function: Path) -> str | None:
     return MODELS.get(device) if vendor == VENDOR_MELLANOX else None
 
 
-def bridge_has_ipv4(name: str) -> bool:
+def bridge_has_ipv4(name: str, rtnl: Rtnl | None = None) -> bool:
     """`name` is a Linux bridge in this thread's network namespace and holds an IPv4 address."""
-    with IPRoute() as ipr:
-        link = get_link(ipr, name)
+    with contextlib.ExitStack() as stack:
+        if rtnl is None:
+            rtnl = stack.enter_context(Rtnl())
+        link = rtnl.link(name)
         if link is None or link_kind(link) != "bridge":
             return False
-        return bool(ipr.get_addr(family=socket.AF_INET, index=link["index"]))
-
-
-def get_link(ipr: IPRoute, name: str) -> Any | None:
-    """The link `name` (an RTM_NEWLINK message), None when there is none: one request, not a dump."""
-    try:
-        return ipr.link("get", ifname=name)[0]
-    except NetlinkError as e:
-        if e.code == errno.ENODEV:
-            return None
-        raise
+        return bool(rtnl.ipv4_addresses(link["index"]))
 
 
 def link_kind(link: Any) -> str:

@@ -8,8 +8,10 @@ loop that drives the DPU towards what the controller asked and reports a `DPUPro
    recorded with the host's boot id, so after an agent restart they report DONE (and `host_rebooted` once
    the boot id changed) and are never flashed again, while an id that never reached DONE is flashed anew;
 4. `reboot{id}`: the power command once per id, recorded before it runs (the host may take the agent down);
-5. `host_network`: the configurator's `ensure` on every pass (idempotent; a host reboot resets SR-IOV), and
-   `release` when it is no longer asked for or the resource goes.
+5. `host_network`: the configurator's `ensure` on every pass (idempotent; a host reboot resets SR-IOV; once
+   ready, the configurator answers most passes from a few sysfs reads and re-does the whole pass on a change
+   or every `--host-network-recheck` seconds: `hostnet.py`), and `release` when it is no longer asked for or
+   the resource goes.
 
 Removing the resource stops the worker: a flash in progress is cut (the DPU sees a truncated stream and
 refuses it), the rshim is released, the host network undone. Stopping the agent cuts a flash and releases

@@ -10,7 +10,8 @@ rshims: the flashes are real bytes into each server's emulated rshim `boot`) and
 against one `ip netns exec <server> dpf agent host` per server: the agents share one event loop, and the two
 netlink calls that need the server's network namespace (the OOB bridge check in `agent/host/detect.py`, VF0 into
 the bridge in `agent/host/hostnet.py`) enter it for the call's duration on their worker thread
-(`bench/provision/netns_call.py`). This is what `bench/fanout/clients.py` does for DPU agents.
+(`bench/provision/netns_call.py`); each server's agent keeps one netlink socket (`agent/host/rtnl.py`), opened
+inside the server's namespace. This is what `bench/fanout/clients.py` does for DPU agents.
 
 The shared worker-thread pool gets as many threads as the agents would have had in processes of their own
 (`asyncio.to_thread`'s default, min(32, cores + 4), per agent): a flash holds a thread for its whole stream.
@@ -36,6 +37,7 @@ from dpf.agent.host import cli as host_cli  # noqa: E402
 from dpf.agent.host.detect import detect  # noqa: E402
 from dpf.agent.host.hostnet import HostNetworkConfigurator  # noqa: E402
 from dpf.agent.host.main import HostAgent  # noqa: E402
+from dpf.agent.host.rtnl import Rtnl  # noqa: E402
 from dpf.proto.v1 import provisioning_pb2 as ppb  # noqa: E402
 from dpf.shared.logs import setup_logging  # noqa: E402
 
@@ -45,8 +47,8 @@ THREADS_PER_AGENT = min(32, (os.cpu_count() or 1) + 4)
 class NetnsHostNetwork:
     """`HostNetworkConfigurator` of one server, its netlink calls made inside the server's namespace."""
 
-    def __init__(self, sysroot: Path, netns: str) -> None:
-        self._inner = HostNetworkConfigurator(sysroot)
+    def __init__(self, sysroot: Path, netns: str, recheck_seconds: float, rtnl: Rtnl) -> None:
+        self._inner = HostNetworkConfigurator(sysroot, recheck_seconds=recheck_seconds, rtnl=rtnl)
         self._netns = netns
 
     def ensure(self, pci_address: str, spec: ppb.HostNetwork) -> ppb.HostNetworkStatus:
@@ -69,8 +71,9 @@ def build(entry: dict[str, str], controller: str, bfb_dir: str, log_level: str) 
     host_cli.register(parser.add_subparsers())
     config = host_cli.settings(parser.parse_args(agent_argv(entry, controller, bfb_dir, log_level)))
     netns = entry["netns"]
-    return HostAgent(config, detect=lambda sysroot, bridge: in_netns(netns, detect, sysroot, bridge),
-                     hostnet=NetnsHostNetwork(config.sysroot, netns))
+    rtnl = Rtnl()  # the server's netlink socket, opened in its namespace on first use; closed when the agent stops
+    return HostAgent(config, detect=lambda sysroot, bridge: in_netns(netns, detect, sysroot, bridge, rtnl),
+                     hostnet=NetnsHostNetwork(config.sysroot, netns, config.host_network_recheck, rtnl), rtnl=rtnl)
 
 
 async def serve(entries: list[dict[str, str]], controller: str, bfb_dir: str, log_level: str) -> int:

@@ -1,12 +1,12 @@
 """Run one synchronous call with the calling thread inside a named network namespace, then come back.
 
-Why: `bench/provision/agents.py` runs many servers' host agents in one process, each server with its own
-network namespace (`lab/emulator/host.py`). The host agent does its netlink work (the OOB bridge check in
-`agent/host/detect.py`, VF0 into the bridge in `agent/host/hostnet.py`) with `IPRoute()` in the calling thread's
-namespace, always on a worker thread (`asyncio.to_thread`). `setns(2)` with CLONE_NEWNET moves only the calling
-thread, and a netlink socket stays in the namespace it was opened in, so entering the server's namespace for the
-duration of such a call is what `ip netns exec` does for a whole process, without a fork (unsafe beside gRPC's
-threads) and without moving the event loop's thread.
+Why: `bench/provision/agents.py` runs many servers' host agents in one process, each server with its own network
+namespace (`lab/emulator/host.py`). The host agent does its netlink work (the OOB bridge check in
+`agent/host/detect.py`, VF0 into the bridge in `agent/host/hostnet.py`) in the calling thread's namespace, always on
+a worker thread (`asyncio.to_thread`), over a socket it keeps per namespace (`agent/host/rtnl.py`). `setns(2)` with
+CLONE_NEWNET moves only the calling thread, and a netlink socket stays in the namespace it was opened in, so
+entering the server's namespace for the duration of such a call is what `ip netns exec` does for a whole process,
+without a fork (unsafe beside gRPC's threads) and without moving the event loop's thread.
 """
 
 from __future__ import annotations

@@ -24,6 +24,11 @@ ends when the last DPU is Ready. Per DPU: first seen (its ADDED event) to Ready.
 DPU <= 1.1 (DPUs provision in parallel, none waits on another's turn); `solo` is the N=1 run's DPU, if N=1 ran too.
 Controller CPU (user + system over the timed span, and as % of one core) and RSS (at the end, peak) from /proc.
 
+`--steady S`: after the last DPU is Ready, everything keeps running S seconds more, and the host agents' CPU
+(user + system of their processes and reaped children, from /proc) is taken over that span: the steady-state
+cost of keeping N provisioned DPUs (their host networks re-checked, the hosts' HostInfo re-detected), reported
+as host-agent CPU seconds per DPU-minute, beside the agents' CPU over the timed span.
+
 With M DPUs on one server, a reboot of the server per DPU would power-cycle its siblings mid-install; the
 servers' Nodes then carry `provisioning.dpu.nvidia.com/reboot-command: skip` (`--reboot`; the default is cycle
 when M = 1).
@@ -79,6 +84,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def cpu_seconds_all(pid: int) -> float:
+    """User + system of `pid` and of its children it has reaped (a host agent's power commands)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / TICKS
+
+
 def status_mb(pid: int, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -109,6 +120,10 @@ class Result:
     ready: int = 0
     timed_out: float = 0.0  # the timeout, when it ended the run before every DPU was Ready
     left_in: dict[str, int] = field(default_factory=dict)  # phase -> DPUs, at the timeout
+    agent_cpu: float = 0.0  # the host agents' CPU s over the timed span
+    steady: float = 0.0  # seconds held after the last Ready (--steady)
+    agent_cpu_steady: float = 0.0  # the host agents' CPU s over that hold
+    load_steady: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the hold's start and end
 
     @property
     def slowest(self) -> float:
@@ -207,7 +222,8 @@ def profile_controller(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
 
 
 def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install_seconds: float, vfs: int,
-            timeout: float, workers: int, agent_processes: int, profile: bool, work: Path) -> Result:
+            timeout: float, workers: int, agent_processes: int, profile: bool, work: Path,
+            steady: float = 0.0) -> Result:
     hosts = math.ceil(n / per_host)
     result = Result(n, hosts, per_host, join, reboot, workers, agent_processes)
     setup_started = time.monotonic()
@@ -278,6 +294,8 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
             if profile:
                 spy = profile_controller(pid, work / "controller-profile.txt")
             cpu0 = cpu_seconds(pid)
+            agent_pids = [child.proc.pid for child in agent_children]
+            agents0 = sum(cpu_seconds_all(p) for p in agent_pids)
             started = time.monotonic()
             dpuset = hbn("DPUSet")
             if per_host > 1:  # without a dpuSelector a DPUSet takes DPU 0 of each node (as upstream); every
@@ -310,6 +328,7 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
             result.total = (max(ready_at.values()) if ready_at else now) - started
             result.singles = [ready_at[name] - first_seen[name] for name in ready_at]
             result.controller_cpu = cpu_seconds(pid) - cpu0
+            result.agent_cpu = sum(cpu_seconds_all(p) for p in agent_pids) - agents0
             result.controller_rss = status_mb(pid, "VmRSS")
             result.controller_hwm = status_mb(pid, "VmHWM")
             spent: dict[str, list[float]] = {}
@@ -320,6 +339,8 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
             say(f"N={n}: {result.ready} Ready, the last after {result.total:.1f}s (slowest single "
                 f"{result.slowest:.1f}s); seconds in each phase (median / max over DPUs, watched): "
                 f"{phase_line(result)}")
+            if steady and not result.timed_out:
+                hold(result, steady, agent_pids, alive)
             return result
         finally:
             if spy is not None:
@@ -333,6 +354,29 @@ def run_one(n: int, per_host: int, join: str, reboot: str, bfb_mib: int, install
                 list(pool.map(lambda s: s.machine.stop(timeout=120), servers))
             if controller is not None:
                 controller.stop()
+
+
+def hold(result: Result, seconds: float, agent_pids: list[int], alive: list[Child | None]) -> None:
+    """Everything running `seconds` more, the host agents' CPU taken over that span."""
+    say(f"N={result.n}: holding {seconds:.0f}s with every DPU Ready (host agents' steady-state CPU)")
+    load0 = os.getloadavg()[0]
+    cpu0 = sum(cpu_seconds_all(p) for p in agent_pids)
+    started = time.monotonic()
+    while (left := seconds - (time.monotonic() - started)) > 0:
+        time.sleep(min(left, 1.0))
+        for child in alive:
+            if child is not None and not child.alive():
+                raise RuntimeError(f"{child.name} exited; see {child.log}")
+    result.steady = time.monotonic() - started
+    result.agent_cpu_steady = sum(cpu_seconds_all(p) for p in agent_pids) - cpu0
+    result.load_steady = (load0, os.getloadavg()[0])
+    say(f"N={result.n}: steady {result.steady:.0f}s: host agents {result.agent_cpu_steady:.1f} CPU s "
+        f"({steady_per_dpu_minute(result):.3f} CPU s per DPU-minute); load {load0:.1f} -> "
+        f"{result.load_steady[1]:.1f}")
+
+
+def steady_per_dpu_minute(r: Result) -> float:
+    return r.agent_cpu_steady / (r.n * r.steady / 60) if r.steady else math.nan
 
 
 def phase_line(r: Result) -> str:
@@ -357,6 +401,10 @@ def table(results: list[Result]) -> str:
     lines.append("")
     lines.extend(f"- N={r.n}, {r.workers} workers, seconds in each phase (median / max over DPUs, watched): "
                  f"{phase_line(r)}" + (f"; at the timeout: {r.left_in}" if r.timed_out else "") for r in results)
+    lines.extend(f"- N={r.n}, host agents: {r.agent_cpu:.1f} CPU s over the timed span"
+                 + (f"; {r.agent_cpu_steady:.1f} CPU s over {r.steady:.0f} s held after the last Ready = "
+                    f"{steady_per_dpu_minute(r):.3f} CPU s per DPU-minute (load average {r.load_steady[0]:.1f} -> "
+                    f"{r.load_steady[1]:.1f})" if r.steady else "") for r in results)
     return "\n".join(lines)
 
 
@@ -396,6 +444,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="sample the controller with py-spy over the timed span (<work>/controller-profile.txt)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work under DIR/<N> and keep it (logs)")
+    parser.add_argument("--steady", type=float, default=0.0, metavar="S",
+                        help="after the last Ready, hold S seconds and take the host agents' CPU over them (their "
+                             "steady-state cost: CPU s per DPU-minute)")
     args = parser.parse_args()
     results = []
     for n, workers in itertools.product(args.dpus, args.workers):
@@ -406,7 +457,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix=f"dpf-bench-provision-{n}-") as tmp:
             work = Path(tmp) if args.keep is None else args.keep / f"{n}-w{workers}"
             results.append(run_one(n, per_host, args.join, reboot, args.bfb_mib, args.install_seconds, args.vfs,
-                                   args.timeout, workers, agent_processes, args.profile, work))
+                                   args.timeout, workers, agent_processes, args.profile, work, args.steady))
         print(table(results), flush=True)
     text = table(results)
     if args.record:

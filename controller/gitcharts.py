@@ -120,9 +120,13 @@ class GitCharts:
             shutil.rmtree(work, ignore_errors=True)
 
     def _prune(self, repo_dir: Path) -> None:
-        checkouts = sorted((p for p in repo_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                           key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in checkouts[KEEP_PER_REPO:]:
+        """Keep the newest KEEP_PER_REPO checkouts; remove partial ones a killed controller left (older than any
+        fetch in progress can be)."""
+        entries = [p for p in repo_dir.iterdir() if p.is_dir()]
+        checkouts = sorted((p for p in entries if not p.name.startswith(".")), key=lambda p: p.stat().st_mtime,
+                           reverse=True)
+        stale = [p for p in entries if p.name.startswith(".") and time.time() - p.stat().st_mtime > 4 * GIT_TIMEOUT]
+        for old in [*checkouts[KEEP_PER_REPO:], *stale]:
             shutil.rmtree(old, ignore_errors=True)
 
 

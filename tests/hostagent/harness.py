@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -197,6 +198,24 @@ def agent_process(controller: MiniController, sysroot: Path, state: Path, bfb_di
             "--insecure", "--state-dir", str(state), "--sysroot", str(sysroot), "--bfb-dir", str(bfb_dir),
             "--power-command", str(sysroot / "usr/bin/ipmitool"), "--poll-interval", "0.3", "--log-level", "info"]
     return Child("host-agent", argv, log)
+
+
+def ip(netns: str, *args: str) -> str:
+    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout
+
+
+def agent_in_host_namespace(emulator: EmulatorProcess, socket: Path, state: Path, bfb_dir: Path, log: Path,
+                            *extra: str) -> Child:
+    """`dpf agent host` as a site runs it: in the emulated host's network namespace, whose `br-dpu` (made here,
+    as the host's admin would) holds an address. `ip netns exec` execs the agent in place: the child's pid is the
+    agent's."""
+    for args in (("link", "add", "br-dpu", "type", "bridge"), ("addr", "add", "192.0.2.1/24", "dev", "br-dpu"),
+                 ("link", "set", "br-dpu", "up")):
+        ip(emulator.netns, *args)
+    return Child("host-agent", ["ip", "netns", "exec", emulator.netns, sys.executable, "-m", "dpf.cli", "agent",
+                                "host", "--node", NODE, "--controller", f"unix:{socket}", "--insecure",
+                                "--state-dir", str(state), "--sysroot", str(emulator.root), "--bfb-dir", str(bfb_dir),
+                                "--power-command", str(emulator.ipmitool), *extra], log)
 
 
 class EmulatorProcess:

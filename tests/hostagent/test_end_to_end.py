@@ -5,27 +5,21 @@ host network when the DPU goes."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from dpf.agent.host.main import HOST_INFO_TYPE
-from dpf.lab.bed.process import Child
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
 from tests.hostagent.harness import (
-    NODE,
     EmulatorProcess,
     MiniController,
+    agent_in_host_namespace,
     eventually,
     image,
+    ip,
     provisioning,
     run,
 )
-
-
-def ip(netns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout
 
 
 def test_the_agent_in_the_hosts_namespace_reports_flashes_and_wires_the_host_network(tmp_path: Path) -> None:
@@ -34,16 +28,10 @@ def test_the_agent_in_the_hosts_namespace_reports_flashes_and_wires_the_host_net
         image(bfb_dir)
         emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
         netns = emulator.netns
-        ip(netns, "link", "add", "br-dpu", "type", "bridge")
-        ip(netns, "addr", "add", "192.0.2.1/24", "dev", "br-dpu")
-        ip(netns, "link", "set", "br-dpu", "up")
         socket = tmp_path / "controller.sock"
         controller = await MiniController(bfb_dir, listen=f"unix:{socket}").start()
-        agent = Child("host-agent", ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent", "host",
-                                     "--node", NODE, "--controller", f"unix:{socket}", "--insecure",
-                                     "--state-dir", str(tmp_path / "state"), "--sysroot", str(emulator.root),
-                                     "--bfb-dir", str(bfb_dir), "--power-command", str(emulator.ipmitool),
-                                     "--poll-interval", "0.5"], tmp_path / "agent.log")
+        agent = agent_in_host_namespace(emulator, socket, tmp_path / "state", bfb_dir, tmp_path / "agent.log",
+                                        "--poll-interval", "0.5")
         try:
             info = (await eventually(lambda: controller.latest("host", HOST_INFO_TYPE), "HostInfo")).detail
             assert info.oob_bridge_configured

@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from dpf.agent.cni.links import in_netns
 from dpf.agent.host.rtnl import Rtnl
-from dpf.lab.bed.process import Child
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
-from tests.hostagent.harness import NODE, EmulatorProcess, MiniController, eventually, image, provisioning, run
+from tests.hostagent.harness import (
+    EmulatorProcess,
+    MiniController,
+    agent_in_host_namespace,
+    eventually,
+    image,
+    ip,
+    provisioning,
+    run,
+)
 
 POLL = 0.3
 RECHECK = 2.0
@@ -27,9 +34,6 @@ SLACK = 30.0
 NETLINK_ROUTE = 0
 PF0 = "sys/bus/pci/devices/0000:08:00.0"
 
-
-def ip(netns: str, *args: str) -> str:
-    return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout
 
 
 def netlink_sockets(pid: int) -> set[int]:
@@ -73,18 +77,11 @@ def test_a_ready_host_network_is_kept_and_repaired_over_one_netlink_socket(tmp_p
         image(bfb_dir, size=1 << 20)
         emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
         netns = emulator.netns
-        ip(netns, "link", "add", "br-dpu", "type", "bridge")
-        ip(netns, "addr", "add", "192.0.2.1/24", "dev", "br-dpu")
-        ip(netns, "link", "set", "br-dpu", "up")
         socket = tmp_path / "controller.sock"
         controller = await MiniController(bfb_dir, listen=f"unix:{socket}").start()
-        # `ip netns exec` execs the agent in place: the child's pid is the agent's.
-        agent = Child("host-agent", ["ip", "netns", "exec", netns, sys.executable, "-m", "dpf.cli", "agent", "host",
-                                     "--node", NODE, "--controller", f"unix:{socket}", "--insecure",
-                                     "--state-dir", str(tmp_path / "state"), "--sysroot", str(emulator.root),
-                                     "--bfb-dir", str(bfb_dir), "--power-command", str(emulator.ipmitool),
-                                     "--poll-interval", str(POLL), "--host-network-recheck", str(RECHECK),
-                                     "--log-level", "info"], tmp_path / "agent.log")
+        agent = agent_in_host_namespace(emulator, socket, tmp_path / "state", bfb_dir, tmp_path / "agent.log",
+                                        "--poll-interval", str(POLL), "--host-network-recheck", str(RECHECK),
+                                        "--log-level", "info")
 
         def programmed() -> bool:
             seen = controller.latest("dpf/dpu-a")

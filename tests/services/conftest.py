@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dpf.controller.kube.rest import Obj, Rest
-from dpf.controller.reconcilers.dpuservice import DPU_SERVICE
+from dpf.controller.reconcilers.dpuservice import DPU_SERVICE, SERVICE_LABEL
 from dpf.lab.bed.chart_repo import ChartRepo
 
 CHART = Path(__file__).parent / "charts" / "tiny"  # version 0.1.0
@@ -37,3 +37,20 @@ async def ready(rest: Rest, namespace: str, name: str) -> Obj | None:
     return obj if fresh and condition(obj, "Ready").get("status") == "True" else None
 
 
+
+
+def assert_tiny_daemonset(ds: Obj | None) -> None:
+    """The tiny chart's DaemonSet as `tests/services/test_dpuservice_helm.py`'s `dpuservice()` deploys it: the
+    serviceDaemonSet block merged into the values (it wins over the user's label), image tiny:1, and rolled out at
+    0 pods (the DPU clusters of these tests have no Nodes)."""
+    assert ds is not None
+    template = ds["spec"]["template"]
+    assert template["metadata"]["labels"][SERVICE_LABEL] == "svc-tiny"  # the block won
+    assert template["metadata"]["labels"]["team"] == "net"
+    assert template["metadata"]["annotations"]["note"] == "hbn"
+    assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    terms = template["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0]["key"] == "dpu.nvidia.com/role"
+    assert template["spec"]["containers"][0]["image"] == "tiny:1"
+    assert ds["status"]["desiredNumberScheduled"] == 0

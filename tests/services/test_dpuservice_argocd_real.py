@@ -23,14 +23,14 @@ from dpf.controller import argocd
 from dpf.controller.helm import find_helm
 from dpf.controller.kube.rest import Obj, Rest
 from dpf.controller.manager import Controller
-from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVICE_LABEL
+from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE
 from dpf.controller.reconcilers.kinds import NAMESPACE
 from dpf.controller.settings import ServicesSettings
 from dpf.lab.bed.argocd import ArgoCD
 from dpf.lab.bed.kube import ControlPlane
 from dpf.lab.bed.oci_registry import OciRegistry
 from tests.controlplane.harness import controller_settings, eventually, host_rest, run, started
-from tests.services.conftest import CHART, condition, ready
+from tests.services.conftest import CHART, assert_tiny_daemonset, condition, ready
 from tests.services.test_dpuservice_argocd import inline_kubeconfig, register_dpu_cluster
 from tests.services.test_dpuservice_helm import dpuservice
 
@@ -106,18 +106,9 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
 
                     # ArgoCD applied the chart with the values the controller merged in (release = Application name).
                     ds = await dpu.get(DAEMON_SET, "one-tiny", service_ns)
+                    assert_tiny_daemonset(ds)
                     assert ds is not None
                     assert TRACKING in ds["metadata"]["annotations"], "ArgoCD applied it"
-                    template = ds["spec"]["template"]
-                    assert template["metadata"]["labels"][SERVICE_LABEL] == "svc-tiny"  # the serviceDaemonSet block
-                    assert template["metadata"]["labels"]["team"] == "net"
-                    assert template["metadata"]["annotations"]["note"] == "hbn"
-                    assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
-                    terms = template["spec"]["affinity"]["nodeAffinity"][
-                        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-                    assert terms[0]["matchExpressions"][0]["key"] == "dpu.nvidia.com/role"
-                    assert template["spec"]["containers"][0]["image"] == "tiny:1"
-                    assert ds["status"]["desiredNumberScheduled"] == 0  # no Nodes: rolled out at 0
 
                     # An OCI source: the Application names the registry without oci:// (upstream's shape), which
                     # ArgoCD takes for an OCI Helm registry and pulls with `helm pull oci://`.

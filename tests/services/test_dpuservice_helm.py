@@ -25,7 +25,7 @@ from dpf.controller.reconcilers.kinds import NAMESPACE
 from dpf.controller.settings import ServicesSettings, parse_chart_mirror
 from dpf.lab.bed.kube import ControlPlane
 from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
-from tests.services.conftest import SLOW, condition, ready
+from tests.services.conftest import SLOW, assert_tiny_daemonset, condition, ready
 
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
 PUBLIC_REPO = "https://helm.ngc.nvidia.com/nvidia/doca"  # upstream examples' repository: not reachable here
@@ -72,17 +72,7 @@ def test_dpuservice_helm_release_in_the_dpu_cluster_upgraded_failed_paused_and_u
 
                 # Upstream's Application name <cluster>-<dpuservice> is the release (and here the DaemonSet) name.
                 ds = await one.get(DAEMON_SET, "one-tiny", namespace)
-                assert ds is not None
-                template = ds["spec"]["template"]
-                assert template["metadata"]["labels"][SERVICE_LABEL] == "svc-tiny"  # the block won
-                assert template["metadata"]["labels"]["team"] == "net"
-                assert template["metadata"]["annotations"]["note"] == "hbn"
-                assert ds["spec"]["updateStrategy"]["type"] == "RollingUpdate"
-                terms = template["spec"]["affinity"]["nodeAffinity"][
-                    "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-                assert terms[0]["matchExpressions"][0]["key"] == "dpu.nvidia.com/role"
-                assert template["spec"]["containers"][0]["image"] == "tiny:1"
-                assert ds["status"]["desiredNumberScheduled"] == 0  # no Nodes: 0 wanted is rolled out
+                assert_tiny_daemonset(ds)
 
                 # A changed value upgrades the release.
                 begin = time.monotonic()

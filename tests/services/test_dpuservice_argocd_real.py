@@ -24,7 +24,8 @@ from dpf.controller.helm import find_helm
 from dpf.controller.kube.rest import Obj, Rest
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE
-from dpf.controller.reconcilers.kinds import NAMESPACE
+from dpf.controller.reconcilers.dpuservice_configports import ENDPOINT_SLICE, HOST_LABEL, SERVICE
+from dpf.controller.reconcilers.kinds import NAMESPACE, NODE
 from dpf.controller.settings import ServicesSettings
 from dpf.lab.bed.argocd import ArgoCD
 from dpf.lab.bed.kube import ControlPlane
@@ -32,6 +33,10 @@ from dpf.lab.bed.oci_registry import OciRegistry
 from tests.controlplane.harness import controller_settings, eventually, host_rest, run, started
 from tests.services.conftest import CHART, assert_tiny_daemonset, condition, ready
 from tests.services.test_dpuservice_argocd import inline_kubeconfig, register_dpu_cluster
+from tests.services.test_dpuservice_configports import CHART as PORTS_CHART
+from tests.services.test_dpuservice_configports import ROLE, WEB, ports_reconciled
+from tests.services.test_dpuservice_configports import dpuservice as ports_service
+from tests.services.test_dpuservice_configports import node as ports_node
 from tests.services.test_dpuservice_helm import dpuservice
 
 # ArgoCD's first sync: the repo server fetching the index and the chart and running `helm template`, the
@@ -184,3 +189,68 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
             run(scenario(), timeout=600)
     print(f"dpuservice argocd (real) timings: {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}; "
           f"RSS MB: {', '.join(f'{k} {v:.0f}' for k, v in rss.items())}")
+
+
+def test_config_ports_with_argocd_expose_the_service_and_follow_a_dpu_node_at_once(tmp_path: Path) -> None:
+    """configPorts with the argocd backend: ArgoCD syncs the ports chart (its NodePort Service in the DPU cluster,
+    from the OCI registry), the host cluster gets the Service and the EndpointSlice of the selected DPU Nodes, and a
+    DPU Node that joins is in the slice well before the DPUService's 60 s resync. (Here ArgoCD's own status writes,
+    which follow the DPU cluster, re-enqueue the DPUService too; the controller's DPU Node watch is what makes it
+    independent of them.)"""
+    operator, service_ns = "dpf-operator-system", "argo-ports"
+    controllers = ("garbagecollector", "namespace", "daemonset")
+    with ControlPlane(tmp_path / "host", name="argoports", controllers=controllers) as host, \
+            ControlPlane(tmp_path / "dpu", name="argoportsdpu", controllers=controllers) as dpu_kube, \
+            OciRegistry(tmp_path / "registry") as registry:
+        registry.push_chart(find_helm(), PORTS_CHART, "nvidia/ports")
+        with ArgoCD(tmp_path / "argocd", host, operator, env={"SSL_CERT_FILE": str(registry.ca_file)}):
+            async def scenario() -> None:
+                rest, dpu = await host_rest(host.kubeconfig), await host_rest(dpu_kube.kubeconfig)
+                await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
+                                              "metadata": {"name": service_ns}})
+                settings = dataclasses.replace(controller_settings(host.kubeconfig, operator),
+                                               services=ServicesSettings(backend="argocd"))
+                settings = dataclasses.replace(settings, kube=dataclasses.replace(settings.kube,
+                                                                                  watch_namespace=None))
+                controller = await started(Controller(settings))
+                try:
+                    await dpu.create(NODE, ports_node("dpu-a", "10.9.0.1", {ROLE: "service", HOST_LABEL: "worker-a"}))
+                    await register_dpu_cluster(rest, operator, inline_kubeconfig(dpu_kube.kubeconfig), "one")
+                    await eventually(lambda: len(controller.clusters.dpu) == 1, "the DPU cluster connected")
+                    await rest.create(DPU_SERVICE, ports_service(service_ns, "web", registry.url("nvidia/ports"), {
+                        "serviceType": "NodePort", "ports": [WEB]}), service_ns)
+                    await eventually(lambda: synced_healthy(rest, operator, "one-web", "0.1.0"),
+                                     "ArgoCD reporting Application one-web Synced and Healthy", ARGO_SLOW)
+                    await eventually(lambda: ports_reconciled(rest, service_ns, "web"), "configPorts reconciled",
+                                     ARGO_SLOW)
+                    chart_service = await dpu.get(SERVICE, "one-web", service_ns)
+                    assert chart_service is not None, "ArgoCD applied the chart's Service"
+                    node_port = chart_service["spec"]["ports"][0]["nodePort"]
+                    service = await rest.get(SERVICE, "web", service_ns)
+                    assert service is not None
+                    assert service["spec"]["ports"][0]["targetPort"] == node_port
+                    await eventually(lambda: slice_addresses(rest, service_ns, "web", ["10.9.0.1"]),
+                                     "dpu-a in the EndpointSlice", 30)
+
+                    # Seen at once: a quarter of the resync period is the bound (room for a loaded machine).
+                    await dpu.create(NODE, ports_node("dpu-b", "10.9.0.2", {ROLE: "service", HOST_LABEL: "worker-b"}))
+                    await eventually(lambda: slice_addresses(rest, service_ns, "web", ["10.9.0.1", "10.9.0.2"]),
+                                     "dpu-b in the EndpointSlice before the 60 s resync", 15)
+
+                    await rest.delete(DPU_SERVICE, "web", service_ns)
+                    await eventually(lambda: gone(rest, DPU_SERVICE, "web", service_ns), "the DPUService gone",
+                                     ARGO_SLOW)
+                    await eventually(lambda: gone(rest, SERVICE, "web", service_ns), "the host Service gone", 60)
+                    await eventually(lambda: gone(dpu, SERVICE, "one-web", service_ns),
+                                     "ArgoCD deleting the chart's Service", ARGO_SLOW)
+                finally:
+                    await controller.stop()
+                    for client in (rest, dpu):
+                        await client.close()
+
+            run(scenario(), timeout=600)
+
+
+async def slice_addresses(rest: Rest, namespace: str, name: str, addresses: list[str]) -> bool:
+    found = await rest.get(ENDPOINT_SLICE, name, namespace)
+    return found is not None and sorted(a for e in found["endpoints"] or () for a in e["addresses"]) == addresses

@@ -105,6 +105,7 @@ class EmulatedDpu:
             raise ValueError(f"unknown model {self.model!r}; one of {sorted(DEVICE_IDS)}")
         self._lock = threading.Lock()
         self._run: _Run | None = None
+        self._closed = False
         self._ready = threading.Condition()
         self.rshim = Rshim(self.rshim_dir, dev_name=f"pcie-{self.pci_address}", dev_info=f"{self.model}(Rev 1)",
                            opn=OPN[self.model], faults=self.faults, on_stream_start=self._stream_started,
@@ -143,7 +144,8 @@ class EmulatedDpu:
         with self._lock:
             if self._run:
                 self._run.cancel()
-            self._run = _Run(f"emulator-{self.name}-boot", body) if body else None
+            # Closed: nothing starts any more (a stream the device drops while it closes must not boot).
+            self._run = _Run(f"emulator-{self.name}-boot", body) if body and not self._closed else None
             return self._run
 
     def _firmware(self, run: _Run, mode: str) -> None:
@@ -243,6 +245,8 @@ class EmulatedDpu:
             return self.boots[after]
 
     def close(self) -> None:
+        with self._lock:
+            self._closed = True
         self._start(None)
         self.rshim.close()
 

@@ -261,7 +261,10 @@ class Rshim:
         next_at = 0.0
         while True:
             with self._cv:
-                while (self.faults.stall or not self.powered) and not self._stopping:
+                # A stalled device stops reading, but not for a writer that has gone (POLLHUP: it gave up and closed):
+                # the rest of that truncated stream is taken and refused now, as the real driver drops a closed
+                # stream. Left in the pipe, it would run into the next writer's stream once the stall is lifted.
+                while ((self.faults.stall and not _writer_gone(poller)) or not self.powered) and not self._stopping:
                     next_at = 0.0  # the pacing clock restarts after a pause
                     self._cv.wait(0.1)
             if self._stopping:
@@ -403,3 +406,8 @@ class Claim:
 
 def claim(directory: Path, name: str) -> Claim:
     return Claim(directory, name)
+
+
+def _writer_gone(poller: select.poll) -> bool:
+    """The boot FIFO's writer closed (POLLHUP on the read end once no writer is left)."""
+    return any(events & select.POLLHUP for _fd, events in poller.poll(0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -105,6 +106,25 @@ def test_stall_blocks_the_writer_until_resumed(host: EmulatedHost) -> None:
     assert event.version == "v4"
 
 
+def test_a_stream_given_up_on_a_stalled_device_is_refused_and_never_runs_into_the_next(host: EmulatedHost) -> None:
+    """The flasher gives up on a stalled device and closes `boot` mid-image; once the stall is lifted, a new
+    stream must boot on its own, not be read as the tail of the old one (which sat in the device's buffer)."""
+    dpu = host.dpus[0]
+    dpu.set_faults(stall=True)
+    # What fits in the device's buffer, then the writer gives up and closes.
+    assert 0 < fill_until_blocked(dpu.rshim.boot, b"".join(EmulatedBfb("v-old", 16 << 20).chunks())) < 16 << 20
+    wait_until(lambda: len(dpu.rshim.streams) == 1 and dpu.rshim.streams[0].ended is not None, 10,
+               "the truncated stream taken and ended although the device is stalled")
+    assert dpu.rshim.streams[0].outcome is not None
+    assert not dpu.rshim.streams[0].outcome.ok
+    writer = Writer(dpu.rshim.boot, iter([*EmulatedBfb("v-new", 1 << 20).chunks(), SAMPLE_BFCFG.encode()]))
+    dpu.set_faults(stall=False)
+    event = dpu.wait_ready(timeout=20)
+    writer.join(5)
+    assert writer.error is None
+    assert event.version == "v-new"
+
+
 def test_rate_limit_is_honoured(host: EmulatedHost) -> None:
     dpu = host.dpus[0]
     rate = 8e6
@@ -187,3 +207,17 @@ def test_rshim_holder_is_visible_to_a_second_claimant(host: EmulatedHost) -> Non
     wait_until(lambda: holder(rshim) is None, 5, "the killed flock tool's lock released")
     with claim(rshim, "dpf-host-agent"):
         pass  # the lock died with its holder
+
+
+def fill_until_blocked(fifo: Path, data: bytes) -> int:
+    """Write `data` into `fifo` until it would block; close; return the bytes written."""
+    fd = os.open(fifo, os.O_WRONLY)
+    try:
+        os.set_blocking(fd, False)
+        written = 0
+        with contextlib.suppress(BlockingIOError):
+            while written < len(data):
+                written += os.write(fd, data[written:written + 65536])
+        return written
+    finally:
+        os.close(fd)

@@ -46,6 +46,16 @@ ARGO_SLOW = 150.0
 TRACKING = "argocd.argoproj.io/tracking-id"  # what ArgoCD stamps on every object it applies
 
 
+async def argocd_controller(rest: Rest, host: ControlPlane, operator: str, service_ns: str) -> Controller:
+    """The DPUServices' namespace made, and the controller started with the argocd backend, watching every
+    namespace (the DPUServices are not in the operator's)."""
+    await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": service_ns}})
+    settings = dataclasses.replace(controller_settings(host.kubeconfig, operator),
+                                   services=ServicesSettings(backend="argocd"))
+    settings = dataclasses.replace(settings, kube=dataclasses.replace(settings.kube, watch_namespace=None))
+    return await started(Controller(settings))
+
+
 async def synced_healthy(rest: Rest, namespace: str, name: str, revision: str = "") -> Obj | None:
     """The Application when ArgoCD itself reports it Synced and Healthy and its last sync operation Succeeded (at
     `revision`, the chart version). Synced+Healthy can come while the operation still reads Running."""
@@ -87,13 +97,7 @@ def test_argocd_syncs_the_dpuservice_into_the_dpu_cluster_rolls_a_change_and_del
 
             async def scenario() -> None:
                 rest, dpu = await host_rest(host.kubeconfig), await host_rest(dpu_kube.kubeconfig)
-                await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
-                                              "metadata": {"name": service_ns}})
-                settings = dataclasses.replace(controller_settings(host.kubeconfig, operator),
-                                               services=ServicesSettings(backend="argocd"))
-                settings = dataclasses.replace(settings, kube=dataclasses.replace(settings.kube,
-                                                                                  watch_namespace=None))
-                controller = await started(Controller(settings))
+                controller = await argocd_controller(rest, host, operator, service_ns)
                 try:
                     await register_dpu_cluster(rest, operator, inline_kubeconfig(dpu_kube.kubeconfig), "one")
                     await eventually(lambda: len(controller.clusters.dpu) == 1, "the DPU cluster connected")
@@ -206,13 +210,7 @@ def test_config_ports_with_argocd_expose_the_service_and_follow_a_dpu_node_at_on
         with ArgoCD(tmp_path / "argocd", host, operator, env={"SSL_CERT_FILE": str(registry.ca_file)}):
             async def scenario() -> None:
                 rest, dpu = await host_rest(host.kubeconfig), await host_rest(dpu_kube.kubeconfig)
-                await rest.create(NAMESPACE, {"apiVersion": "v1", "kind": "Namespace",
-                                              "metadata": {"name": service_ns}})
-                settings = dataclasses.replace(controller_settings(host.kubeconfig, operator),
-                                               services=ServicesSettings(backend="argocd"))
-                settings = dataclasses.replace(settings, kube=dataclasses.replace(settings.kube,
-                                                                                  watch_namespace=None))
-                controller = await started(Controller(settings))
+                controller = await argocd_controller(rest, host, operator, service_ns)
                 try:
                     await dpu.create(NODE, ports_node("dpu-a", "10.9.0.1", {ROLE: "service", HOST_LABEL: "worker-a"}))
                     await register_dpu_cluster(rest, operator, inline_kubeconfig(dpu_kube.kubeconfig), "one")

@@ -11,36 +11,15 @@ without a fork (unsafe beside gRPC's threads) and without moving the event loop'
 
 from __future__ import annotations
 
-import ctypes
-import os
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
+
+from dpf.agent.cni.links import in_netns as thread_in_netns
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns: {os.strerror(err)}")
-
-
 def in_netns(netns: str, func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """`func(*args, **kwargs)` with this thread in `/run/netns/<netns>`; the thread's own namespace after."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            return func(*args, **kwargs)
-        finally:
-            _setns(own)  # a failure here leaves a pool thread in the wrong namespace: let it raise loudly
-    finally:
-        os.close(own)
+    with thread_in_netns(f"/run/netns/{netns}"):
+        return func(*args, **kwargs)

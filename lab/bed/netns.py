@@ -7,7 +7,6 @@ leftovers can be told apart from a live run's and reaped (`reap_stale`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import os
 import re
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute, netns
 
+from dpf.agent.cni.links import in_netns
 from dpf.lab.bed.tools import tool
 
 _NAME = re.compile(r"^dpf-(?P<owner>[a-z]+)(?P<pid>\d+)-")
@@ -48,7 +48,7 @@ def reap_stale(owner: str) -> list[str]:
 
 @contextlib.contextmanager
 def ns_ipr(name: str | None) -> Iterator[IPRoute]:
-    """IPRoute scoped to netns `name` (None: ours); a missing netns is an error (FileNotFoundError), not created.
+    """IPRoute scoped to netns `name` (None: ours); a missing netns is an error (LinkError), not created.
 
     Its socket is opened with this thread inside `name` (`setns`, as `ip netns exec` does for a process) rather
     than through pyroute2's `netns=`, which forks a helper process per socket: slow, and unsafe in the emulator's
@@ -56,7 +56,7 @@ def ns_ipr(name: str | None) -> Iterator[IPRoute]:
     the namespace it was opened in. Use the IPRoute on this thread only: pyroute2 opens another socket for
     another thread, and that one would be in that thread's namespace."""
     if name:
-        with _thread_in_netns(name):
+        with in_netns(f"/run/netns/{name}"):
             ipr = IPRoute()
     else:
         ipr = IPRoute()
@@ -64,35 +64,6 @@ def ns_ipr(name: str | None) -> Iterator[IPRoute]:
         yield ipr
     finally:
         ipr.close()
-
-
-@contextlib.contextmanager
-def _thread_in_netns(name: str) -> Iterator[None]:
-    """This thread in `/run/netns/<name>` for the block (only this thread: setns moves the caller)."""
-    target = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target, name)
-            try:
-                yield
-            finally:
-                if _libc.setns(own, _CLONE_NEWNET) != 0:  # never leave a thread in another namespace
-                    os.abort()
-        finally:
-            os.close(own)
-    finally:
-        os.close(target)
-
-
-_CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int, name: str) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns into netns {name}: {os.strerror(err)}")
 
 
 def ns_exec(name: str, *argv: str, check: bool = True, timeout: float = 30,

@@ -140,13 +140,22 @@ def test_a_dpuset_provisions_a_dpu_that_joins_its_own_dpu_cluster(
                 raise AssertionError(f"{exc}; phases seen: {phases}\nconditions:\n{conditions}\n{logs}") from exc
             took = time.monotonic() - started
             # Every phase was passed through, as the controller's PhaseChanged Events ("A → B: why") say (a phase
-            # can be shorter than a poll of the status).
-            notes = [e.note or "" for e in k8s.EventsV1Api(kube.client).list_namespaced_event(namespace).items
-                     if e.reason == "PhaseChanged" and e.regarding is not None and e.regarding.name == dpu]
-            passed = {phase for note in notes for phase in note.split(": ", 1)[0].split(" → ")}
-            for expected in ("Initializing", "Node Effect", "Pending", "DMS Deployment", "OS Installing",
-                             "Rebooting", "Host Network Configuration", "DPU Cluster Config", "Ready"):
-                assert expected in passed, f"{expected} not passed through: {notes} (polled: {phases})"
+            # can be shorter than a poll of the status). The controller records a step's Events after its status
+            # write, so the last one ("→ Ready") may land a moment after the phase is seen.
+            expected = ("Initializing", "Node Effect", "Pending", "DMS Deployment", "OS Installing",
+                        "Rebooting", "Host Network Configuration", "DPU Cluster Config", "Ready")
+            notes: list[str] = []
+
+            def all_phases_recorded() -> bool:
+                notes[:] = [e.note or "" for e in k8s.EventsV1Api(kube.client).list_namespaced_event(namespace).items
+                            if e.reason == "PhaseChanged" and e.regarding is not None and e.regarding.name == dpu]
+                passed = {phase for note in notes for phase in note.split(": ", 1)[0].split(" → ")}
+                return all(phase in passed for phase in expected)
+
+            try:
+                wait_until(all_phases_recorded, 10, f"PhaseChanged Events of DPU {dpu}", interval=0.2)
+            except TimeoutError as exc:
+                raise AssertionError(f"not every phase passed through: {notes} (polled: {phases})") from exc
 
             node = dpu_core.read_node(dpu)
             ready_condition = next(c for c in node.status.conditions if c.type == "Ready")

@@ -21,6 +21,8 @@ on a shared switch each agent's OVSDB client would also receive, and pay for, th
 `--ours-only` leaves out the other plugins (quicker repeated A/B runs). Every row also gives the CPU time
 per call of the agent serving it (user + system, all threads, from /proc) and of that agent's switch
 (ovsdb-server + ovs-vswitchd; shared by every plugin but ours and the baseline's), over its own calls only.
+`--agent-process dpu` serves ours (and the baseline) with the whole DPU agent instead of the CNI server alone:
+the process a DPU runs, whose OVSDB client(s) also carry the SFC programmer's replica of the switch.
 """
 
 from __future__ import annotations
@@ -132,6 +134,39 @@ def start_agent(python: Path, sock: Path, switch: OvsSwitch, state: Path, pools:
                                                         str(sock), "--ovsdb", f"unix:{switch.db_sock}", "--state-dir",
                                                         str(state), "--pools", str(pools)], log)
     wait_until(sock.exists, 30, "agent socket", while_alive=[agent])
+    return agent
+
+
+def seed_pools(state_dir: Path, pools: list[dict]) -> None:
+    """Store `pools` as the IPAMBlocks a DPU agent last received from the controller: `dpf agent dpu` re-applies
+    its stored state at start-up, so it serves CNI ADDs from these pools with no controller running."""
+    from dpf.agent.runtime.store import StateStore, StoredResource, TypeState
+    from dpf.proto import versioning
+    from dpf.proto.v1 import ipam_pb2
+
+    resources = {}
+    for pool in pools:
+        body = versioning.pack(ipam_pb2.IPAMBlock(
+            pool=pool["pool"], pool_type=ipam_pb2.IPAM_POOL_TYPE_IPPOOL, subnet=pool["subnet"],
+            start=pool["start"], end=pool["end"], gateway=pool.get("gateway", "")))
+        resources[pool["pool"]] = StoredResource(versioning.resource_version(body), body)
+    type_url = versioning.type_url(ipam_pb2.IPAMBlock)
+    StateStore(state_dir / "runtime").save(TypeState(
+        type_url, versioning.set_version({n: r.version for n, r in resources.items()}), resources))
+
+
+def start_dpu_agent(python: Path, sock: Path, switch: OvsSwitch, bridge: str, state: Path, pools: list[dict],
+                    log: Path, netns: str | None = None) -> Child:
+    """The whole DPU agent (`dpf agent dpu --cni-socket`), as a DPU runs it: the SFC programmer on `bridge` and
+    the CNI server in one process, with the process's OVSDB client(s). Its controller is unreachable (the
+    stream keeps retrying); the pools come from its stored state (`seed_pools`)."""
+    seed_pools(state, pools)
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    agent = Child(f"dpf-dpu-agent-{sock.parent.name}", [
+        *prefix, str(python), "-m", "dpf.cli", "agent", "dpu", "--node", "bench", "--controller", "127.0.0.1:9",
+        "--insecure", "--state-dir", str(state), "--ovs-rundir", str(switch.rundir), "--bridge", bridge,
+        "--datapath-type", "netdev", "--port-type", "system", "--cni-socket", str(sock)], log)
+    wait_until(sock.exists, 60, "agent socket", while_alive=[agent])
     return agent
 
 
@@ -266,6 +301,10 @@ def main() -> int:
     parser.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md")
     parser.add_argument("--baseline", type=Path, help="Python of another checkout: also run its agent (A/B row)")
     parser.add_argument("--ours-only", action="store_true", help="only our plugin (and the baseline, shim floor)")
+    parser.add_argument("--agent-process", choices=("cni", "dpu"), default="cni",
+                        help="what serves our plugin: the CNI server run alone (`python -m dpf.agent.cni`) or the "
+                             "whole DPU agent as a DPU runs it (SFC programmer and CNI server in one process, "
+                             "pools from its stored state, no controller)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/cni needs root (netns, OVS)")
@@ -297,8 +336,12 @@ def main() -> int:
         base_pools = [dict(pools[0], subnet="10.84.0.0/16", start="10.84.0.10", end="10.84.3.250", gateway="10.84.0.1")]
         (work / "pools-base.json").write_text(json.dumps(base_pools))
         sock = work / "run" / "agent.sock"
-        agents.append(start_agent(Path(sys.executable), sock, switch, work / "state", work / "pools.json",
-                                  work / "agent.log"))
+        if args.agent_process == "dpu":
+            agents.append(start_dpu_agent(Path(sys.executable), sock, switch, "br-sfc", work / "state", pools,
+                                          work / "agent.log"))
+        else:
+            agents.append(start_agent(Path(sys.executable), sock, switch, work / "state", work / "pools.json",
+                                      work / "agent.log"))
         base_sock = work / "run-base" / "agent.sock"
         if args.baseline:
             where = subprocess.run([str(args.baseline), "-c", "import dpf.agent.cni; print(dpf.agent.cni.__file__)"],
@@ -307,8 +350,12 @@ def main() -> int:
                 raise SystemExit(f"--baseline {args.baseline} imports this checkout ({where}): give it a Python "
                                  "whose dpf is another tree's (PYTHONSAFEPATH=1 keeps the working directory out)")
             print(f"baseline agent: {where}")
-            agents.append(start_agent(args.baseline, base_sock, base_switch, work / "state-base",
-                                      work / "pools-base.json", work / "agent-base.log", netns=base_switch.netns))
+            if args.agent_process == "dpu":
+                agents.append(start_dpu_agent(args.baseline, base_sock, base_switch, "br-base", work / "state-base",
+                                              base_pools, work / "agent-base.log", netns=base_switch.netns))
+            else:
+                agents.append(start_agent(args.baseline, base_sock, base_switch, work / "state-base",
+                                          work / "pools-base.json", work / "agent-base.log", netns=base_switch.netns))
         plugins = [
             Plugin("ovs-cni v0.39.0", ovs_cni, {
                 "cniVersion": "1.0.0", "name": "ovscni", "type": "ovs", "bridge": "br-ovscni",

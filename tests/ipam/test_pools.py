@@ -215,10 +215,13 @@ def test_a_block_the_agent_cannot_use_is_nacked_into_a_condition(kube: ControlPl
             assert condition(st, "Ready")["message"] == "The following conditions are not ready: DPUIPAMObjectReady"
             assert condition(await status(rest, namespace, "pool1"), "Ready")["status"] == "True"
             assert agent.blocks == {"pool1": ("10.77.0.1", "10.77.0.8")}, "the rejected update was not applied"
-            events = json.loads(kube.kubectl("get", "events.events.k8s.io", "-n", namespace, "-o", "json").stdout)
-            notes = [e["note"] for e in events["items"] if e["reason"] == "AgentRejected"
-                     and e["regarding"]["name"] == "pool2"]
-            assert notes, "a Warning Event AgentRejected on pool2"
+            def rejections() -> list[str]:
+                events = json.loads(kube.kubectl("get", "events.events.k8s.io", "-n", namespace, "-o", "json").stdout)
+                return [e["note"] for e in events["items"] if e["reason"] == "AgentRejected"
+                        and e["regarding"]["name"] == "pool2"]
+
+            # The controller records the Event after the status write that the condition was read from.
+            notes = await eventually(rejections, "a Warning Event AgentRejected on pool2", timeout=10)
             assert "overlaps pool 'pool1'" in notes[0], notes
             assert controller.nodes.get(a).of(TYPE_URL).nack is not None
 

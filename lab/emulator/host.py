@@ -57,6 +57,7 @@ class EmulatedHost:
     owner: str = "t"
     timings: StageTimings = field(default_factory=StageTimings)
     power_off_seconds: float = 0.1  # how long a cycle keeps the power off
+    vf_probe_seconds: float = 0.0  # delay before each VF netdev appears after an sriov_numvfs write (pci.py)
 
     def __post_init__(self) -> None:
         if self.root.exists() and any(self.root.iterdir()):
@@ -112,7 +113,7 @@ class EmulatedHost:
         dpu_ns = self._bed.namespace(f"{self.name}d{index}")
         pfs = [PhysicalFunction(root=self.root, address=f"{bus}.{p}", index=p, ifname=f"ens{index + 1}f{p}np{p}",
                                 device_id=DEVICE_IDS[spec.model], totalvfs=spec.totalvfs, host_ns=self.netns,
-                                dpu_ns=dpu_ns) for p in (0, 1)]
+                                dpu_ns=dpu_ns, vf_probe_seconds=self.vf_probe_seconds) for p in (0, 1)]
         for pf in pfs:
             pf.create()
             # The directory, not the file: the emulator's own rewrites replace the file (rename).

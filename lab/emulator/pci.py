@@ -17,6 +17,8 @@ A write to `sriov_numvfs` is applied when the writer closes the file (inotify on
 kernel's rules (`sriov_numvfs_store`): the same value again is a no-op; 0 removes the VFs; a non-zero value
 while VFs exist fails with EBUSY; above `sriov_totalvfs` fails with ERANGE; anything else not a number fails
 with EINVAL.
+VF netdevs appear one by one, `vf_probe_seconds` apart (0 by default): on a real host the write returns before
+mlx5 has probed every VF, so a host agent must wait for the netdevs, and a test can make that wait certain.
 A failed write is undone (the file shows the current count again) and recorded in `rejected` and in
 `<root>/run/emulator/sysfs-errors.log`.
 """
@@ -106,6 +108,8 @@ class PhysicalFunction:
     totalvfs: int
     host_ns: str
     dpu_ns: str
+    vf_probe_seconds: float = 0.0
+    """Delay before each VF's netdev appears (see the module docstring)."""
     numvfs: int = 0
     rejected: list[RejectedWrite] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -183,6 +187,8 @@ class PhysicalFunction:
                     self._remove_vf(links, i)
             else:
                 for i in range(wanted):
+                    if self.vf_probe_seconds:
+                        time.sleep(self.vf_probe_seconds)  # on the watcher's thread: a test-only dial
                     self._add_vf(links, i)
         self.numvfs = wanted
 

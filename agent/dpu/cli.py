@@ -6,18 +6,14 @@ Kept light at import (argparse only): `dpf --help` must not pay for grpc, OVS or
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
-import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dpf.agent.runtime.cli import add_connection_flags, settings_from
-from dpf.shared.logs import setup_logging
+from dpf.agent.runtime.cli import add_connection_flags, run_node_agent, settings_from
 
 if TYPE_CHECKING:
-    from dpf.agent.dpu.main import DpuAgentSettings
+    from dpf.agent.dpu.main import DpuAgent, DpuAgentSettings
 
 
 def register(kinds: argparse._SubParsersAction) -> None:
@@ -66,25 +62,10 @@ def settings(args: argparse.Namespace) -> DpuAgentSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level, args.log_format)
-    try:
-        config = settings(args)
-    except ValueError as exc:
-        print(f"dpf agent dpu: error: {exc}", file=sys.stderr)
-        return 2
-    return asyncio.run(_serve(config))
+    return run_node_agent(args, "dpf agent dpu", settings, _agent)
 
 
-async def _serve(config: DpuAgentSettings) -> int:
+def _agent(config: DpuAgentSettings) -> DpuAgent:
     from dpf.agent.dpu.main import DpuAgent
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        agent = DpuAgent(config)
-    except ValueError as exc:
-        print(f"dpf agent dpu: error: {exc}", file=sys.stderr)
-        return 2
-    return await agent.run(stop)
+    return DpuAgent(config)

@@ -13,15 +13,52 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from dpf.agent.runtime.settings import AgentSettings, TLSFiles
 from dpf.shared.logs import add_logging_flags, setup_logging
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from dpf.agent.runtime.runtime import AgentRuntime
 
+
 RECORDABLE = {"ServiceInterface": ("dpf.proto.v1.sfc_pb2", "ServiceInterface")}
+
+_S = TypeVar("_S")
+
+
+class NodeAgent(Protocol):
+    async def run(self, stop: asyncio.Event) -> int:
+        """Run until `stop` is set (0) or the agent fails (non-zero)."""
+        ...
+
+
+def run_node_agent(args: argparse.Namespace, command: str, settings: Callable[[argparse.Namespace], _S],
+                   agent: Callable[[_S], NodeAgent]) -> int:
+    """What `dpf agent dpu` and `dpf agent host` do once parsed: set up logging, build the settings and the agent
+    (a ValueError there is bad input: `<command>: error: ...`, exit 2), then run it until SIGTERM or SIGINT."""
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = settings(args)
+    except ValueError as exc:
+        print(f"{command}: error: {exc}", file=sys.stderr)
+        return 2
+
+    async def serve() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            instance = agent(config)
+        except ValueError as exc:
+            print(f"{command}: error: {exc}", file=sys.stderr)
+            return 2
+        return await instance.run(stop)
+
+    return asyncio.run(serve())
 
 
 def add_connection_flags(parser: argparse.ArgumentParser, required: bool) -> None:

@@ -36,12 +36,18 @@ def test_help_explains_the_flags() -> None:
     assert "LAB ONLY" in run_help
 
 
-def test_agent_without_certificates_is_refused_with_the_fix() -> None:
+def test_agent_without_certificates_is_refused_with_the_fix(tmp_path: Path) -> None:
     result = subprocess.run([*DPF, "agent", "--node", "n", "--role", "dpu", "--controller", "127.0.0.1:1",
                              "--state-dir", "/tmp/unused", "--record", "ServiceInterface"],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "--ca, --cert, --key required (or --insecure for a lab)" in result.stderr
+    for kind in ("dpu", "host"):  # the node agents: the same refusal, named by their command
+        result = subprocess.run([*DPF, "agent", kind, "--node", "n", "--controller", "127.0.0.1:1",
+                                 "--state-dir", str(tmp_path / kind)], capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2
+        assert result.stderr.strip() == (f"dpf agent {kind}: error: --ca, --cert, --key required "
+                                         "(or --insecure for a lab)")
 
 
 def test_a_bad_chart_mirror_is_refused_naming_the_flag_and_the_form() -> None:

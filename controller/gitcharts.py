@@ -7,6 +7,10 @@ moves rolls the DPUService at its next look, and a tag or a commit stays put. A 
 (a shallow fetch of that ref; a full fetch if the server refuses a commit id) into a temporary directory that is
 renamed into place, so a half-made checkout is never used. Git runs without a terminal, without the user's or
 the system's git config, and with a timeout; messages never show the credentials a URL may carry.
+
+Only network transports are used (https, http, git, ssh; `check_url` and GIT_ALLOW_PROTOCOL, which also binds
+redirects): whoever may create a DPUService must not make the controller read a repository on its own disk
+(a local path, file://) or run a command (git's ext:: transport).
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ PASSED_ENV = ("SSL_CERT_FILE", "SSL_CERT_DIR", "HTTPS_PROXY", "HTTP_PROXY", "NO_
               "no_proxy")
 
 
+ALLOWED_PROTOCOLS = ("https", "http", "git", "ssh")
+_SCP_LIKE = re.compile(r"^(?:[^@/\s]+@)?[A-Za-z0-9][A-Za-z0-9.-]*:")  # [user@]host:path, read by git as ssh
+
+
 class GitError(RuntimeError):
     """A git source could not be resolved or checked out; the message names the repository (credentials removed),
     the revision and git's own error."""
@@ -44,6 +52,18 @@ def redacted(url: str) -> str:
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def check_url(url: str) -> None:
+    """Refuse a repository URL that is not a network transport git is allowed to use here. Pure."""
+    parts = urlsplit(url) if "://" in url else None
+    if parts is not None and parts.scheme in ALLOWED_PROTOCOLS and parts.hostname:
+        return
+    if parts is None and _SCP_LIKE.match(url) and "::" not in url:  # <transport>::<address> runs a remote helper
+        return
+    raise GitError(f"spec.helmChart.source.repoURL {redacted(url)!r} is not a git URL the controller may fetch: use "
+                   "https://, http://, ssh://, git:// or user@host:path (local paths, file:// and git's other "
+                   "transports are refused)")
 
 
 def chart_dir(checkout: Path, path: str) -> Path:
@@ -67,6 +87,7 @@ class GitCharts:
 
     async def resolve(self, url: str, revision: str) -> str:
         """The commit `revision` (a branch, a tag or a commit id) names in `url` now."""
+        check_url(url)
         if _COMMIT.match(revision):
             return revision
         out = await _git(["ls-remote", "--", url, revision, f"{revision}^{{}}"], None, url, revision)
@@ -143,7 +164,8 @@ def _publish(work: Path, target: Path) -> None:
 async def _git(args: list[str], cwd: Path | None, url: str, revision: str) -> str:
     with tempfile.TemporaryDirectory(prefix="dpf-git-home-") as home:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": home, "GIT_TERMINAL_PROMPT": "0",
-               "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C"}
+               "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "LC_ALL": "C",
+               "GIT_ALLOW_PROTOCOL": ":".join(ALLOWED_PROTOCOLS)}
         env.update({k: v for k, v in os.environ.items() if k in PASSED_ENV})
         started = time.monotonic()
         proc = await asyncio.create_subprocess_exec(

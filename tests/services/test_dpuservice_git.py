@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from dpf.controller.gitcharts import GitCharts, GitError, chart_dir, redacted
+from dpf.controller.gitcharts import GitCharts, GitError, chart_dir, check_url, redacted
 from dpf.controller.kube.rest import Obj
 from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE
@@ -141,3 +142,29 @@ def test_a_git_source_path_must_stay_inside_the_repository_and_credentials_never
     assert "s3cret" not in message, message
     assert "127.0.0.1:9/org/charts.git" in message, message
     assert "'main'" in message, message
+
+
+def test_a_git_source_must_be_a_network_url_never_a_path_on_the_controller(tmp_path: Path) -> None:
+    # A real repository on the controller's disk, holding a chart: whoever may create a DPUService must not make
+    # the controller install it (nor run a command through git's ext:: transport).
+    local = tmp_path / "repo"
+    shutil.copytree(CHART, local / "charts" / "tiny")
+    for args in (["init", "-q", "-b", "main"], ["add", "."],
+                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "chart"]):
+        subprocess.run(["git", *args], cwd=local, check=True, capture_output=True)
+    marker = tmp_path / "ran"
+
+    async def refused(url: str) -> str:
+        with pytest.raises(GitError) as failure:
+            await GitCharts(tmp_path / "cache").checkout(url, "main")
+        return str(failure.value)
+
+    for url in (str(local), f"file://{local}", f"ext::sh -c touch% {marker}", "-oProxyCommand=x:y"):
+        message = run(refused(url), timeout=60)
+        assert message.startswith(f"spec.helmChart.source.repoURL {url!r} is not a git URL the controller may "
+                                  "fetch: use https://"), message
+    assert not marker.exists()
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir()), "nothing was fetched"
+    for url in ("https://github.com/example/charts.git", "git://127.0.0.1/example/charts.git",
+                "ssh://git@git.lan/org/charts.git", "git@github.com:org/charts.git"):
+        check_url(url)  # the transports ArgoCD users name

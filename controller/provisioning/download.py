@@ -6,11 +6,12 @@ module never talks to the apiserver and touches no file but its own partial and 
 asked, leftover partials of the same file name).
 
 The transfer runs in a thread of its own, as curl does: blocking `recv_into` straight into a few large reusable
-buffers (no per-chunk Python objects, no event-loop round trip per socket read), while a second thread hashes
-(sha256) and writes the previous buffer; every one of those calls releases the GIL, so the event loop that renews
-the leader lease keeps running. HTTP itself is the standard library's (`http.client`: TLS with the system trust
-store, HTTP(S)_PROXY / NO_PROXY from the environment as upstream's Go client, redirects followed). Cancelling the
-awaiting task shuts the socket down and waits for the thread before the cancellation goes on.
+buffers (no per-chunk Python objects, no event-loop round trip per socket read), while two more threads hash
+(sha256) and write the buffers already received, side by side; every one of those calls releases the GIL, so the
+event loop that renews the leader lease keeps running. HTTP itself is the standard library's (`http.client`: TLS
+with the system trust store, HTTP(S)_PROXY / NO_PROXY from the environment as upstream's Go client, redirects
+followed). Cancelling the awaiting task shuts the socket down and waits for the thread before the cancellation
+goes on.
 
 Failure (any status but 200, a connection error, no bytes for `stall_timeout`, a body shorter than its
 Content-Length, a disk error) raises DownloadError whose message names the URL and the cause; the partial is
@@ -242,12 +243,15 @@ class _Transfer:
         reader = response.fp  # the socket's BufferedReader: what http.client already buffered comes first
         assert reader is not None
         progress.total = None if encoded else length
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bfb-write") as writer:
+        # Hashing and writing each take a thread of their own (both in order, both releasing the GIL): done one
+        # after the other they cost more than the receive itself, and became the transfer's pace.
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bfb-write") as writer, \
+                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bfb-hash") as hasher:
             ring = [memoryview(bytearray(READ_BUFFER if length else SMALL_READ)) for _ in range(BUFFERS)]
-            pending: list[concurrent.futures.Future[None] | None] = [None] * BUFFERS
+            pending: list[tuple[concurrent.futures.Future[None], ...]] = [()] * BUFFERS
             slot = 0
             while True:
-                if (done := pending[slot]) is not None:
+                for done in pending[slot]:
                     done.result()  # the buffer is free again (and a disk error surfaces here)
                 buffer, filled = ring[slot], 0
                 if length is None:
@@ -264,15 +268,16 @@ class _Transfer:
                 if self._cancelled.is_set():
                     raise _Cancelled()
                 if filled:
-                    pending[slot] = writer.submit(self.sink.write, buffer[:filled])
+                    piece = buffer[:filled]
+                    pending[slot] = (hasher.submit(self.sink.hash, piece), writer.submit(self.sink.write, piece))
                     slot = (slot + 1) % BUFFERS
                     self._flush_report()
                 if length is None and not filled:
                     break
                 if length is not None and (progress.received >= length or filled < want):
                     break
-            for done in pending:
-                if done is not None:
+            for futures in pending:
+                for done in futures:
                     done.result()
         if length is not None and progress.received != length:
             raise http.client.IncompleteRead(b"", length - progress.received)
@@ -367,9 +372,11 @@ class _Sink:
     def open(cls, path: Path) -> _Sink:
         return cls(path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644))
 
+    def hash(self, data: memoryview) -> None:
+        self.sha256.update(data)  # releases the GIL for large buffers
+
     def write(self, data: memoryview) -> None:
         assert self.fd is not None
-        self.sha256.update(data)  # releases the GIL for large buffers
         view = data
         try:
             while view:

@@ -362,8 +362,12 @@ class ProvisioningBed:
         status = dpu.get("status") or {}
         bad = [f"{c['type']}={c['status']} {c.get('reason')}: {c.get('message', '')}"
                for c in status.get("conditions") or () if c.get("status") != "True"]
-        return json.dumps({"phase": status.get("phase"), "not true": bad,
-                           "finalizers": dpu["metadata"].get("finalizers")})
+        host = await self.rest.get(NODE, self.host)
+        described = json.dumps({"phase": status.get("phase"), "not true": bad,
+                                "finalizers": dpu["metadata"].get("finalizers"),
+                                "host labels": sorted(((host or {}).get("metadata") or {}).get("labels") or {})})
+        # What a reader of a failure needs next: the host agent's own account (its HostInfo, its stream).
+        return f"{described}\n--- host agent log (tail)\n{self.agent_log()}"
 
     def agent_log(self) -> str:
         return self.agent.log_tail(40) if self.agent is not None else ""

@@ -24,8 +24,8 @@ from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, SERVI
 from dpf.controller.reconcilers.kinds import NAMESPACE
 from dpf.controller.settings import ServicesSettings, parse_chart_mirror
 from dpf.lab.bed.kube import ControlPlane
-from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
-from tests.services.conftest import SLOW, assert_tiny_daemonset, condition, ready
+from tests.controlplane.harness import controller_settings, eventually, host_rest, run, started
+from tests.services.conftest import DPU_CONTROLLERS, SLOW, assert_tiny_daemonset, condition, one_dpu_cluster, ready
 
 DEPLOYMENT = Kind("apps", "v1", "deployments", "Deployment")
 PUBLIC_REPO = "https://helm.ngc.nvidia.com/nvidia/doca"  # upstream examples' repository: not reachable here
@@ -54,14 +54,9 @@ async def image_of(rest: Rest, namespace: str, name: str) -> str | None:
 def test_dpuservice_helm_release_in_the_dpu_cluster_upgraded_failed_paused_and_uninstalled(
         kube: ControlPlane, namespace: str, chart_repo: str, tmp_path: Path) -> None:
     timings: dict[str, float] = {}
-    controllers = ("garbagecollector", "namespace", "daemonset")  # the DaemonSet controller writes real status
-    with ControlPlane(tmp_path / "dpu", name="dpusvc", controllers=controllers) as dpu:
+    with ControlPlane(tmp_path / "dpu", name="dpusvc", controllers=DPU_CONTROLLERS) as dpu:
         async def scenario() -> None:
-            rest, one = await host_rest(kube.kubeconfig), await host_rest(dpu.kubeconfig)
-            controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
-            try:
-                await dpu_cluster(rest, namespace, dpu.kubeconfig, "one")
-                await eventually(lambda: len(controller.clusters.dpu) == 1, "the DPU cluster connected")
+            async with one_dpu_cluster(kube, dpu, namespace) as (rest, one, _):
                 begin = time.monotonic()
                 await rest.create(DPU_SERVICE, dpuservice(namespace, "tiny", chart_repo), namespace)
                 obj = await eventually(lambda: ready(rest, namespace, "tiny"), "the DPUService Ready", SLOW)
@@ -132,10 +127,6 @@ def test_dpuservice_helm_release_in_the_dpu_cluster_upgraded_failed_paused_and_u
                                  SLOW)
                 timings["uninstall"] = time.monotonic() - begin
                 assert await one.get(DAEMON_SET, "one-tiny", namespace) is None
-            finally:
-                await controller.stop()
-                for client in (rest, one):
-                    await client.close()
 
         run(scenario(), timeout=600)
     print(f"dpuservice helm timings: {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}")

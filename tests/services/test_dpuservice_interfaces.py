@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 
 from dpf.controller.kube.rest import Obj, Rest
-from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE, helm_values
 from dpf.controller.reconcilers.dpuservice_interfaces import CONSUMED_BY, NETWORKS, merge_networks, plan
 from dpf.controller.reconcilers.kinds import DPU_SERVICE_INTERFACE
 from dpf.lab.bed.kube import ControlPlane
-from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
-from tests.services.conftest import SLOW, condition, ready
+from tests.controlplane.harness import eventually, run
+from tests.services.conftest import DPU_CONTROLLERS, SLOW, condition, false_naming, one_dpu_cluster, ready
+
+IFACES = "DPUServiceInterfaceReconciled"
 
 SERVICE_ID = "svc-tiny"
 
@@ -61,24 +62,12 @@ async def networks_of(rest: Rest, namespace: str, name: str) -> list[Any] | None
     return json.loads(annotations[NETWORKS]) if NETWORKS in annotations else None
 
 
-async def failed(rest: Rest, namespace: str, name: str, *words: str) -> str:
-    """The DPUServiceInterfaceReconciled message once False and naming all `words`, else ""."""
-    found = condition(await rest.get(DPU_SERVICE, name, namespace), "DPUServiceInterfaceReconciled")
-    message = str(found.get("message", ""))
-    return message if found.get("status") == "False" and all(w in message for w in words) else ""
-
-
 def test_interfaces_annotate_the_pods_claim_the_interfaces_and_refuse_what_is_not_theirs(
         kube: ControlPlane, namespace: str, chart_repo: str, tmp_path: Path) -> None:
     timings: dict[str, float] = {}
-    controllers = ("garbagecollector", "namespace", "daemonset")
-    with ControlPlane(tmp_path / "dpu", name="dpuiface", controllers=controllers) as dpu:
+    with ControlPlane(tmp_path / "dpu", name="dpuiface", controllers=DPU_CONTROLLERS) as dpu:
         async def scenario() -> None:
-            rest, one = await host_rest(kube.kubeconfig), await host_rest(dpu.kubeconfig)
-            controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
-            try:
-                await dpu_cluster(rest, namespace, dpu.kubeconfig, "one")
-                await eventually(lambda: len(controller.clusters.dpu) == 1, "the DPU cluster connected")
+            async with one_dpu_cluster(kube, dpu, namespace) as (rest, one, _):
                 for obj in (dsi(namespace, "net-a", "nad-a", "net1"), dsi(namespace, "net-b", "other/nad-b", "net2"),
                             dsi(namespace, "net-c", "nad-c", "net3"),
                             dsi(namespace, "wrong-type", "", "p0", type_="physical"),
@@ -107,8 +96,9 @@ def test_interfaces_annotate_the_pods_claim_the_interfaces_and_refuse_what_is_no
                 # (b) Every listed interface is checked and named; nothing is claimed or installed.
                 await rest.create(DPU_SERVICE, service(namespace, "bad", chart_repo,
                                                        ["net-c", "net-a", "wrong-type", "wrong-id"]), namespace)
-                message = await eventually(lambda: failed(rest, namespace, "bad", "net-a", "wrong-type", "wrong-id"),
-                                           "the bad DPUService refused", SLOW)
+                message = await eventually(
+                    lambda: false_naming(rest, namespace, "bad", IFACES, "net-a", "wrong-type", "wrong-id"),
+                    "the bad DPUService refused", SLOW)
                 assert "DPUServiceInterface net-a is in use by another DPUService tiny" in message, message
                 assert "wrong-type is of interfaceType 'physical'" in message, message
                 assert "wrong-id has serviceID 'svc-other'" in message, message
@@ -122,8 +112,8 @@ def test_interfaces_annotate_the_pods_claim_the_interfaces_and_refuse_what_is_no
 
                 # (c) An interface created after its DPUService: it converges, the DPUService untouched.
                 await rest.create(DPU_SERVICE, service(namespace, "late", chart_repo, ["net-late"]), namespace)
-                await eventually(lambda: failed(rest, namespace, "late", "net-late not found"), "net-late missing",
-                                 SLOW)
+                await eventually(lambda: false_naming(rest, namespace, "late", IFACES, "net-late not found"),
+                                 "net-late missing", SLOW)
                 generation = (await rest.get(DPU_SERVICE, "late", namespace) or {})["metadata"]["generation"]
                 begin = time.monotonic()
                 await rest.create(DPU_SERVICE_INTERFACE, dsi(namespace, "net-late", "nad-l", "net5"), namespace)
@@ -149,20 +139,11 @@ def test_interfaces_annotate_the_pods_claim_the_interfaces_and_refuse_what_is_no
                 assert await consumer(rest, namespace, "net-a") is None
                 assert await consumer(rest, namespace, "net-b") is None
                 async def net_a_free() -> bool:
-                    message = await failed(rest, namespace, "bad", "wrong-type")
+                    message = await false_naming(rest, namespace, "bad", IFACES, "wrong-type")
                     return bool(message) and "net-a" not in message
 
                 await eventually(net_a_free, "the bad DPUService re-checked with net-a free", SLOW)
                 assert await consumer(rest, namespace, "net-a") is None  # still: its other problems remain
-            finally:
-                for name in ("tiny", "bad", "late"):
-                    await rest.delete(DPU_SERVICE, name, namespace)
-                for name in ("tiny", "bad", "late"):
-                    await eventually(lambda: _equals(rest.get(DPU_SERVICE, name, namespace), None),  # noqa: B023
-                                     f"{name} gone", SLOW)
-                await controller.stop()
-                for client in (rest, one):
-                    await client.close()
 
         run(scenario(), timeout=900)
     print(f"dpuservice interfaces timings: {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}")

@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from dpf.controller.kube.rest import SECRET, Obj, Rest
-from dpf.controller.manager import Controller
 from dpf.controller.reconcilers.dpuservice import DAEMON_SET, DPU_SERVICE
 from dpf.controller.reconcilers.dpuservice_prereqs import MIRROR_LABEL, PULL_SECRET_LABEL, mirror_of, plan
 from dpf.controller.reconcilers.kinds import NAMESPACE
 from dpf.lab.bed.kube import ControlPlane
-from tests.controlplane.harness import controller_settings, dpu_cluster, eventually, host_rest, run, started
-from tests.services.conftest import SLOW, condition, ready
+from tests.controlplane.harness import eventually, run
+from tests.services.conftest import DPU_CONTROLLERS, SLOW, condition, false_naming, one_dpu_cluster, ready
 
 DOCKER = "kubernetes.io/dockerconfigjson"
 
@@ -52,23 +51,12 @@ async def same_data(dpu: Rest, host: Rest, namespace: str, name: str) -> bool:
     return copy is not None and source is not None and copy.get("data") == source.get("data")
 
 
-async def prereqs_failed(rest: Rest, namespace: str, name: str, *words: str) -> str:
-    found = condition(await rest.get(DPU_SERVICE, name, namespace), "ApplicationPrereqsReconciled")
-    message = str(found.get("message", ""))
-    return message if found.get("status") == "False" and all(w in message for w in words) else ""
-
-
 def test_pull_secrets_are_mirrored_updated_pruned_and_removed_with_the_last_dpuservice(
         kube: ControlPlane, namespace: str, chart_repo: str, tmp_path: Path) -> None:
     timings: dict[str, float] = {}
-    controllers = ("garbagecollector", "namespace", "daemonset")
-    with ControlPlane(tmp_path / "dpu", name="dpupull", controllers=controllers) as dpu:
+    with ControlPlane(tmp_path / "dpu", name="dpupull", controllers=DPU_CONTROLLERS) as dpu:
         async def scenario() -> None:
-            rest, one = await host_rest(kube.kubeconfig), await host_rest(dpu.kubeconfig)
-            controller = await started(Controller(controller_settings(kube.kubeconfig, namespace)))
-            try:
-                await dpu_cluster(rest, namespace, dpu.kubeconfig, "one")
-                await eventually(lambda: len(controller.clusters.dpu) == 1, "the DPU cluster connected")
+            async with one_dpu_cluster(kube, dpu, namespace) as (rest, one, _):
                 await rest.create(SECRET, pull_secret(namespace, "regcred", "user:one"), namespace)
                 await rest.create(SECRET, pull_secret(namespace, "not-a-pull-secret", "x", labelled=False), namespace)
                 # A DPU-cluster Secret with the pull-secret label that we did not make: never pruned.
@@ -112,7 +100,8 @@ def test_pull_secrets_are_mirrored_updated_pruned_and_removed_with_the_last_dpus
                 await rest.create(SECRET, pull_secret(namespace, "clash", "user:clash"), namespace)
                 await rest.create(DPU_SERVICE, service(namespace, "blocked", chart_repo), namespace)
                 message = await eventually(
-                    lambda: prereqs_failed(rest, namespace, "blocked", f"cluster {namespace}/one", "clash"),
+                    lambda: false_naming(rest, namespace, "blocked", "ApplicationPrereqsReconciled",
+                                         f"cluster {namespace}/one", "clash"),
                     "the clash reported", SLOW)
                 assert f"image pull secret {namespace}/clash" in message, message
                 assert await one.get(DAEMON_SET, "one-blocked", namespace) is None
@@ -137,15 +126,6 @@ def test_pull_secrets_are_mirrored_updated_pruned_and_removed_with_the_last_dpus
                 timings["delete"] = time.monotonic() - begin
                 assert await one.get(SECRET, "regcred2", namespace) is None
                 assert await one.get(SECRET, "theirs", namespace) is not None
-            finally:
-                for name in ("tiny", "second", "blocked"):
-                    await rest.delete(DPU_SERVICE, name, namespace)
-                for name in ("tiny", "second", "blocked"):
-                    await eventually(lambda: _none(rest.get(DPU_SERVICE, name, namespace)),  # noqa: B023
-                                     f"{name} gone", SLOW)
-                await controller.stop()
-                for client in (rest, one):
-                    await client.close()
 
         run(scenario(), timeout=900)
     print(f"dpuservice pull secret timings: {', '.join(f'{k} {v:.1f}s' for k, v in timings.items())}")

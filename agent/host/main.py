@@ -5,7 +5,9 @@ HostInfo cadence: every poll interval a cheap probe (`detect.probe`: boot id, PC
 the full detection (sysfs of every BlueField, the bridge over netlink) runs when the probe changed, while its
 result is still changing (a host coming up), and otherwise every `host_info_recheck` seconds. So a reboot or a
 device coming or going is reported within a poll interval, and a change only the full detection sees (a PF's
-netdev renamed, the OOB bridge's address) within `host_info_recheck`.
+netdev renamed, the OOB bridge losing its address) within `host_info_recheck`. While the OOB bridge is not
+configured, every poll also asks netlink whether it is now (two requests on the kept socket): every DPU of the
+host waits in Initializing for it, and an admin who sets up the bridge after the agent should not wait 30 s.
 
 Detection and the host network are `detect.py` and `hostnet.py` of this package; an agent built without
 them still flashes and reboots (it then reports no HostInfo, and a `host_network` request is reported as
@@ -97,8 +99,10 @@ class HostAgent:
         """One socket per namespace, opened on first use, shared by detection and the host network."""
         detection = _detection()
         self._probe: Callable[[Path], tuple[str, ...]] | None = detection.probe if detection else None
+        self._bridge_ready: Callable[[], bool] | None = None  # with the default detection only
         if detect is None and detection is not None:
             detect = lambda sysroot, bridge: detection.detect(sysroot, bridge, self.rtnl)  # noqa: E731
+            self._bridge_ready = lambda: detection.bridge_has_ipv4(settings.oob_bridge, self.rtnl)
         self.detect: Detect | None = detect
         if boot_id is None:
             reader = detection.read_boot_id if detection else _read_boot_id
@@ -150,7 +154,9 @@ class HostAgent:
         while True:
             try:
                 probe = await asyncio.to_thread(self._probe, self.settings.sysroot) if self._probe else None
-                if (probe is None or probe != seen or not settled
+                bridge_came = (self.host_info is not None and not self.host_info.oob_bridge_configured
+                               and self._bridge_ready is not None and await asyncio.to_thread(self._bridge_ready))
+                if (probe is None or probe != seen or not settled or bridge_came
                         or time.monotonic() - detected_at >= self.settings.host_info_recheck):
                     detected_at = time.monotonic()
                     settled = False

@@ -204,12 +204,15 @@ def ip(netns: str, *args: str) -> str:
     return subprocess.run(["ip", "-n", netns, *args], capture_output=True, text=True, check=True).stdout
 
 
+BRIDGE_ADDRESS = ("addr", "add", "192.0.2.1/24", "dev", "br-dpu")
+
+
 def agent_in_host_namespace(emulator: EmulatorProcess, socket: Path, state: Path, bfb_dir: Path, log: Path,
-                            *extra: str) -> Child:
+                            *extra: str, bridge_address: bool = True) -> Child:
     """`dpf agent host` as a site runs it: in the emulated host's network namespace, whose `br-dpu` (made here,
-    as the host's admin would) holds an address. `ip netns exec` execs the agent in place: the child's pid is the
-    agent's."""
-    for args in (("link", "add", "br-dpu", "type", "bridge"), ("addr", "add", "192.0.2.1/24", "dev", "br-dpu"),
+    as the host's admin would) holds an address (`BRIDGE_ADDRESS`, unless `bridge_address` is False). `ip netns
+    exec` execs the agent in place: the child's pid is the agent's."""
+    for args in (("link", "add", "br-dpu", "type", "bridge"), *((BRIDGE_ADDRESS,) if bridge_address else ()),
                  ("link", "set", "br-dpu", "up")):
         ip(emulator.netns, *args)
     return Child("host-agent", ["ip", "netns", "exec", emulator.netns, sys.executable, "-m", "dpf.cli", "agent",

@@ -5,12 +5,14 @@ host network when the DPU goes."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from dpf.agent.host.main import HOST_INFO_TYPE
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
 from tests.hostagent.harness import (
+    BRIDGE_ADDRESS,
     EmulatorProcess,
     MiniController,
     agent_in_host_namespace,
@@ -57,6 +59,33 @@ def test_the_agent_in_the_hosts_namespace_reports_flashes_and_wires_the_host_net
             await eventually(lambda: "ens1f0v0" not in ip(netns, "link", "show"), "the VFs to go", timeout=30)
             assert (emulator.root / "sys/bus/pci/devices/0000:08:00.0/sriov_numvfs").read_text().strip() == "0"
             await eventually(lambda: not (emulator.root / "dev/rshim0/.holder").exists(), "the rshim released")
+            agent.check_alive()
+        finally:
+            agent.stop()
+            await controller.stop()
+            emulator.stop()
+
+    run(scenario())
+
+
+def test_an_oob_bridge_configured_after_the_agent_started_is_reported_within_a_poll(tmp_path: Path) -> None:
+    # Every DPU of the host waits in Initializing for this report: it must not wait for the 30 s full re-detection
+    # (set to an hour here, so only the per-poll bridge check can see it).
+    async def scenario() -> None:
+        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
+        socket = tmp_path / "controller.sock"
+        controller = await MiniController(tmp_path / "bfb", listen=f"unix:{socket}").start()
+        agent = agent_in_host_namespace(emulator, socket, tmp_path / "state", tmp_path / "bfb", tmp_path / "agent.log",
+                                        "--poll-interval", "0.5", "--host-info-recheck", "3600",
+                                        bridge_address=False)
+        try:
+            first = await eventually(lambda: controller.latest("host", HOST_INFO_TYPE), "HostInfo")
+            assert not first.detail.oob_bridge_configured  # br-dpu exists, without an address
+            await asyncio.sleep(2.0)  # four polls: the detection has settled (a result still changing is re-run)
+            ip(emulator.netns, *BRIDGE_ADDRESS)  # the admin finishes the bridge
+            await eventually(lambda: (seen := controller.latest("host", HOST_INFO_TYPE)) is not None
+                             and seen.detail.oob_bridge_configured, "HostInfo with the OOB bridge configured",
+                             timeout=10, detail=agent.log_tail)
             agent.check_alive()
         finally:
             agent.stop()

@@ -48,7 +48,10 @@ class GitError(RuntimeError):
 
 def redacted(url: str) -> str:
     """`url` without the user and password it may carry (https://user:token@host/...). Pure."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # not parseable as a URL (e.g. an unclosed IPv6 bracket): drop any userinfo by hand
+        return re.sub(r"//[^/]*@", "//", url)
     if "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
@@ -56,7 +59,10 @@ def redacted(url: str) -> str:
 
 def check_url(url: str) -> None:
     """Refuse a repository URL that is not a network transport git is allowed to use here. Pure."""
-    parts = urlsplit(url) if "://" in url else None
+    try:
+        parts = urlsplit(url) if "://" in url else None
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = urlsplit("invalid://")
     if parts is not None and parts.scheme in ALLOWED_PROTOCOLS and parts.hostname:
         return
     if parts is None and _SCP_LIKE.match(url) and "::" not in url:  # <transport>::<address> runs a remote helper

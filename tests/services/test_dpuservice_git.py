@@ -159,7 +159,7 @@ def test_a_git_source_must_be_a_network_url_never_a_path_on_the_controller(tmp_p
             await GitCharts(tmp_path / "cache").checkout(url, "main")
         return str(failure.value)
 
-    for url in (str(local), f"file://{local}", f"ext::sh -c touch% {marker}", "-oProxyCommand=x:y"):
+    for url in (str(local), f"file://{local}", f"ext::sh -c touch% {marker}", "-oProxyCommand=x:y", "https://[::1/x"):
         message = run(refused(url), timeout=60)
         assert message.startswith(f"spec.helmChart.source.repoURL {url!r} is not a git URL the controller may "
                                   "fetch: use https://"), message

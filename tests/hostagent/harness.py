@@ -6,12 +6,13 @@ recorded as the controller receives them), and the agent itself, in-process or a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,28 @@ def agent_in_host_namespace(emulator: EmulatorProcess, socket: Path, state: Path
                                 "host", "--node", NODE, "--controller", f"unix:{socket}", "--insecure",
                                 "--state-dir", str(state), "--sysroot", str(emulator.root), "--bfb-dir", str(bfb_dir),
                                 "--power-command", str(emulator.ipmitool), *extra], log)
+
+
+@contextlib.asynccontextmanager
+async def agent_on_emulated_host(tmp_path: Path, bfb_dir: Path, *flags: str, bridge_address: bool = True) \
+        -> AsyncIterator[tuple[EmulatorProcess, MiniController, Child]]:
+    """An emulated host in its own process, a MiniController on a unix socket under `tmp_path`, and `dpf agent
+    host` in the host's namespace (`agent_in_host_namespace`, with `flags`); all three stopped on the way out."""
+    emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
+    try:
+        socket = tmp_path / "controller.sock"
+        controller = await MiniController(bfb_dir, listen=f"unix:{socket}").start()
+        try:
+            agent = agent_in_host_namespace(emulator, socket, tmp_path / "state", bfb_dir, tmp_path / "agent.log",
+                                            *flags, bridge_address=bridge_address)
+            try:
+                yield emulator, controller, agent
+            finally:
+                agent.stop()
+        finally:
+            await controller.stop()
+    finally:
+        emulator.stop()
 
 
 class EmulatorProcess:

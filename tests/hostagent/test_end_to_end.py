@@ -13,9 +13,7 @@ from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
 from tests.hostagent.harness import (
     BRIDGE_ADDRESS,
-    EmulatorProcess,
-    MiniController,
-    agent_in_host_namespace,
+    agent_on_emulated_host,
     eventually,
     image,
     ip,
@@ -28,13 +26,8 @@ def test_the_agent_in_the_hosts_namespace_reports_flashes_and_wires_the_host_net
     async def scenario() -> None:
         bfb_dir = tmp_path / "bfb"
         image(bfb_dir)
-        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
-        netns = emulator.netns
-        socket = tmp_path / "controller.sock"
-        controller = await MiniController(bfb_dir, listen=f"unix:{socket}").start()
-        agent = agent_in_host_namespace(emulator, socket, tmp_path / "state", bfb_dir, tmp_path / "agent.log",
-                                        "--poll-interval", "0.5")
-        try:
+        async with agent_on_emulated_host(tmp_path, bfb_dir, "--poll-interval", "0.5") as (emulator, controller, agent):
+            netns = emulator.netns
             info = (await eventually(lambda: controller.latest("host", HOST_INFO_TYPE), "HostInfo")).detail
             assert info.oob_bridge_configured
             assert info.boot_id == emulator.boot_id
@@ -60,10 +53,6 @@ def test_the_agent_in_the_hosts_namespace_reports_flashes_and_wires_the_host_net
             assert (emulator.root / "sys/bus/pci/devices/0000:08:00.0/sriov_numvfs").read_text().strip() == "0"
             await eventually(lambda: not (emulator.root / "dev/rshim0/.holder").exists(), "the rshim released")
             agent.check_alive()
-        finally:
-            agent.stop()
-            await controller.stop()
-            emulator.stop()
 
     run(scenario())
 
@@ -72,13 +61,8 @@ def test_an_oob_bridge_configured_after_the_agent_started_is_reported_within_a_p
     # Every DPU of the host waits in Initializing for this report: it must not wait for the 30 s full re-detection
     # (set to an hour here, so only the per-poll bridge check can see it).
     async def scenario() -> None:
-        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
-        socket = tmp_path / "controller.sock"
-        controller = await MiniController(tmp_path / "bfb", listen=f"unix:{socket}").start()
-        agent = agent_in_host_namespace(emulator, socket, tmp_path / "state", tmp_path / "bfb", tmp_path / "agent.log",
-                                        "--poll-interval", "0.5", "--host-info-recheck", "3600",
-                                        bridge_address=False)
-        try:
+        async with agent_on_emulated_host(tmp_path, tmp_path / "bfb", "--poll-interval", "0.5", "--host-info-recheck",
+                                          "3600", bridge_address=False) as (emulator, controller, agent):
             first = await eventually(lambda: controller.latest("host", HOST_INFO_TYPE), "HostInfo")
             assert not first.detail.oob_bridge_configured  # br-dpu exists, without an address
             await asyncio.sleep(2.0)  # four polls: the detection has settled (a result still changing is re-run)
@@ -87,9 +71,5 @@ def test_an_oob_bridge_configured_after_the_agent_started_is_reported_within_a_p
                              and seen.detail.oob_bridge_configured, "HostInfo with the OOB bridge configured",
                              timeout=10, detail=agent.log_tail)
             agent.check_alive()
-        finally:
-            agent.stop()
-            await controller.stop()
-            emulator.stop()
 
     run(scenario())

@@ -17,9 +17,7 @@ from dpf.agent.host.rtnl import Rtnl
 from dpf.proto.v1 import nodestate_pb2 as pb
 from dpf.proto.v1 import provisioning_pb2 as ppb
 from tests.hostagent.harness import (
-    EmulatorProcess,
-    MiniController,
-    agent_in_host_namespace,
+    agent_on_emulated_host,
     eventually,
     image,
     ip,
@@ -75,22 +73,17 @@ def test_a_ready_host_network_is_kept_and_repaired_over_one_netlink_socket(tmp_p
     async def scenario() -> None:
         bfb_dir = tmp_path / "bfb"
         image(bfb_dir, size=1 << 20)
-        emulator = await EmulatorProcess(tmp_path / "host", tmp_path / "emulator.log").started()
-        netns = emulator.netns
-        socket = tmp_path / "controller.sock"
-        controller = await MiniController(bfb_dir, listen=f"unix:{socket}").start()
-        agent = agent_in_host_namespace(emulator, socket, tmp_path / "state", bfb_dir, tmp_path / "agent.log",
-                                        "--poll-interval", str(POLL), "--host-network-recheck", str(RECHECK),
-                                        "--log-level", "info")
+        async with agent_on_emulated_host(tmp_path, bfb_dir, "--poll-interval", str(POLL), "--host-network-recheck",
+                                          str(RECHECK), "--log-level", "info") as (emulator, controller, agent):
+            netns = emulator.netns
 
-        def programmed() -> bool:
-            seen = controller.latest("dpf/dpu-a")
-            return seen is not None and seen.verdict == pb.VERDICT_PROGRAMMED and seen.detail.host_network.ready
+            def programmed() -> bool:
+                seen = controller.latest("dpf/dpu-a")
+                return seen is not None and seen.verdict == pb.VERDICT_PROGRAMMED and seen.detail.host_network.ready
 
-        def state() -> str:
-            return f"last status {controller.latest('dpf/dpu-a')}; agent log:\n{agent.log_tail()}"
+            def state() -> str:
+                return f"last status {controller.latest('dpf/dpu-a')}; agent log:\n{agent.log_tail()}"
 
-        try:
             network = ppb.HostNetwork(num_vfs=4, vf_mtu=1400, bridge="br-dpu")
             controller.publish({"dpf/dpu-a": provisioning(host_network=network)})
             await eventually(programmed, "the host network ready", timeout=60, detail=state)
@@ -122,10 +115,6 @@ def test_a_ready_host_network_is_kept_and_repaired_over_one_netlink_socket(tmp_p
             # Every repair went over the socket the agent already had: none opened per pass.
             assert netlink_sockets(agent.pid) == sockets
             agent.check_alive()
-        finally:
-            agent.stop()
-            await controller.stop()
-            emulator.stop()
 
     run(scenario(), timeout=240)
 

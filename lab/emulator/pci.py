@@ -164,7 +164,11 @@ class PhysicalFunction:
                 return self._reject(text, "EBUSY")
             if wanted != self.numvfs:
                 self._set_vfs(wanted)
-            _replace(self.numvfs_file, f"{self.numvfs}\n")
+            if text.strip() != str(self.numvfs):  # e.g. "0x8": shown as the kernel would ("8")
+                _replace(self.numvfs_file, f"{self.numvfs}\n")
+            # An accepted value already written as the kernel shows it is left alone: rewriting it would race the
+            # writer's next write (0 and then a new count, as a host agent changes the count), which the rename
+            # would silently undo.
 
     def reset_vfs(self) -> None:
         """A host reboot: the kernel starts with no VFs."""

@@ -81,6 +81,15 @@ def test_sriov_numvfs_creates_and_removes_vf_netdevs_with_kernel_semantics(host:
     sh(f"echo 8 > {pf}/sriov_numvfs")  # 0 first, then a new count: accepted
     wait_until(lambda: "ens1f0v7" in links(host.netns), 10, "8 VFs")
     assert len(dpu.pfs[0].rejected) == 2
+    # Again, the new count written as soon as the VFs are gone (as a host agent does) and in the kernel's other
+    # notation: the emulator must not undo it by rewriting the file after the 0 (a rename racing the write).
+    sh(f"echo 0 > {pf}/sriov_numvfs")
+    wait_until(lambda: "ens1f0v0" not in links(host.netns), 10, "the 8 VFs to go")
+    sh(f"echo 0x2 > {pf}/sriov_numvfs")
+    wait_until(lambda: links(host.netns) & {f"ens1f0v{i}" for i in range(8)} == {"ens1f0v0", "ens1f0v1"}, 10,
+               "2 VFs after 0 and then 0x2")
+    wait_until(lambda: (pf / "sriov_numvfs").read_text() == "2\n", 5, "0x2 shown as the kernel shows it: 2")
+    assert len(dpu.pfs[0].rejected) == 2
 
 
 def test_ipmitool_power_cycle_reboots_the_dpus_and_is_recorded(host: EmulatedHost) -> None:

@@ -59,17 +59,20 @@ def redacted(url: str) -> str:
 
 def check_url(url: str) -> None:
     """Refuse a repository URL that is not a network transport git is allowed to use here. Pure."""
+    if not _network_url(url):
+        raise GitError(f"spec.helmChart.source.repoURL {redacted(url)!r} is not a git URL the controller may "
+                       "fetch: use https://, http://, ssh://, git:// or user@host:path (local paths, file:// and "
+                       "git's other transports are refused)")
+
+
+def _network_url(url: str) -> bool:
+    if "://" not in url:  # scp-like; <transport>::<address> would run a remote helper
+        return bool(_SCP_LIKE.match(url)) and "::" not in url
     try:
-        parts = urlsplit(url) if "://" in url else None
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        parts = urlsplit("invalid://")
-    if parts is not None and parts.scheme in ALLOWED_PROTOCOLS and parts.hostname:
-        return
-    if parts is None and _SCP_LIKE.match(url) and "::" not in url:  # <transport>::<address> runs a remote helper
-        return
-    raise GitError(f"spec.helmChart.source.repoURL {redacted(url)!r} is not a git URL the controller may fetch: use "
-                   "https://, http://, ssh://, git:// or user@host:path (local paths, file:// and git's other "
-                   "transports are refused)")
+        parts = urlsplit(url)
+    except ValueError:  # not a URL at all, e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ALLOWED_PROTOCOLS and bool(parts.hostname)
 
 
 def chart_dir(checkout: Path, path: str) -> Path:

@@ -332,17 +332,22 @@ def main() -> int:
         (bindir / "dpf-sfc-cni").symlink_to(ours_bin)
         pools = [{"pool": "bench", "subnet": "10.80.0.0/16", "start": "10.80.0.10", "end": "10.80.3.250",
                   "gateway": "10.80.0.1"}]
-        (work / "pools.json").write_text(json.dumps(pools))
         base_pools = [dict(pools[0], subnet="10.84.0.0/16", start="10.84.0.10", end="10.84.3.250", gateway="10.84.0.1")]
-        (work / "pools-base.json").write_text(json.dumps(base_pools))
-        sock = work / "run" / "agent.sock"
-        if args.agent_process == "dpu":
-            agents.append(start_dpu_agent(Path(sys.executable), sock, switch, "br-sfc", work / "state", pools,
-                                          work / "agent.log"))
-        else:
-            agents.append(start_agent(Path(sys.executable), sock, switch, work / "state", work / "pools.json",
-                                      work / "agent.log"))
-        base_sock = work / "run-base" / "agent.sock"
+
+        def serve(python: Path, suffix: str, ovs: OvsSwitch, bridge: str, blocks: list[dict],
+                  netns: str | None = None) -> Path:
+            """Start an agent (per --agent-process) for `bridge` of `ovs`; its socket."""
+            sock, state = work / f"run{suffix}" / "agent.sock", work / f"state{suffix}"
+            log = work / f"agent{suffix}.log"
+            if args.agent_process == "dpu":
+                agents.append(start_dpu_agent(python, sock, ovs, bridge, state, blocks, log, netns=netns))
+            else:
+                pools_file = work / f"pools{suffix}.json"
+                pools_file.write_text(json.dumps(blocks))
+                agents.append(start_agent(python, sock, ovs, state, pools_file, log, netns=netns))
+            return sock
+
+        sock = serve(Path(sys.executable), "", switch, "br-sfc", pools)
         if args.baseline:
             where = subprocess.run([str(args.baseline), "-c", "import dpf.agent.cni; print(dpf.agent.cni.__file__)"],
                                    capture_output=True, text=True, check=True).stdout.strip()
@@ -350,12 +355,7 @@ def main() -> int:
                 raise SystemExit(f"--baseline {args.baseline} imports this checkout ({where}): give it a Python "
                                  "whose dpf is another tree's (PYTHONSAFEPATH=1 keeps the working directory out)")
             print(f"baseline agent: {where}")
-            if args.agent_process == "dpu":
-                agents.append(start_dpu_agent(args.baseline, base_sock, base_switch, "br-base", work / "state-base",
-                                              base_pools, work / "agent-base.log", netns=base_switch.netns))
-            else:
-                agents.append(start_agent(args.baseline, base_sock, base_switch, work / "state-base",
-                                          work / "pools-base.json", work / "agent-base.log", netns=base_switch.netns))
+            base_sock = serve(args.baseline, "-base", base_switch, "br-base", base_pools, netns=base_switch.netns)
         plugins = [
             Plugin("ovs-cni v0.39.0", ovs_cni, {
                 "cniVersion": "1.0.0", "name": "ovscni", "type": "ovs", "bridge": "br-ovscni",

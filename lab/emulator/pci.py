@@ -164,11 +164,10 @@ class PhysicalFunction:
                 return self._reject(text, "EBUSY")
             if wanted != self.numvfs:
                 self._set_vfs(wanted)
-            if text.strip() != str(self.numvfs):  # e.g. "0x8": shown as the kernel would ("8")
+            # Shown as the kernel would ("0x8" as "8"). An accepted value already written so is left alone: a
+            # rewrite would race the writer's next write (0, then a new count), which the rename would undo.
+            if text.strip() != str(self.numvfs):
                 _replace(self.numvfs_file, f"{self.numvfs}\n")
-            # An accepted value already written as the kernel shows it is left alone: rewriting it would race the
-            # writer's next write (0 and then a new count, as a host agent changes the count), which the rename
-            # would silently undo.
 
     def reset_vfs(self) -> None:
         """A host reboot: the kernel starts with no VFs."""
